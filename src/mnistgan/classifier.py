@@ -1,0 +1,167 @@
+"""Train the yardstick classifier and turn images into its features and class probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mnistgan.config import ClassifierConfig
+from mnistgan.tensors import epoch_permutation, to_unit_range
+
+FORMAT = "mnistgan-classifier-1"
+N_CLASSES = 10
+
+
+class Classifier(nn.Module):
+    """The yardstick CNN: its softmax gives the Inception-style score, its penultimate ReLU features FID.
+
+    (B, 1, 28, 28) in [-1, 1] -> conv 32 3x3, BN, ReLU, maxpool (B, 32, 14, 14) -> conv 64 3x3, BN, ReLU,
+    maxpool (B, 64, 7, 7) -> dense 128, ReLU (the features) -> dense 10 (logits). About 4.2 M multiply-adds
+    per image, so it trains to >99% test accuracy in about a minute on two CPU cores.
+    """
+
+    FEATURES = 128
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 49, self.FEATURES), nn.ReLU(True),
+        )  # fmt: skip
+        self.logits = nn.Sequential(nn.Dropout(0.25), nn.Linear(self.FEATURES, N_CLASSES))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (B, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.body(x))  # (B, 10)
+
+
+@dataclass
+class ClassifierResult:
+    model: Classifier
+    test_accuracy: float
+    train_images: int
+    epochs: int
+    seconds: float
+
+
+def train_classifier(
+    cfg: ClassifierConfig,
+    seed: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> ClassifierResult:
+    """Adam with a one-cycle learning rate over `epochs`; returns the model in eval mode.
+
+    x_*: uint8 (N, 28, 28); y_*: uint8 (N,). Augmentation: random shifts of up to 2 pixels, which
+    makes the features less sensitive to the small misplacements GAN samples have.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    n = cfg.train_images or len(x_train)
+    x = to_unit_range(torch.from_numpy(x_train[:n]))  # (n, 1, 28, 28)
+    y = torch.from_numpy(y_train[:n]).long()
+    model = Classifier()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    per_epoch = n // cfg.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr * 3, total_steps=cfg.epochs * per_epoch)
+    shift_rng = torch.Generator().manual_seed(seed + 7)
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = epoch_permutation(seed, epoch, n)
+        total, correct, loss_sum = 0, 0, 0.0
+        bar = tqdm(range(per_epoch), desc=f"classifier epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   mininterval=1.0, dynamic_ncols=True)  # fmt: skip
+        for i in bar:
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            xb = random_shift(x[idx], 2, shift_rng)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y[idx]).sum())
+            total += len(idx)
+        acc = accuracy(model, x_test, y_test)
+        if on_epoch:
+            on_epoch(
+                epoch + 1,
+                {"train_loss": loss_sum / total, "train_accuracy": correct / total, "test_accuracy": acc},
+            )
+    model.eval()
+    return ClassifierResult(model, accuracy(model, x_test, y_test), n, cfg.epochs, time.perf_counter() - t0)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, rng: torch.Generator) -> torch.Tensor:
+    """Shift a whole batch (B, 1, 28, 28) by one random (dy, dx) in [-max_shift, max_shift], zero-padded
+    with the background value -1."""
+    dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=rng)).tolist()
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+    h, w = x.shape[-2:]
+    return padded[..., max_shift + dy : max_shift + dy + h, max_shift + dx : max_shift + dx + w]
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, x_u8: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    _, probs = features_and_probs(model, x_u8, batch_size)
+    return float((probs.argmax(1) == y).mean())
+
+
+@torch.no_grad()
+def features_and_probs(
+    model: Classifier, x_u8: np.ndarray, batch_size: int = 500, progress: bool = False, desc: str = "features"
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 28, 28) -> penultimate features float64 (N, 128) and softmax float64 (N, 10).
+
+    Eval mode (no dropout, running BN stats), so the result is independent of batch size up to
+    float32 rounding; the outputs are promoted to float64 for the statistics downstream.
+    """
+    was_training = model.training
+    model.eval()
+    feats, probs = [], []
+    for i in tqdm(range(0, len(x_u8), batch_size), desc=desc, disable=not progress, mininterval=1.0):
+        xb = to_unit_range(torch.from_numpy(np.ascontiguousarray(x_u8[i : i + batch_size])))
+        h = model.features(xb)  # (b, 128)
+        feats.append(h.double().numpy())
+        probs.append(F.softmax(model.logits(h).double(), dim=1).numpy())
+    model.train(was_training)
+    return np.concatenate(feats), np.concatenate(probs)
+
+
+def classifier_file(model: Classifier, test_accuracy: float) -> dict[str, Any]:
+    return {"format": FORMAT, "state_dict": model.state_dict(), "test_accuracy": test_accuracy}
+
+
+def check_classifier_file(obj: Any) -> str | None:
+    """Why a loaded classifier file does not fit this code, or None."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        return f"not a classifier file of this version (format {FORMAT!r} expected)"
+    expected = Classifier().state_dict()
+    got = obj["state_dict"]
+    if set(got) != set(expected) or any(tuple(got[k].shape) != tuple(v.shape) for k, v in expected.items()):
+        return "classifier weights do not match the Classifier in models.py (was the code changed?)"
+    return None
+
+
+def classifier_from_file(obj: dict[str, Any]) -> Classifier:
+    model = Classifier()
+    model.load_state_dict(obj["state_dict"])
+    return model.eval()

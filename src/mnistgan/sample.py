@@ -1,0 +1,51 @@
+"""Draw samples from a trained generator and lay them out as a picture."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnistgan.models import N_CLASSES
+from mnistgan.train import generate
+
+
+def sample_noise(n: int, z_dim: int, conditional: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Noise (n, z_dim) from `seed`; with labels, a balanced 0..9 cycle so every class gets n/10 samples."""
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    y = torch.arange(n) % N_CLASSES if conditional else None
+    return z, y
+
+
+def sample_images(g: nn.Module, n: int, z_dim: int, conditional: bool, seed: int, batch_size: int = 1000) -> np.ndarray:
+    """n eval-mode samples -> uint8 (n, 28, 28)."""
+    z, y = sample_noise(n, z_dim, conditional, seed)
+    return generate(g, z, y, batch_size).numpy()
+
+
+def image_grid(images: np.ndarray, nrow: int = 10, pad: int = 2, background: int = 255) -> np.ndarray:
+    """uint8 (N, 28, 28) -> one uint8 (H, W) picture, `nrow` images per row, separated by `pad` pixels.
+
+    The separators are light so that dark digit borders stay visible.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+    n, h, w = images.shape
+    rows = -(-n // nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad), background, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top : top + h, left : left + w] = img
+    return grid
+
+
+def by_class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:
+    """Row r shows `per_class` images labelled r (blank where a class has too few)."""
+    rows = []
+    for c in range(N_CLASSES):
+        picked = images[labels == c][:per_class]
+        blank = np.zeros((per_class - len(picked), *images.shape[1:]), np.uint8)
+        rows.append(np.concatenate([picked, blank]))
+    return image_grid(np.concatenate(rows), nrow=per_class)

@@ -1,0 +1,182 @@
+"""MLflow at the edge: the only module of the package that imports mlflow (lazily).
+
+One pipeline run is one MLflow run. The train stage opens it and writes its id to `models/run.json`;
+the sample and evaluate stages reopen that run to add the sample grid and the final scores, so a run
+holds params, loss curves, images and scores together. Without mlflow installed, or with
+`tracking.required: false` and an unreachable store, a `NullRun` stands in and nothing is logged.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACTS = "mlartifacts"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; one line saying which and how to fix it."""
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The repository that owns the store.
+
+    Queued `dvc exp run` jobs execute in temporary copies under `<repo>/.dvc/tmp/exps/`; they must log
+    to the original repo's store, so the copy's path is traced back to that repo.
+    """
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return here
+
+
+def tracking_uri(start: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI when set, else SQLite `mlflow.db` at the repo root by absolute path."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root(start) / DEFAULT_DB}"
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (seconds, not minutes of client retries) when the store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"tracking server {uri} answered {r.status} on /health")
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking store folder {folder} does not exist or is not writable")
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def run_tags(device: str) -> dict[str, str]:
+    import torch
+
+    tags = {
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "cuda_version": str(torch.version.cuda),
+        "python_version": platform.python_version(),
+        "device": device,
+        "host": platform.node(),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+class NullRun:
+    """Stands in for an MLflow run when tracking is off: every call does nothing."""
+
+    run_id = ""
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class Run(NullRun):
+    """A thin wrapper over one active MLflow run."""
+
+    def __init__(self, mlflow: Any, run_id: str):
+        self.mlflow, self.run_id = mlflow, run_id
+        self.client = mlflow.MlflowClient()
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        # MLflow params are strings of at most a few hundred characters; ours are scalars.
+        self.mlflow.log_params({k: str(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        self.mlflow.log_image(np.asarray(image, np.uint8), key=key, step=step)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+
+def _import_mlflow(required: bool) -> Any:
+    try:
+        import mlflow
+    except ImportError:
+        if required:
+            raise TrackingError(
+                "mlflow is not installed; install it or set tracking.required: false to run untracked"
+            ) from None
+        return None
+    return mlflow
+
+
+def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            # Absolute artifact root so queued experiments (temporary copies) store artifacts here too.
+            return mlflow.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri())
+        except Exception:  # another process created it first
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    return exp.experiment_id
+
+
+def open_run(experiment: str, required: bool, run_id: str | None = None, run_name: str | None = None) -> NullRun:
+    """Start a new run (run_id None) or reopen an existing one; NullRun when tracking is unavailable
+    and not required."""
+    mlflow = _import_mlflow(required)
+    if mlflow is None:
+        print("warning: mlflow not installed; this run is not tracked", file=sys.stderr)
+        return NullRun()
+    uri = tracking_uri()
+    try:
+        check_store(uri)
+        mlflow.set_tracking_uri(uri)
+        if run_id:
+            active = mlflow.start_run(run_id=run_id)
+        else:
+            exp_id = _experiment_id(mlflow, experiment, repo_root())
+            active = mlflow.start_run(experiment_id=exp_id, run_name=run_name or os.environ.get("DVC_EXP_NAME"))
+    except TrackingError:
+        if required:
+            raise
+        print(f"warning: tracking store {uri} unreachable; this run is not tracked", file=sys.stderr)
+        return NullRun()
+    return Run(mlflow, active.info.run_id)
+
+
+def reopen_run(cfg: Any, run_id: str | None) -> NullRun:
+    """The train stage's run, for the later stages; NullRun when train ran untracked."""
+    if not run_id:
+        return NullRun()
+    return open_run(cfg.experiment, cfg.required, run_id=run_id)

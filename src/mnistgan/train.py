@@ -1,0 +1,386 @@
+"""The GAN training loop: pure logic, no files, no MLflow, no argv.
+
+Everything random comes from the seed: the data order of epoch e is a permutation drawn from a generator
+seeded with (seed, e), and all noise comes from one explicit generator whose state is saved in every
+checkpoint. So a run resumed from a checkpoint continues with exactly the batches and noise the
+uninterrupted run would have used (byte-identical weights on the CPU).
+
+Logging, image grids, checkpoints and stop requests are callbacks the caller passes in.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mnistgan.config import TrainConfig, to_dict
+from mnistgan.losses import Loss, get_loss, gradient_penalty
+from mnistgan.models import N_CLASSES, build_gan
+from mnistgan.tensors import epoch_permutation, to_uint8
+
+LOSS_COLUMNS = ("loss_d", "loss_g", "logit_real", "logit_fake", "gp")
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or Inf; the message names the step and the loss."""
+
+
+class StopRequested(RuntimeError):  # noqa: N818 - it is a request, not an error condition
+    """Training stopped early on request (SIGINT/SIGTERM) after saving a checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training stopped on request at step {step}; a checkpoint was saved")
+        self.step = step
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: cuda was asked for but CUDA is not available; use auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class GANState:
+    """Everything a checkpoint must hold to continue training exactly."""
+
+    cfg: TrainConfig
+    seed: int
+    g: nn.Module
+    d: nn.Module
+    g_ema: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    noise: torch.Generator  # every random draw of the loop: z, fake labels, GP mixing weights
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # loss rows so far
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator to sample from: the EMA copy when EMA is on."""
+        return self.g_ema if self.g_ema is not None else self.g
+
+
+def build_state(cfg: TrainConfig, seed: int, device: torch.device) -> GANState:
+    torch.manual_seed(seed)  # weight initialisation
+    g, d = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional)
+    g, d = g.to(device), d.to(device)
+    g_ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
+    betas = (cfg.beta1, cfg.beta2)
+    fused = device.type == "cuda"  # one kernel per optimizer step instead of one per tensor
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas, fused=fused)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d or cfg.lr, betas=betas, fused=fused)
+    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    return GANState(cfg, seed, g, d, g_ema, opt_g, opt_d, noise)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------
+
+
+def _rng_snapshot() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"])},
+        "python": random.getstate(),
+    }  # fmt: skip
+
+
+def _rng_restore(snap: dict[str, Any]) -> None:
+    torch.set_rng_state(snap["torch"])
+    if snap["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda"])
+    key = snap["numpy"]["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, snap["numpy"]["pos"]))
+    state = snap["python"]
+    random.setstate((state[0], tuple(state[1]), state[2]))
+
+
+def checkpoint(state: GANState) -> dict[str, Any]:
+    return {
+        "format": "mnistgan-checkpoint-1",
+        "train_config": to_dict(state.cfg),
+        "seed": state.seed,
+        "step": state.step,
+        "g": state.g.state_dict(),
+        "d": state.d.state_dict(),
+        "g_ema": state.g_ema.state_dict() if state.g_ema is not None else None,
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "noise_rng": state.noise.get_state(),
+        "rng": _rng_snapshot(),
+        "history": state.history,
+    }
+
+
+def restore(state: GANState, ckpt: dict[str, Any]) -> None:
+    state.g.load_state_dict(ckpt["g"])
+    state.d.load_state_dict(ckpt["d"])
+    if state.g_ema is not None:
+        state.g_ema.load_state_dict(ckpt["g_ema"])
+    state.opt_g.load_state_dict(ckpt["opt_g"])
+    state.opt_d.load_state_dict(ckpt["opt_d"])
+    state.noise.set_state(ckpt["noise_rng"])
+    _rng_restore(ckpt["rng"])
+    state.step = int(ckpt["step"])
+    state.history = list(ckpt["history"])
+
+
+# ---- one step -----------------------------------------------------------------------------------------
+
+
+def _noise(state: GANState, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    z = torch.randn(n, state.cfg.z_dim, generator=state.noise, device=device)  # (n, z_dim)
+    y = torch.randint(0, N_CLASSES, (n,), generator=state.noise, device=device) if state.cfg.conditional else None
+    return z, y
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.lerp_(p, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def train_step(state: GANState, loss: Loss, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """d_steps discriminator updates (one real batch each) then one generator update.
+
+    batches: d_steps pairs of real images (B, 1, 28, 28) in [-1, 1] and labels (B,).
+    The last discriminator update's fakes are reused for the generator update (one G forward saved).
+    Returns (5,) device tensor: loss_d, loss_g, mean real logit, mean fake logit, gradient penalty.
+    """
+    cfg, g, d = state.cfg, state.g, state.d
+    device = batches[0][0].device
+    gp = torch.zeros((), device=device)
+    for real, y_all in batches:
+        y_real = y_all if cfg.conditional else None
+        z, y_fake = _noise(state, real.shape[0], device)
+        fake = g(z, y_fake)  # (B, 1, 28, 28), keeps its graph for the generator update
+        logit_real = d(real, y_real)  # (B,)
+        logit_fake = d(fake.detach(), y_fake)  # (B,)
+        loss_d = loss.d(logit_real, logit_fake)
+        if loss.gradient_penalty:
+            # Interpolates carry the real labels: the penalty constrains D(., y_real) between the two.
+            gp = gradient_penalty(lambda x: d(x, y_real), real, fake, state.noise)  # noqa: B023
+            loss_d = loss_d + cfg.gp_weight * gp
+        state.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        state.opt_d.step()
+
+    d.requires_grad_(False)  # the generator update needs gradients through D, not for D's weights
+    loss_g = loss.g(d(fake, y_fake))
+    state.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    state.opt_g.step()
+    d.requires_grad_(True)
+    if state.g_ema is not None:
+        update_ema(state.g_ema, g, cfg.ema)
+    return torch.stack([loss_d.detach(), loss_g.detach(), logit_real.detach().mean(),
+                        logit_fake.detach().mean(), gp.detach()])  # fmt: skip
+
+
+# ---- sampling helpers ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(g: nn.Module, z_dim: int, conditional: bool, seed: int, device: torch.device,
+                          n_batches: int = 20, batch_size: int = 256) -> None:  # fmt: skip
+    """Recompute BatchNorm running statistics for `g`'s own weights ("standing statistics").
+
+    An EMA generator's averaged weights do not match the running stats copied from the live generator;
+    averaging batch statistics over a few fixed noise batches fixes that before eval-mode sampling.
+    """
+    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    rng = torch.Generator(device=device).manual_seed(seed)
+    was_training = g.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    g.train()
+    for _ in range(n_batches):
+        z = torch.randn(batch_size, z_dim, generator=rng, device=device)
+        y = torch.randint(0, N_CLASSES, (batch_size,), generator=rng, device=device) if conditional else None
+        g(z, y)
+    for m in bns:
+        m.momentum = 0.1
+    g.train(was_training)
+
+
+def fixed_noise(z_dim: int, conditional: bool, seed: int, n: int = 100) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Noise for the sample grids; with labels, row r of a 10-wide grid is digit r."""
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    y = torch.arange(n) // (n // N_CLASSES) if conditional else None
+    return z, y
+
+
+@torch.no_grad()
+def generate(g: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 1000) -> torch.Tensor:
+    """Eval-mode samples for noise z (N, z_dim) -> uint8 (N, 28, 28) on the CPU."""
+    device = next(g.parameters()).device
+    was_training = g.training
+    g.eval()
+    out = []
+    for i in range(0, z.shape[0], batch_size):
+        yb = y[i : i + batch_size].to(device) if y is not None else None
+        out.append(to_uint8(g(z[i : i + batch_size].to(device), yb)).cpu())
+    g.train(was_training)
+    return torch.cat(out)
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    images_per_second: float
+    final: dict[str, float]
+    device: str
+
+
+def _no_stop() -> bool:
+    return False
+
+
+def train(
+    state: GANState,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_images: Callable[[int, torch.Tensor], None] | None = None,
+    on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+    stop_requested: Callable[[], bool] = _no_stop,
+    progress: bool = True,
+) -> TrainResult:
+    """Train from state.step to cfg.steps.
+
+    x_train: (N, 1, 28, 28) float in [-1, 1] on the training device; y_train: (N,) int64 on the device.
+    on_images gets uint8 (100, 28, 28) samples of the fixed noise; on_checkpoint the checkpoint dict.
+    Raises DivergenceError on NaN/Inf losses and StopRequested after checkpointing when asked to stop.
+    """
+    cfg, device = state.cfg, x_train.device
+    loss = get_loss(cfg.loss)
+    n, bs = x_train.shape[0], cfg.batch_size
+    per_epoch = n // bs  # the last partial batch of an epoch is dropped so every batch has B images
+    z_fixed, y_fixed = fixed_noise(cfg.z_dim, cfg.conditional, state.seed + 2)
+    acc = torch.zeros(len(LOSS_COLUMNS), device=device)  # running sums between log rows (no host sync)
+    acc_n = 0
+    perm_epoch, perm = -1, None
+    start_step, t0 = state.step, time.perf_counter()
+    last: dict[str, float] = {}
+
+    def batch(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal perm_epoch, perm
+        epoch, i = divmod(index, per_epoch)
+        if epoch != perm_epoch:
+            perm_epoch, perm = epoch, epoch_permutation(state.seed, epoch, n).to(device)
+        idx = perm[i * bs : (i + 1) * bs]
+        return x_train[idx], y_train[idx]
+
+    def interval_means() -> dict[str, float]:
+        """Mean losses since the last row (one host sync); stops on NaN/Inf."""
+        row = dict(zip(LOSS_COLUMNS, (acc / max(acc_n, 1)).tolist(), strict=True))
+        for name, v in row.items():
+            if not np.isfinite(v):
+                raise DivergenceError(f"training diverged: {name} is {v} at step {state.step}")
+        return row
+
+    def flush() -> dict[str, float]:
+        nonlocal acc_n
+        row = interval_means()
+        acc.zero_()
+        acc_n = 0
+        return row
+
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    try:
+        while state.step < cfg.steps:
+            if stop_requested():
+                interval_means()  # never checkpoint a diverged state
+                if on_checkpoint:
+                    on_checkpoint(state.step, checkpoint(state))
+                raise StopRequested(state.step)
+            base = state.step * cfg.d_steps
+            acc += train_step(state, loss, [batch(base + k) for k in range(cfg.d_steps)])
+            acc_n += 1
+            state.step += 1
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                last = {"step": state.step, **flush()}
+                state.history.append(last)
+                bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
+                if on_log:
+                    on_log(state.step, last)
+            if on_images and (state.step % cfg.image_every == 0 or state.step == cfg.steps):
+                on_images(state.step, generate(state.sampler, z_fixed, y_fixed))
+            if on_checkpoint and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+                interval_means()  # check the partial interval before it is saved as "last good"
+                on_checkpoint(state.step, checkpoint(state))
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    done = state.step - start_step
+    return TrainResult(
+        steps=state.step,
+        seconds=seconds,
+        images_per_second=done * bs * cfg.d_steps / seconds if seconds > 0 else 0.0,
+        final={k: v for k, v in last.items() if k != "step"},
+        device=str(device),
+    )
+
+
+def finalize_sampler(state: GANState, device: torch.device) -> nn.Module:
+    """The generator to save: the EMA copy with its BatchNorm statistics recomputed, else G."""
+    if state.g_ema is not None:
+        recalibrate_batchnorm(state.g_ema, state.cfg.z_dim, state.cfg.conditional, state.seed + 3, device)
+    return state.sampler
+
+
+# ---- the saved generator -------------------------------------------------------------------------------
+
+GENERATOR_FORMAT = "mnistgan-generator-1"
+
+
+def generator_file(state: GANState, sampler: nn.Module) -> dict[str, Any]:
+    """What the sample stage needs: the weights and the config that rebuilds their module."""
+    return {"format": GENERATOR_FORMAT, "train_config": to_dict(state.cfg), "seed": state.seed,
+            "step": state.step, "ema": state.g_ema is not None, "state_dict": sampler.state_dict()}  # fmt: skip
+
+
+def check_generator_file(obj: Any) -> str | None:
+    if not isinstance(obj, dict) or obj.get("format") != GENERATOR_FORMAT:
+        return f"not a generator file of this version (format {GENERATOR_FORMAT!r} expected)"
+    try:
+        generator_from_file(obj)
+    except Exception as e:  # config rejected or weights of another shape
+        return f"generator does not match the code ({str(e).splitlines()[0]})"
+    return None
+
+
+def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
+    from mnistgan.config import train_config_from_dict
+
+    cfg = train_config_from_dict(obj["train_config"])
+    g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional)
+    g.load_state_dict(obj["state_dict"])
+    return g.eval(), cfg

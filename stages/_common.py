@@ -1,0 +1,36 @@
+"""Shared start-up for the stage scripts: this checkout's src/ first, one-line errors, params."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+# Queued `dvc exp run` jobs run in temporary copies of the repo: import the copy's own src/, never an
+# installed or editable package that points at another checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mnistgan.config import ConfigError, Params, load_params  # noqa: E402
+from mnistgan.io import InputError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
+    """Load params.yaml, run `main`, and turn expected failures into one line on stderr and exit 2."""
+    from mnistgan.tracking import TrackingError
+
+    try:
+        params = load_params("params.yaml")
+        code = main(params) or 0
+    except (ConfigError, InputError, TrackingError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        code = 130
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,30 @@
+"""sample: sample.n images from the trained generator (fixed seed) and a 10x10 picture of them."""
+
+from __future__ import annotations
+
+import numpy as np
+from _common import Params, run_stage
+
+from mnistgan import tracking
+from mnistgan.io import load_torch, read_json, save_npy, save_png
+from mnistgan.sample import by_class_grid, image_grid, sample_images
+from mnistgan.train import check_generator_file, generator_from_file
+
+
+def main(params: Params) -> None:
+    cfg, paths = params.sample, params.paths
+    g, train_cfg = generator_from_file(load_torch(paths.generator, made_by="train", check=check_generator_file))
+    images = sample_images(g, cfg.n, train_cfg.z_dim, train_cfg.conditional, cfg.seed, cfg.batch_size)
+    save_npy(paths.samples, images)  # (n, 28, 28) uint8
+    # Conditional samples cycle through labels 0..9 (sample_noise), so row r of the grid is digit r.
+    grid = by_class_grid(images, np.arange(cfg.n) % 10) if train_cfg.conditional else image_grid(images[:100])
+    save_png(paths.samples_png, grid, scale=3)
+    run = tracking.reopen_run(params.tracking, read_json(paths.run, made_by="train").get("run_id"))
+    run.log_image(grid, key="final_samples", step=train_cfg.steps)
+    run.log_artifact(paths.samples_png)
+    run.end()
+    print(f"sample: {cfg.n} images -> {paths.samples}, picture -> {paths.samples_png}")
+
+
+if __name__ == "__main__":
+    run_stage("sample", main)

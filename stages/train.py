@@ -1,0 +1,132 @@
+"""train: the GAN. Resumes from paths.checkpoint when it was made with the same params."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import sys
+
+from _common import Params, run_stage
+
+from mnistgan import tracking
+from mnistgan.config import flatten, to_dict
+from mnistgan.data import load_mnist
+from mnistgan.io import InputError, atomic_path, load_torch, save_torch, write_json
+from mnistgan.sample import image_grid
+from mnistgan.tensors import to_unit_range
+
+
+def main(params: Params) -> int:
+    cfg, paths = params.train, params.paths
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA initialises
+    import torch
+
+    from mnistgan import train as core
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    device = core.resolve_device(cfg.device)
+    data = load_mnist(paths.mnist)
+    n = cfg.train_images or len(data.x_train)
+    x = to_unit_range(torch.from_numpy(data.x_train[:n])).to(device)  # (n, 1, 28, 28) in [-1, 1]
+    y = torch.from_numpy(data.y_train[:n]).long().to(device)  # (n,)
+
+    state = core.build_state(cfg, params.seed, device)
+    run_id = resume(state, paths.checkpoint, core)
+    run = tracking.open_run(params.tracking.experiment, params.tracking.required, run_id=run_id)
+    if not run_id:
+        run.log_params(flatten(params))
+    run.set_tags(tracking.run_tags(str(device)))
+    write_json(paths.run, {"run_id": run.run_id})
+
+    stop = {"signal": None}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["signal"] = signal.Signals(signum).name
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    def on_checkpoint(step: int, ckpt: dict) -> None:
+        ckpt["mlflow_run_id"] = run.run_id
+        save_torch(paths.checkpoint, ckpt)
+
+    try:
+        result = core.train(
+            state, x, y,
+            on_log=lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step),
+            on_images=lambda step, imgs: run.log_image(image_grid(imgs.numpy()), key="samples", step=step),
+            on_checkpoint=on_checkpoint,
+            stop_requested=lambda: stop["signal"] is not None,
+        )  # fmt: skip
+    except core.StopRequested as e:
+        run.end("KILLED")
+        print(f"train: {stop['signal']}: {e}; `dvc repro` resumes from {paths.checkpoint}", file=sys.stderr)
+        return 130
+    except core.DivergenceError as e:
+        run.end("FAILED")
+        print(f"train: error: {e}; the last good checkpoint is kept in {paths.checkpoint}", file=sys.stderr)
+        return 3
+    except BaseException:
+        run.end("FAILED")
+        raise
+
+    sampler = core.finalize_sampler(state, device)
+    save_torch(paths.generator, core.generator_file(state, sampler))
+    write_losses_csv(paths.train_losses, state.history)
+    summary = {"steps": result.steps, "seconds": round(result.seconds, 2), "device": result.device,
+               "images_per_second": round(result.images_per_second, 1),
+               **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip
+    write_json(paths.metrics_train, summary)
+    run.log_metrics({"train_seconds": result.seconds, "images_per_second": result.images_per_second})
+    run.log_artifact(paths.generator, "model")
+    run.log_artifact(paths.train_losses)
+    run.end()
+    print(f"train: {result.steps} steps on {result.device} in {result.seconds:.0f} s "
+          f"({result.images_per_second:.0f} images/s)")  # fmt: skip
+    return 0
+
+
+def resume(state, path: str, core) -> str | None:
+    """Load the checkpoint at `path` into `state` when it was made with the same train params and seed;
+    returns its MLflow run id so the same run continues."""
+    if not os.path.exists(path):
+        return None
+    try:
+        ckpt = load_torch(path)
+    except InputError as e:
+        print(f"train: {e}; starting fresh", file=sys.stderr)
+        return None
+    same = ckpt.get("train_config") == to_dict(state.cfg) and ckpt.get("seed") == state.seed
+    if not same:
+        old = ckpt.get("train_config") or {}
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in to_dict(state.cfg).items() if old.get(k) != v]
+        if ckpt.get("seed") != state.seed:
+            diff.append(f"seed {ckpt.get('seed')!r} -> {state.seed!r}")
+        print(f"train: {path} was made with other params ({', '.join(diff)}); starting fresh", file=sys.stderr)
+        return None
+    core.restore(state, ckpt)
+    print(f"train: resuming from {path} at step {state.step}", file=sys.stderr)
+    return ckpt.get("mlflow_run_id") or None
+
+
+def write_losses_csv(path: str, history: list[dict]) -> None:
+    from mnistgan.train import LOSS_COLUMNS
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", *LOSS_COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+if __name__ == "__main__":
+    run_stage("train", main)
