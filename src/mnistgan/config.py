@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoint_every: int = _opt(500, lo=1)
     device: str = _opt("auto", choices=DEVICES)
     deterministic: bool = _opt(False)
+    fast: str = _opt("auto", choices=("auto", "on", "off"), doc="GPU fast path (bf16, CUDA graphs); auto = on CUDA")
     threads: int = _opt(0, lo=0, doc="CPU threads for torch; 0 keeps torch's default")
 
 

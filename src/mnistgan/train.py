@@ -64,6 +64,10 @@ class GANState:
     noise: torch.Generator  # every random draw of the loop: z, fake labels, GP mixing weights
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # loss rows so far
+    # Sums of the step outputs since the last loss row, kept on the device (no host sync per step) and
+    # saved in checkpoints so a resumed run writes the same rows as an uninterrupted one.
+    loss_sum: torch.Tensor | None = None
+    loss_count: int = 0
 
     @property
     def sampler(self) -> nn.Module:
@@ -122,6 +126,8 @@ def checkpoint(state: GANState) -> dict[str, Any]:
         "noise_rng": state.noise.get_state(),
         "rng": _rng_snapshot(),
         "history": state.history,
+        "loss_sum": state.loss_sum,
+        "loss_count": state.loss_count,
     }
 
 
@@ -136,6 +142,9 @@ def restore(state: GANState, ckpt: dict[str, Any]) -> None:
     _rng_restore(ckpt["rng"])
     state.step = int(ckpt["step"])
     state.history = list(ckpt["history"])
+    device = next(state.g.parameters()).device
+    state.loss_sum = ckpt["loss_sum"].to(device) if ckpt["loss_sum"] is not None else None
+    state.loss_count = int(ckpt["loss_count"])
 
 
 # ---- one step -----------------------------------------------------------------------------------------
@@ -190,6 +199,21 @@ def train_step(state: GANState, loss: Loss, batches: list[tuple[torch.Tensor, to
         update_ema(state.g_ema, g, cfg.ema)
     return torch.stack([loss_d.detach(), loss_g.detach(), logit_real.detach().mean(),
                         logit_fake.detach().mean(), gp.detach()])  # fmt: skip
+
+
+def use_fast_path(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.fast == "on" or (cfg.fast == "auto" and device.type == "cuda")
+
+
+def make_step_fn(
+    state: GANState, loss: Loss, device: torch.device
+) -> Callable[[list[tuple[torch.Tensor, torch.Tensor]]], torch.Tensor]:
+    """The plain eager step, or the fast path (mnistgan.fast) when the config and device call for it."""
+    if use_fast_path(state.cfg, device):
+        from mnistgan import fast
+
+        return fast.make_fast_step(state, loss)
+    return lambda batches: train_step(state, loss, batches)
 
 
 # ---- sampling helpers ---------------------------------------------------------------------------------
@@ -277,11 +301,12 @@ def train(
     """
     cfg, device = state.cfg, x_train.device
     loss = get_loss(cfg.loss)
+    step_fn = make_step_fn(state, loss, device)
     n, bs = x_train.shape[0], cfg.batch_size
     per_epoch = n // bs  # the last partial batch of an epoch is dropped so every batch has B images
     z_fixed, y_fixed = fixed_noise(cfg.z_dim, cfg.conditional, state.seed + 2)
-    acc = torch.zeros(len(LOSS_COLUMNS), device=device)  # running sums between log rows (no host sync)
-    acc_n = 0
+    if state.loss_sum is None:
+        state.loss_sum = torch.zeros(len(LOSS_COLUMNS), device=device)
     perm_epoch, perm = -1, None
     start_step, t0 = state.step, time.perf_counter()
     last: dict[str, float] = {}
@@ -296,17 +321,16 @@ def train(
 
     def interval_means() -> dict[str, float]:
         """Mean losses since the last row (one host sync); stops on NaN/Inf."""
-        row = dict(zip(LOSS_COLUMNS, (acc / max(acc_n, 1)).tolist(), strict=True))
+        row = dict(zip(LOSS_COLUMNS, (state.loss_sum / max(state.loss_count, 1)).tolist(), strict=True))
         for name, v in row.items():
             if not np.isfinite(v):
                 raise DivergenceError(f"training diverged: {name} is {v} at step {state.step}")
         return row
 
     def flush() -> dict[str, float]:
-        nonlocal acc_n
         row = interval_means()
-        acc.zero_()
-        acc_n = 0
+        state.loss_sum.zero_()
+        state.loss_count = 0
         return row
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress,
@@ -319,8 +343,8 @@ def train(
                     on_checkpoint(state.step, checkpoint(state))
                 raise StopRequested(state.step)
             base = state.step * cfg.d_steps
-            acc += train_step(state, loss, [batch(base + k) for k in range(cfg.d_steps)])
-            acc_n += 1
+            state.loss_sum += step_fn([batch(base + k) for k in range(cfg.d_steps)])
+            state.loss_count += 1
             state.step += 1
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:

