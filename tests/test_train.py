@@ -1,3 +1,4 @@
+import contextlib
 import io
 
 import pytest
@@ -58,11 +59,9 @@ def run_training(cfg, seed=0, stop_at=None, resume_from=None):
         torch.save(ckpt, buf)
         saved[step] = buf.getvalue()
 
-    try:
+    with contextlib.suppress(core.StopRequested):
         core.train(state, x, y, on_checkpoint=on_checkpoint, progress=False,
                    stop_requested=lambda: stop_at is not None and state.step >= stop_at)  # fmt: skip
-    except core.StopRequested:
-        pass
     return state, saved
 
 

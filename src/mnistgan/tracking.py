@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -86,6 +88,24 @@ def run_tags(device: str) -> dict[str, str]:
     return tags
 
 
+# SQLite allows one writer at a time; two experiments running side by side (`dvc queue start -j 2`)
+# can meet "database is locked" (and, on a fresh store, a race creating the tables). Such errors are
+# transient: retry with jittered backoff for up to a minute instead of failing the stage.
+_TRANSIENT = ("database is locked", "database table is locked", "already exists", "UNIQUE constraint failed")
+
+
+def with_retry(fn: Any, *args: Any, budget_s: float = 60.0, **kwargs: Any) -> Any:
+    deadline, delay = time.monotonic() + budget_s, 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not any(t in str(e) for t in _TRANSIENT) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
 class NullRun:
     """Stands in for an MLflow run when tracking is off: every call does nothing."""
 
@@ -108,22 +128,22 @@ class Run(NullRun):
 
     def log_params(self, params: dict[str, Any]) -> None:
         # MLflow params are strings of at most a few hundred characters; ours are scalars.
-        self.mlflow.log_params({k: str(v) for k, v in params.items()})
+        with_retry(self.mlflow.log_params, {k: str(v) for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        with_retry(self.mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        self.mlflow.log_image(np.asarray(image, np.uint8), key=key, step=step)
+        with_retry(self.mlflow.log_image, np.asarray(image, np.uint8), key=key, step=step)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.mlflow.log_artifact(str(path), artifact_path=folder)
+        with_retry(self.mlflow.log_artifact, str(path), artifact_path=folder)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.mlflow.set_tags(tags)
+        with_retry(self.mlflow.set_tags, tags)
 
     def end(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        with_retry(self.mlflow.end_run, status=status)
 
 
 def _import_mlflow(required: bool) -> Any:
@@ -163,10 +183,11 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
         check_store(uri)
         mlflow.set_tracking_uri(uri)
         if run_id:
-            active = mlflow.start_run(run_id=run_id)
+            active = with_retry(mlflow.start_run, run_id=run_id)
         else:
-            exp_id = _experiment_id(mlflow, experiment, repo_root())
-            active = mlflow.start_run(experiment_id=exp_id, run_name=run_name or os.environ.get("DVC_EXP_NAME"))
+            exp_id = with_retry(_experiment_id, mlflow, experiment, repo_root())
+            name = run_name or os.environ.get("DVC_EXP_NAME")
+            active = with_retry(mlflow.start_run, experiment_id=exp_id, run_name=name)
     except TrackingError:
         if required:
             raise

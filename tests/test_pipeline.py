@@ -1,0 +1,107 @@
+"""End to end: the real DVC pipeline on a tiny configuration in a temporary copy of this checkout."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from pipeline_utils import TINY, copy_repo, dvc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    dvc(["repro"], root)
+    return root
+
+
+def mlflow_runs(root):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return mlflow, mlflow.search_runs(experiment_names=["mnistgan"], output_format="pandas")
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_every_output_is_there(repo):
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert (repo / "data/mnist" / f"{name}.npy").exists()
+    samples = np.load(repo / "data/samples.npy")
+    assert samples.shape == (TINY["sample"]["n"], 28, 28) and samples.dtype == np.uint8
+    assert samples.std() > 0  # not a constant image
+    from PIL import Image
+
+    png = Image.open(repo / "plots/samples.png")
+    assert png.size == (3 * (10 * 30 + 2), 3 * (10 * 30 + 2))
+    clf = json.loads((repo / "metrics/classifier.json").read_text())
+    assert 0.5 < clf["test_accuracy"] <= 1.0  # a tiny run, but it learned something
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["steps"] == TINY["train"]["steps"] and train["device"] == "cpu" and train["images_per_second"] > 0
+    rows = list(csv.DictReader((repo / "metrics/train_losses.csv").read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == list(range(10, 121, 10))
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    for part in ("generated", "real_reference"):
+        for key in ("inception_score", "inception_score_std", "fid"):
+            assert np.isfinite(ev[part][key])
+    # The real reference is far better than a 120-step GAN: the reference gives the scale.
+    assert ev["real_reference"]["fid"] < ev["generated"]["fid"]
+
+
+def test_second_repro_reruns_nothing_and_status_is_clean(repo):
+    out = dvc(["repro"], repo).stdout
+    assert "Running stage" not in out
+    for stage in ("prepare", "classifier", "train", "sample", "evaluate"):
+        assert f"'{stage}' didn't change" in out
+    status = dvc(["status"], repo).stdout
+    assert "up to date" in status
+
+
+def test_mlflow_run_holds_params_losses_images_scores_and_tags(repo):
+    mlflow, runs = mlflow_runs(repo)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    assert float(run["params.train.steps"]) == TINY["train"]["steps"]
+    assert run["params.train.loss"] == yaml.safe_load((repo / "params.yaml").read_text())["train"]["loss"]
+    assert run["tags.git_commit"] != "unknown" and len(run["tags.git_commit"]) == 40
+    assert run["tags.device"] == "cpu" and run["tags.torch_version"]
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run["run_id"], "loss_d")
+    assert [m.step for m in history] == list(range(10, 121, 10))
+    ev = flat(json.loads((repo / "metrics/eval.json").read_text()))
+    for key, value in ev.items():
+        assert run[f"metrics.{key}"] == pytest.approx(value, rel=1e-9), key
+    artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
+    assert {"images", "model", "samples.png", "eval.json", "train_losses.csv"} <= artifacts
+    images = {a.path.split("/")[-1].split("+")[0] + "@" + a.path.split("+")[2]
+              for a in client.list_artifacts(run["run_id"], "images") if a.path.endswith(".png")}  # fmt: skip
+    assert {"samples@60", "samples@120", "final_samples@120"} <= images
+
+
+def test_dvc_exp_run_logs_a_second_tagged_run(repo):
+    out = dvc(["exp", "run", "-n", "lr-test", "-S", "train.lr=0.0005"], repo).stdout
+    assert "Running stage 'train'" in out and "Running stage 'classifier'" not in out
+    _, runs = mlflow_runs(repo)
+    assert len(runs) == 2
+    tagged = runs[runs["tags.dvc_exp_name"] == "lr-test"]
+    assert len(tagged) == 1 and float(tagged.iloc[0]["params.train.lr"]) == 0.0005
+    assert tagged.iloc[0]["status"] == "FINISHED"
+    shown = dvc(["exp", "show", "--json"], repo).stdout
+    assert "lr-test" in shown
+
+
+def test_bad_override_fails_with_one_line(repo):
+    p = dvc(["exp", "run", "-S", "train.loss=wgan"], repo, check=False)
+    assert p.returncode != 0
+    assert "train.loss: unknown value 'wgan'; allowed: minimax, ns, lsgan, hinge, wgan-gp" in p.stdout + p.stderr
