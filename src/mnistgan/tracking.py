@@ -201,3 +201,10 @@ def reopen_run(cfg: Any, run_id: str | None) -> NullRun:
     if not run_id:
         return NullRun()
     return open_run(cfg.experiment, cfg.required, run_id=run_id)
+
+
+def search_runs(experiment: str, uri: str | None = None) -> Any:
+    """All runs of `experiment` as a pandas DataFrame (columns params.*, metrics.*, tags.*)."""
+    mlflow = _import_mlflow(True)
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    return mlflow.search_runs(experiment_names=[experiment], output_format="pandas")

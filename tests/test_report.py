@@ -1,0 +1,45 @@
+import pandas as pd
+import pytest
+
+from mnistgan.report import END, START, mean_std, replace_section, results_table
+
+
+def fake_runs():
+    rows = []
+    for loss, fids in [("ns", [10.0, 12.0, 14.0]), ("hinge", [5.0, 7.0, 9.0])]:
+        for seed, fid in enumerate(fids):
+            rows.append({"status": "FINISHED", "params.seed": str(seed), "params.train.loss": loss,
+                         "params.train.model": "dcgan-small", "params.train.d_norm": "none", "params.train.ema": "0.999",
+                         "params.train.lr": "0.0002", "params.train.batch_size": "64", "params.train.steps": "100",
+                         "params.train.conditional": "False", "params.tracking.experiment": "x",
+                         "metrics.generated.fid": fid, "metrics.generated.inception_score": 9.0,
+                         "metrics.real_reference.fid": 1.5, "metrics.train_seconds": 60.0 + seed,
+                         "tags.device": "cpu"})  # fmt: skip
+    rows.append({**rows[0], "status": "FAILED", "metrics.generated.fid": 1000.0})
+    return pd.DataFrame(rows)
+
+
+def test_groups_by_recipe_over_seeds_sorted_by_fid():
+    table = results_table(fake_runs())
+    lines = [line for line in table.splitlines() if line.startswith("| dcgan-small")]
+    assert len(lines) == 2  # two recipes, the failed run left out
+    assert "hinge" in lines[0] and "ns" in lines[1]  # best FID first
+    assert "| 3 | 7.00 ± 2.00 |" in lines[0] and "| 3 | 12.00 ± 2.00 |" in lines[1]
+    assert "reference" in table and "1.50" in table
+
+
+def test_mean_std_single_value_and_nan():
+    assert mean_std([2.0], "{:.1f}") == "2.0"
+    assert mean_std([float("nan")], "{:.1f}") == "-"
+    assert mean_std([1.0, 3.0], "{:.1f}") == "2.0 ± 1.4"
+
+
+def test_empty_store():
+    assert "No evaluated runs" in results_table(pd.DataFrame())
+
+
+def test_replace_section():
+    text = f"a\n{START}\nold\n{END}\nb"
+    assert replace_section(text, "new\n") == f"a\n{START}\nnew\n{END}\nb"
+    with pytest.raises(ValueError, match="markers"):
+        replace_section("no markers", "x")
