@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 # Stage commands call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test test-fast bench ui compare lint format clean
+.PHONY: venv repro test test-fast bench ui compare results lint format clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test-fast: venv
 
 bench: venv
 	$(VENV)/bin/python -m mnistgan.bench
+
+compare: venv
+	$(VENV)/bin/python -m mnistgan.report compare
+
+results: venv
+	$(VENV)/bin/python -m mnistgan.report results --readme README.md
 
 ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from pipeline_utils import TINY, copy_repo, dvc
+from pipeline_utils import BIN, TINY, copy_repo, dvc, env, run
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,16 @@ def test_dvc_exp_run_logs_a_second_tagged_run(repo):
     assert tagged.iloc[0]["status"] == "FINISHED"
     shown = dvc(["exp", "show", "--json"], repo).stdout
     assert "lr-test" in shown
+
+
+def test_compare_report_of_the_two_runs(repo):
+    run([str(BIN / "python"), "-m", "mnistgan.report", "compare", "--out", "reports"], repo,
+        env={**env(), "PYTHONPATH": str(repo / "src")})  # fmt: skip
+    md = (repo / "reports/compare.md").read_text()
+    assert "lr-test" in md and "| train.lr |" in md  # the differing parameter is shown
+    assert "| fid |" in md and "real reference" in md
+    page = (repo / "reports/compare.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # loss curves + one grid per run, embedded
 
 
 def test_bad_override_fails_with_one_line(repo):

@@ -1,7 +1,10 @@
-"""Tables built from MLflow runs (read through mnistgan.tracking): the recipe results table in README.
+"""Reports built from MLflow runs (read through mnistgan.tracking).
 
 Usage:
     python -m mnistgan.report results [--experiment mnistgan] [--readme README.md]
+    python -m mnistgan.report compare [--runs ID,ID] [--last 6] [--out reports]    (make compare)
+
+`results` is the recipe table in README.
 
 Runs are grouped by every parameter except the seed, so each row is one recipe run over several seeds,
 reported as mean ± std (std over seeds, ddof=1; '-' with a single seed).
@@ -10,6 +13,8 @@ reported as mean ± std (std over seeds, ddof=1; '-' with a single seed).
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import re
 import sys
 from pathlib import Path
@@ -80,13 +85,162 @@ def replace_section(text: str, body: str) -> str:
     return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}{END}", text, flags=re.S)
 
 
+# ---- compare: several runs side by side ----------------------------------------------------------------
+
+COMPARE_SCORES = ["fid", "inception_score", "precision", "recall", "density", "coverage", "classes_covered", "kid"]
+
+
+def run_label(row: Any) -> str:
+    name = row.get("tags.dvc_exp_name") or row.get("tags.mlflow.runName") or ""
+    return f"{name or 'run'} ({str(row['run_id'])[:8]})"
+
+
+def differing_params(runs: Any) -> list[str]:
+    """params.* columns whose values are not all equal across the runs (paths and tracking left out)."""
+    skip = ("params.paths.", "params.tracking.")
+    cols = [c for c in runs.columns if c.startswith("params.") and not c.startswith(skip)]
+    return sorted(c for c in cols if runs[c].fillna("").astype(str).nunique() > 1)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for: differing params, scores with references, training time and device."""
+    labels = [run_label(r) for _, r in runs.iterrows()]
+    params = differing_params(runs)
+    param_rows = [[p.removeprefix("params."), *[_fmt(v) for v in runs[p]]] for p in params]
+    t_params = ("Parameters that differ", ["parameter", *labels], param_rows or [["(none)", *[""] * len(labels)]])
+    score_rows = []
+    for key in COMPARE_SCORES:
+        gen, ref = f"metrics.generated.{key}", f"metrics.real_reference.{key}"
+        if gen in runs:
+            refs = {_fmt(v) for v in runs.get(ref, [])}
+            score_rows.append([key, *[_fmt(v) for v in runs[gen]], " / ".join(sorted(refs)) or "-"])
+    t_scores = ("Final scores (generated samples; real-data reference in the last column)",
+                ["score", *labels, "real reference"], score_rows)  # fmt: skip
+    t_time = ("Training", ["", *labels], [
+        ["train seconds", *[_fmt(v) for v in runs.get("metrics.train_seconds", [None] * len(runs))]],
+        ["images/s", *[_fmt(v) for v in runs.get("metrics.images_per_second", [None] * len(runs))]],
+        ["device", *[_fmt(v) for v in runs.get("tags.device", [None] * len(runs))]],
+        ["status", *[_fmt(v) for v in runs["status"]]],
+        ["git commit", *[_fmt(v)[:10] for v in runs.get("tags.git_commit", [None] * len(runs))]],
+    ])  # fmt: skip
+    return [t_params, t_scores, t_time]
+
+
+def loss_curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
+    """One figure, one panel per loss, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["loss_d", "loss_g"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 3.6), dpi=110)
+    for ax, key in zip(axes, keys, strict=True):
+        for label, series in curves.items():
+            if series.get(key):
+                steps, values = zip(*series[key], strict=True)
+                ax.plot(steps, values, label=label, linewidth=1.2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _img_data(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def render_markdown(tables: list, curves: Path | None, grids: dict[str, Path | None], out_dir: Path) -> str:
+    parts = ["# Comparing runs", ""]
+    for title, header, rows in tables:
+        parts += [f"## {title}", "", _md_table(header, rows), ""]
+    if curves:
+        parts += ["## Loss curves", "", f"![loss curves]({curves.relative_to(out_dir)})", ""]
+    parts += ["## Last sample grids", ""]
+    for label, grid in grids.items():
+        parts.append(f"**{label}**: " + (f"![{label}]({grid.relative_to(out_dir)})" if grid else "no grid logged"))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def render_html(tables: list, curves: Path | None, grids: dict[str, Path | None]) -> str:
+    """One self-contained page: tables, and images embedded as data URIs."""
+    esc = html.escape
+    body = ["<h1>Comparing runs</h1>"]
+    for title, header, rows in tables:
+        body.append(f"<h2>{esc(title)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+        body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
+        body.append("</table>")
+    if curves:
+        body.append(f'<h2>Loss curves</h2><img alt="loss curves" src="{_img_data(curves)}">')
+    body.append('<h2>Last sample grids</h2><div class="grids">')
+    for label, grid in grids.items():
+        img = f'<img alt="{esc(label)}" src="{_img_data(grid)}">' if grid else "<p>no grid logged</p>"
+        body.append(f"<figure>{img}<figcaption>{esc(label)}</figcaption></figure>")
+    body.append("</div>")
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+             ".grids{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{max-width:100%}")  # fmt: skip
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mnistgan: comparing runs</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+
+
+def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path) -> tuple[Path, Path]:
+    from mnistgan import tracking
+
+    runs = tracking.search_runs(experiment)
+    if run_ids:
+        runs = runs[runs["run_id"].isin(run_ids)]
+    else:
+        runs = runs[runs["status"] == "FINISHED"].sort_values("start_time", ascending=False).head(last)
+    if len(runs) == 0:
+        raise SystemExit("compare: no runs to compare (run the pipeline first, or check --runs / --experiment)")
+    runs = runs.sort_values("start_time").reset_index(drop=True)
+    files = out_dir / "compare_files"
+    curves = {run_label(r): {k: tracking.metric_history(r["run_id"], k) for k in ("loss_d", "loss_g")}
+              for _, r in runs.iterrows()}  # fmt: skip
+    curves_png = files / "loss_curves.png"
+    loss_curves_png(curves, curves_png)
+    grids = {run_label(r): tracking.last_image(r["run_id"], "final_samples", files / str(r["run_id"]))
+             for _, r in runs.iterrows()}  # fmt: skip
+    tables = compare_tables(runs)
+    md, page = out_dir / "compare.md", out_dir / "compare.html"
+    md.write_text(render_markdown(tables, curves_png, grids, out_dir))
+    page.write_text(render_html(tables, curves_png, grids))
+    return md, page
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnistgan.report")
     sub = parser.add_subparsers(dest="command", required=True)
     res = sub.add_parser("results", help="recipe results table from MLflow runs")
     res.add_argument("--experiment", default="mnistgan")
     res.add_argument("--readme", help="rewrite the table between the results markers of this file")
+    cmp = sub.add_parser("compare", help="reports/compare.md and a self-contained reports/compare.html")
+    cmp.add_argument("--experiment", default="mnistgan")
+    cmp.add_argument("--runs", help="comma-separated run ids (default: the most recent finished runs)")
+    cmp.add_argument("--last", type=int, default=6, help="how many recent runs without --runs")
+    cmp.add_argument("--out", default="reports")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        md, page = compare(args.experiment, args.runs.split(",") if args.runs else None, args.last, Path(args.out))
+        print(f"wrote {md} and {page}")
+        return 0
     from mnistgan.tracking import search_runs
 
     table = results_table(search_runs(args.experiment))

@@ -208,3 +208,23 @@ def search_runs(experiment: str, uri: str | None = None) -> Any:
     mlflow = _import_mlflow(True)
     mlflow.set_tracking_uri(uri or tracking_uri())
     return mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric of one run, in step order."""
+    mlflow = _import_mlflow(True)
+    history = mlflow.MlflowClient().get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+def last_image(run_id: str, key: str, dest: Path) -> Path | None:
+    """Download the PNG of the highest step logged under `key` with log_image; None if there is none."""
+    mlflow = _import_mlflow(True)
+    client = mlflow.MlflowClient()
+    pngs = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    # log_image names files "<key>+step+<step>+timestamp+...png"
+    steps = [(int(p.split("+")[2]), p) for p in pngs if p.split("/")[-1].split("+")[0] == key]
+    if not steps:
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, max(steps)[1], str(dest)))
