@@ -7,7 +7,7 @@ from _common import Params, run_stage
 
 from mnistgan import tracking
 from mnistgan.io import load_torch, read_json, save_npy, save_png
-from mnistgan.sample import by_class_grid, image_grid, sample_images
+from mnistgan.sample import by_class_grid, image_grid, interpolation_images, sample_images
 from mnistgan.train import check_generator_file, generator_from_file
 
 
@@ -19,11 +19,14 @@ def main(params: Params) -> None:
     # Conditional samples cycle through labels 0..9 (sample_noise), so row r of the grid is digit r.
     grid = by_class_grid(images, np.arange(cfg.n) % 10) if train_cfg.conditional else image_grid(images[:100])
     save_png(paths.samples_png, grid, scale=3)
+    walk = image_grid(interpolation_images(g, train_cfg.z_dim, train_cfg.conditional, cfg.seed + 1))
+    save_png(paths.interpolation_png, walk, scale=3)
     run = tracking.reopen_run(params.tracking, read_json(paths.run, made_by="train").get("run_id"))
     run.log_image(grid, key="final_samples", step=train_cfg.steps)
     run.log_artifact(paths.samples_png)
+    run.log_artifact(paths.interpolation_png)
     run.end()
-    print(f"sample: {cfg.n} images -> {paths.samples}, picture -> {paths.samples_png}")
+    print(f"sample: {cfg.n} images -> {paths.samples}, pictures -> {paths.samples_png}, {paths.interpolation_png}")
 
 
 if __name__ == "__main__":

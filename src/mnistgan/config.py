@@ -112,6 +112,7 @@ class PathsConfig:
     run: str = _opt("models/run.json", doc="the MLflow run id shared by train, sample and evaluate")
     samples: str = _opt("data/samples.npy")
     samples_png: str = _opt("plots/samples.png")
+    interpolation_png: str = _opt("plots/interpolation.png")
     train_losses: str = _opt("metrics/train_losses.csv")
     metrics_classifier: str = _opt("metrics/classifier.json")
     metrics_train: str = _opt("metrics/train.json")

@@ -23,6 +23,32 @@ def sample_images(g: nn.Module, n: int, z_dim: int, conditional: bool, seed: int
     return generate(g, z, y, batch_size).numpy()
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between noise vectors a, b (z_dim,) at fractions t (T,) -> (T, z_dim).
+
+    Gaussian noise lives near a sphere; a straight line between two points passes through low-norm
+    noise the generator never saw, so the middle of a linear interpolation looks washed out.
+    """
+    cos = torch.dot(a / a.norm(), b / b.norm()).clamp(-1, 1)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-6:
+        return a + t[:, None] * (b - a)
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so)[:, None] * a + (torch.sin(t * omega) / so)[:, None] * b
+
+
+def interpolation_images(
+    g: nn.Module, z_dim: int, conditional: bool, seed: int, rows: int = 8, steps: int = 10
+) -> np.ndarray:
+    """`rows` latent walks of `steps` images each between random noise pairs -> uint8 (rows*steps, 28, 28).
+    Conditional models keep one label per row (row r: digit r % 10)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 1, steps)
+    z = torch.cat([slerp(torch.randn(z_dim, generator=gen), torch.randn(z_dim, generator=gen), t) for _ in range(rows)])
+    y = torch.arange(rows).repeat_interleave(steps) % N_CLASSES if conditional else None
+    return generate(g, z, y).numpy()
+
+
 def image_grid(images: np.ndarray, nrow: int = 10, pad: int = 2, background: int = 255) -> np.ndarray:
     """uint8 (N, 28, 28) -> one uint8 (H, W) picture, `nrow` images per row, separated by `pad` pixels.
 
