@@ -71,7 +71,10 @@ def test_statistics_and_fid_agree_with_torch_fidelity():
     torch = pytest.importorskip("torch")
     tf_fid = pytest.importorskip("torch_fidelity.metric_fid")
     a, b = gaussian_feats(8, 1000, 48), gaussian_feats(9, 900, 48, shift=0.2, scale=0.8)
-    sa, sb = tf_fid.fid_features_to_statistics(torch.from_numpy(a)), tf_fid.fid_features_to_statistics(torch.from_numpy(b))
+    sa, sb = (
+        tf_fid.fid_features_to_statistics(torch.from_numpy(a)),
+        tf_fid.fid_features_to_statistics(torch.from_numpy(b)),
+    )
     mu, sigma = M.features_to_statistics(a)
     np.testing.assert_allclose(mu, sa["mu"], rtol=1e-12)
     np.testing.assert_allclose(sigma, sa["sigma"], rtol=1e-12)
@@ -260,7 +263,7 @@ def test_scores_do_not_depend_on_the_feature_batch_size():
             "is": M.probs_to_inception_score(probs, 5)[0],
             "fid": M.fid(feats, ref_feats),
             "kid": M.features_to_kid(feats, ref_feats, subsets=10, subset_size=200)[0],
-            **M._manifold_counts(feats, ref_feats, 3),
+            **M.precision_recall_density_coverage(feats, ref_feats, 3),
         })  # fmt: skip
     for key, value in scores[0].items():
         assert abs(value - scores[1][key]) <= 1e-5 * max(abs(value), 1e-3), key

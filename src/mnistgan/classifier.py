@@ -157,7 +157,7 @@ def check_classifier_file(obj: Any) -> str | None:
     expected = Classifier().state_dict()
     got = obj["state_dict"]
     if set(got) != set(expected) or any(tuple(got[k].shape) != tuple(v.shape) for k, v in expected.items()):
-        return "classifier weights do not match the Classifier in models.py (was the code changed?)"
+        return "classifier weights do not match the Classifier in classifier.py (was the code changed?)"
     return None
 
 

@@ -289,8 +289,9 @@ def features_to_knn_radii(feats: np.ndarray, k: int = 3) -> np.ndarray:
     return np.sqrt(np.maximum(_knn_sq_radii(_Points(x, x.mean(axis=0)), k), 0).astype(np.float64))
 
 
-def _manifold_counts(generated: np.ndarray, real: np.ndarray, k: int) -> dict[str, float]:
-    """One pass over the generated x real distance matrix for precision, recall, density, coverage."""
+def precision_recall_density_coverage(generated: np.ndarray, real: np.ndarray, k: int = 3) -> dict[str, float]:
+    """precision_recall and density_coverage together, from one blocked pass over the generated x real
+    distance matrix (float32, centred) after the k-NN radii of both sets."""
     _check_k(k)
     why = f" for k={k} nearest neighbours (k + 1)"
     gen = _as_2d("generated", generated, k + 1, why)
@@ -328,7 +329,7 @@ def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tup
     recall = share of REAL points inside the generated manifold (diversity). The generated set comes
     first, as in torch-fidelity's prc_features_to_metric; a boundary point (distance == radius) is inside.
     """
-    out = _manifold_counts(generated, real, k)
+    out = precision_recall_density_coverage(generated, real, k)
     return out["precision"], out["recall"]
 
 
@@ -340,7 +341,7 @@ def density_coverage(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tup
     density = (1 / kN) sum_i sum_j 1[gen_i in sphere(real_j)], about 1 when the sets match, unbounded;
     coverage = share of real points whose sphere holds at least one generated point, in [0, 1].
     """
-    out = _manifold_counts(generated, real, k)
+    out = precision_recall_density_coverage(generated, real, k)
     return out["density"], out["coverage"]
 
 
@@ -461,7 +462,7 @@ def evaluate_samples(
     out["inception_score"], out["inception_score_std"] = probs_to_inception_score(probs, splits, seed=seed)
     out["fid"] = fid(gen, test)
     out["kid"], out["kid_std"] = features_to_kid(gen, test, seed=seed)
-    out.update(_manifold_counts(gen, test, k))
+    out.update(precision_recall_density_coverage(gen, test, k))
     out.update(class_coverage(probs))
     out["memorisation"] = memorisation_share(gen, pool, test, threshold=memorisation_threshold)
     out["n_samples"] = len(gen)

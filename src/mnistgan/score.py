@@ -21,12 +21,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnistgan import metrics
 from mnistgan.io import InputError, atomic_path, write_json
+
+if TYPE_CHECKING:  # torch is imported only when a classifier is needed
+    from mnistgan.classifier import Classifier
+    from mnistgan.data import MNIST
 
 PROG = "mnistgan score"
 EXIT_BAD_INPUT = 2
@@ -40,9 +44,10 @@ FLOAT_TOLERANCE = 1e-3  # float pixels may overshoot their range by this much (r
 def images_to_uint8(array: np.ndarray, source: str = "array") -> tuple[np.ndarray, str]:
     """Any of the accepted pixel conventions -> uint8 (N, 28, 28), and the name of the convention found.
 
-    uint8 (or another integer type) in 0..255 is kept; float with no negative values is read as [0, 1]
-    (x * 255, rounded); float with negative values as [-1, 1] ((x + 1) * 127.5, rounded, as
-    tensors.to_uint8 does for the generator's tanh output).
+    uint8 (or another integer type) in 0..255 is kept. Float pixels are read as [0, 1] (x * 255, rounded)
+    when none is below -FLOAT_TOLERANCE, else as [-1, 1] ((x + 1) * 127.5, rounded, as tensors.to_uint8
+    does for the generator's tanh output): digits on a black background reach -1 in that convention,
+    so the two cannot be confused on real samples.
     """
     a = np.asarray(array)
     if a.ndim == 4 and a.shape[1] == 1:
@@ -67,7 +72,7 @@ def images_to_uint8(array: np.ndarray, source: str = "array") -> tuple[np.ndarra
     x = a.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
     tol = FLOAT_TOLERANCE
-    if lo >= 0 and hi <= 1 + tol:
+    if lo >= -tol and hi <= 1 + tol:
         return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8), "float [0, 1]"
     if lo >= -1 - tol and hi <= 1 + tol:
         return np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8), "float [-1, 1]"
@@ -118,10 +123,12 @@ def load_images(path: str | Path) -> tuple[np.ndarray, str]:
             names = list(npz.keys())
             chosen = names[0] if len(names) == 1 else next((k for k in ARRAY_KEYS if k in names), None)
             if chosen is None:
-                raise InputError(
-                    f"{path}: holds arrays {names}; expected one array or one named x, images or samples"
-                )
-            images, convention = images_to_uint8(npz[chosen], f"{path}[{chosen}]")
+                raise InputError(f"{path}: holds arrays {names}; expected one array or one named x, images or samples")
+            try:
+                array = npz[chosen]
+            except (OSError, ValueError, EOFError) as e:
+                raise InputError(f"{path}[{chosen}]: unreadable array ({str(e).splitlines()[0]})") from None
+            images, convention = images_to_uint8(array, f"{path}[{chosen}]")
         return images, f"npz[{chosen}], {convention}"
     images, convention = images_to_uint8(loaded, str(path))
     return images, f"npy, {convention}"
@@ -130,20 +137,18 @@ def load_images(path: str | Path) -> tuple[np.ndarray, str]:
 # --- inputs of the pipeline ---------------------------------------------------------------------------
 
 
-def load_classifier(path: str | Path):
+def load_classifier(path: str | Path) -> Classifier:
     """The pipeline's classifier, in eval mode; one-line InputError when it is missing or does not fit."""
     from mnistgan.classifier import check_classifier_file, classifier_from_file
     from mnistgan.io import load_torch
 
     path = Path(path)
     if not path.exists():
-        raise InputError(
-            f"{path}: classifier file not found; run `dvc repro classifier` (or pass --classifier)"
-        )
+        raise InputError(f"{path}: classifier file not found; run `dvc repro classifier` (or pass --classifier)")
     return classifier_from_file(load_torch(path, made_by="classifier", check=check_classifier_file))
 
 
-def load_data(folder: str | Path):
+def load_data(folder: str | Path) -> MNIST:
     """The four MNIST arrays of the prepare stage (any number of images, for tests), uint8."""
     from mnistgan.data import MNIST
     from mnistgan.io import load_npy
@@ -188,7 +193,7 @@ class RealFeatures:
 _memo: dict[str, RealFeatures] = {}  # one entry: the evaluate stage scores samples, then the reference
 
 
-def _fingerprint(classifier, mnist, batch_size: int) -> str:
+def _fingerprint(classifier: Classifier, mnist: MNIST, batch_size: int) -> str:
     """sha256 of the classifier weights, the real images and the batch size."""
     h = hashlib.sha256()
     for name, tensor in sorted(classifier.state_dict().items()):
@@ -201,7 +206,9 @@ def _fingerprint(classifier, mnist, batch_size: int) -> str:
     return h.hexdigest()
 
 
-def real_features(classifier, mnist, *, batch_size: int = 500, progress: bool = False) -> RealFeatures:
+def real_features(
+    classifier: Classifier, mnist: MNIST, *, batch_size: int = 500, progress: bool = False
+) -> RealFeatures:
     """Features and probabilities of every training and test image (memoised for the last inputs)."""
     from mnistgan.classifier import features_and_probs
 
@@ -221,10 +228,16 @@ def _min_samples(splits: int, k: int) -> int:
     return max(splits, k + 1, 2)
 
 
+def _check_n_reference(n_reference: int, n_train: int, splits: int, k: int) -> None:
+    need = _min_samples(splits, k)
+    if not need <= n_reference < n_train:
+        raise InputError(f"n_reference {n_reference}: must be at least {need} and below the {n_train} training images")
+
+
 def score_images(
     images_u8: np.ndarray,
-    classifier,
-    mnist,
+    classifier: Classifier,
+    mnist: MNIST,
     *,
     splits: int = 10,
     batch_size: int = 500,
@@ -243,7 +256,8 @@ def score_images(
     need = _min_samples(splits, k)
     if len(images) < need:
         raise InputError(f"images: {len(images)} samples; at least {need} needed ({splits} IS splits, k={k})")
-    real = real or real_features(classifier, mnist, batch_size=batch_size, progress=progress)
+    if real is None:
+        real = real_features(classifier, mnist, batch_size=batch_size, progress=progress)
     feats, probs = features_and_probs(classifier, images, batch_size, progress, desc="sample features")
     pool = real.train_feats
     return metrics.evaluate_samples(feats, probs, real.test_feats, pool, splits=splits, k=k, seed=seed,
@@ -251,8 +265,8 @@ def score_images(
 
 
 def reference_scores(
-    classifier,
-    mnist,
+    classifier: Classifier,
+    mnist: MNIST,
     n_reference: int = 10000,
     *,
     splits: int = 10,
@@ -264,13 +278,10 @@ def reference_scores(
 ) -> dict[str, float]:
     """The same metrics for the last `n_reference` real training images (by default 50000:60000), with
     the other training images as their memorisation pool: what a perfect generator would score."""
+    _check_n_reference(n_reference, len(mnist.x_train), splits, k)
     n_train = len(mnist.x_train)
-    need = _min_samples(splits, k)
-    if not need <= n_reference < n_train:
-        raise InputError(
-            f"n_reference {n_reference}: must be at least {need} and below the {n_train} training images"
-        )
-    real = real or real_features(classifier, mnist, batch_size=batch_size, progress=progress)
+    if real is None:
+        real = real_features(classifier, mnist, batch_size=batch_size, progress=progress)
     split = n_train - n_reference
     return metrics.evaluate_samples(
         real.train_feats[split:], real.train_probs[split:], real.test_feats, real.train_feats[:split],
@@ -306,7 +317,7 @@ class DiskCache:
 
     FEATURES = ("train_feats", "train_probs", "test_feats", "test_probs")
 
-    def __init__(self, root: Path, classifier, mnist, batch_size: int):
+    def __init__(self, root: Path, classifier: Classifier, mnist: MNIST, batch_size: int):
         key = _fingerprint(classifier, mnist, batch_size) + _code_digest()
         self.dir = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -365,9 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default="models/classifier.pt", help="default: %(default)s")
     p.add_argument("--data", default="data/mnist", help="folder of the MNIST arrays (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
-    p.add_argument(
-        "--n-reference", type=int, default=10000, help="real training images scored as the reference"
-    )
+    p.add_argument("--n-reference", type=int, default=10000, help="real training images scored as the reference")
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=500, help="classifier batch size (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="default: %(default)s")
@@ -386,6 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"{args.path}: {len(images)} images; at least {need} needed")
     classifier = load_classifier(args.classifier)
     mnist = load_data(args.data)
+    _check_n_reference(args.n_reference, len(mnist.x_train), args.splits, 3)
     progress = not args.quiet and sys.stderr.isatty()
     cache = None if args.no_cache else DiskCache(args.cache_dir, classifier, mnist, args.batch_size)
     real = cache.load_features() if cache else None

@@ -1,0 +1,282 @@
+"""`mnistgan score`: input formats, one-line errors, and a small end-to-end run on a fake data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistgan import metrics, score
+from mnistgan.io import InputError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def digits(n: int, seed: int = 0) -> np.ndarray:
+    """Digit-like uint8 (n, 28, 28): black background (so every image has 0s) and a bright random blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    cy, cx = rng.uniform(9, 19, (2, n, 1, 1))
+    r = rng.uniform(3, 8, (n, 1, 1))
+    blob = np.exp(-((((yy - cy) ** 2 + (xx - cx) ** 2) / r**2) ** 2)) * rng.uniform(150, 255, (n, 1, 1))
+    return np.clip(blob + rng.normal(0, 8, blob.shape) * (blob > 20), 0, 255).astype(np.uint8)
+
+
+# --- loaders --------------------------------------------------------------------------------------
+
+U8 = digits(12)
+
+
+def _save_png_folder(folder: Path, images: np.ndarray, mode: str = "L") -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img, "L").convert(mode).save(folder / f"{i:05d}.png")
+    return folder
+
+
+WRITERS = {
+    "npy uint8": lambda p: np.save(p / "a.npy", U8),
+    "npy uint8 channel": lambda p: np.save(p / "a.npy", U8[:, None]),
+    "npy int64": lambda p: np.save(p / "a.npy", U8.astype(np.int64)),
+    "npy float32 [0,1]": lambda p: np.save(p / "a.npy", U8.astype(np.float32) / 255),
+    "npy float64 [-1,1] channel": lambda p: np.save(p / "a.npy", (U8[:, None] / 127.5 - 1)),
+    "npy float16 [-1,1]": lambda p: np.save(p / "a.npy", (U8 / 127.5 - 1).astype(np.float16)),
+    "npz single": lambda p: np.savez(p / "a.npz", anything=U8),
+    "npz samples": lambda p: np.savez(p / "a.npz", samples=U8.astype(np.float32) / 127.5 - 1, labels=np.arange(12)),
+    "npz compressed images": lambda p: np.savez_compressed(p / "a.npz", images=U8, z=np.zeros((12, 100))),
+    "png L": lambda p: _save_png_folder(p / "pngs", U8),
+    "png RGB": lambda p: _save_png_folder(p / "pngs", U8, "RGB"),
+    "png LA": lambda p: _save_png_folder(p / "pngs", U8, "LA"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(WRITERS))
+def test_every_input_format_reads_back_the_same_uint8_images(tmp_path, fmt):
+    WRITERS[fmt](tmp_path)
+    (path,) = [p for p in tmp_path.iterdir()]
+    images, read_as = score.load_images(path)
+    assert images.dtype == np.uint8 and images.shape == (12, 28, 28)
+    np.testing.assert_array_equal(images, U8)
+    assert read_as
+
+
+def test_float_generator_output_matches_the_pipeline_conversion():
+    torch = pytest.importorskip("torch")
+    from mnistgan.tensors import to_uint8
+
+    x = torch.rand(20, 1, 28, 28) * 2.0002 - 1.0001  # tanh-like output, slightly past +-1 by rounding
+    ours, convention = score.images_to_uint8(x.numpy())
+    assert convention == "float [-1, 1]"
+    np.testing.assert_array_equal(ours, to_uint8(x).numpy())
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_pipeline(tmp_path_factory):
+    """A data folder with 700 train / 300 test digit-like images and an untrained classifier file."""
+    torch = pytest.importorskip("torch")
+    from mnistgan.classifier import Classifier, classifier_file
+    from mnistgan.io import save_npy, save_torch
+
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "mnist"
+    for name, array in {"x_train": digits(700, 1), "y_train": np.arange(700, dtype=np.uint8) % 10,
+                        "x_test": digits(300, 2), "y_test": np.arange(300, dtype=np.uint8) % 10}.items():  # fmt: skip
+        save_npy(data / f"{name}.npy", array)
+    torch.manual_seed(0)
+    save_torch(root / "classifier.pt", classifier_file(Classifier().eval(), 0.0))
+    samples = root / "samples.npy"
+    np.save(samples, digits(500, 3))
+    return {"root": root, "data": data, "classifier": root / "classifier.pt", "samples": samples}
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = score.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, out: str, err: str, pattern: str) -> None:
+    import re
+
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mnistgan score: error: "), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+BAD_ARRAYS = {
+    "nan": (np.where(np.arange(784 * 20).reshape(20, 28, 28) == 5, np.nan, 0.5), r"1 of 20 images contain NaN"),
+    "inf": (np.full((20, 28, 28), np.inf, np.float32), r"20 of 20 images contain NaN or Inf"),
+    "shape": (np.zeros((20, 32, 32), np.uint8), r"shape \(20, 32, 32\); expected \(N, 28, 28\)"),
+    "channels": (np.zeros((20, 3, 28, 28), np.uint8), r"shape \(20, 3, 28, 28\)"),
+    "dtype": (np.zeros((20, 28, 28), bool), r"dtype bool; expected uint8 or float"),
+    "range": (np.full((20, 28, 28), 200.0), r"float pixels in \[200, 200\] fit none of the accepted ranges"),
+    "negative int": (np.full((20, 28, 28), -3), r"integer pixels in \[-3, -3\]; expected 0..255"),
+    "few": (np.zeros((5, 28, 28), np.uint8), r"5 images; at least 10 needed"),
+    "empty": (np.zeros((0, 28, 28), np.uint8), r"holds no images"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARRAYS))
+def test_bad_arrays_give_one_error_line_and_exit_2(tmp_path, capsys, fake_pipeline, case):
+    array, pattern = BAD_ARRAYS[case]
+    np.save(tmp_path / "bad.npy", array)
+    code, out, err = run_main(capsys, tmp_path / "bad.npy", "--classifier", fake_pipeline["classifier"],
+                              "--data", fake_pipeline["data"], "--no-cache")  # fmt: skip
+    assert_one_line_error(code, out, err, pattern)
+
+
+def test_bad_paths_and_folders(tmp_path, capsys, fake_pipeline):
+    (tmp_path / "empty").mkdir()
+    _save_png_folder(tmp_path / "big", np.zeros((2, 28, 28), np.uint8))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big" / "00009.png")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.png").write_bytes(b"not a png")
+    np.savez(tmp_path / "many.npz", a=U8, b=U8)
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object))
+    (tmp_path / "a.txt").write_text("1 2 3")
+    (tmp_path / "trunc.npy").write_bytes(b"\x93NUMPY garbage")
+    common = ("--classifier", fake_pipeline["classifier"], "--data", fake_pipeline["data"])
+    cases = {
+        tmp_path / "missing.npy": "no such file or folder",
+        tmp_path / "empty": "no .png files in this folder",
+        tmp_path / "big": r"00009.png: 32x32 pixels; expected 28x28",
+        tmp_path / "broken": r"a.png: not a readable PNG",
+        tmp_path / "many.npz": r"holds arrays \['a', 'b'\]; expected one array or one named x, images or samples",
+        tmp_path / "objects.npz": r"objects.npz\[x\]: unreadable array \(Object arrays cannot be loaded",
+        tmp_path / "a.txt": "unsupported input",
+        tmp_path / "trunc.npy": "corrupt or unreadable array file",
+    }
+    for path, pattern in cases.items():
+        assert_one_line_error(*run_main(capsys, path, *common), pattern)
+
+
+def test_missing_or_mismatched_pipeline_outputs(tmp_path, capsys, fake_pipeline):
+    import torch
+
+    samples, data, clf = fake_pipeline["samples"], fake_pipeline["data"], fake_pipeline["classifier"]
+    code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "nope.pt", "--data", data)
+    assert_one_line_error(code, out, err, r"nope.pt: classifier file not found; run `dvc repro classifier`")
+    code, out, err = run_main(capsys, samples, "--classifier", clf, "--data", tmp_path / "nodata")
+    assert_one_line_error(code, out, err, r"MNIST arrays missing \(x_train.npy, .*\); run `dvc repro prepare`")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "other.pt", "--data", data)
+    assert_one_line_error(code, out, err, r"not a classifier file of this version")
+    obj = torch.load(clf, weights_only=True)
+    obj["state_dict"]["body.0.weight"] = torch.zeros(16, 1, 3, 3)
+    torch.save(obj, tmp_path / "changed.pt")
+    code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "changed.pt", "--data", data)
+    assert_one_line_error(code, out, err, r"do not match the Classifier")
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
+    code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "corrupt.pt", "--data", data)
+    assert_one_line_error(code, out, err, r"corrupt or unreadable torch file")
+    code, out, err = run_main(capsys, samples, "--classifier", clf, "--data", data, "--n-reference", "700")
+    assert_one_line_error(code, out, err, r"n_reference 700: must be at least 10 and below the 700 training")
+    code, out, err = run_main(capsys, samples, "--splits", "0")
+    assert_one_line_error(code, out, err, r"--splits: must be a positive integer")
+    code, out, err = run_main(capsys, samples, "--bogus")
+    assert_one_line_error(code, out, err, r"unrecognized arguments: --bogus")
+
+
+@pytest.mark.parametrize("entry", [["-m", "mnistgan", "score"], ["-m", "mnistgan.score"]])
+def test_entry_points_exit_2_without_a_traceback(tmp_path, entry):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    np.save(tmp_path / "x.npy", U8)
+    proc = subprocess.run([sys.executable, *entry, str(tmp_path / "x.npy"), "--classifier", str(tmp_path / "no.pt")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"mnistgan score: error: {tmp_path / 'no.pt'}: classifier file not found; "
+        "run `dvc repro classifier` (or pass --classifier)"
+    ]
+
+
+def test_cli_dispatcher(capsys):
+    from mnistgan import cli
+
+    assert cli.main(["--help"]) == 0
+    assert "score" in capsys.readouterr().out
+    assert cli.main(["nonsense"]) == 2
+    assert capsys.readouterr().err.strip() == "mnistgan: error: unknown command 'nonsense'; commands: score"
+    assert cli.main(["score", "--help"]) == 0
+    assert "--classifier" in capsys.readouterr().out
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+
+def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
+    p = fake_pipeline
+    argv = (p["samples"], "--classifier", p["classifier"], "--data", p["data"], "--n-reference", 200,
+            "--cache-dir", tmp_path / "cache", "--json", tmp_path / "out" / "score.json")  # fmt: skip
+    code, out, err = run_main(capsys, *argv)
+    assert code == 0, err
+    result = json.loads(out)
+    assert json.loads((tmp_path / "out" / "score.json").read_text()) == result
+    for scores in (result, result["reference"]):
+        assert set(metrics.EVALUATE_KEYS) <= set(scores)
+        assert all(np.isfinite(scores[k]) for k in metrics.EVALUATE_KEYS)
+    assert result["n_samples"] == 500 and result["reference"]["n_samples"] == 200
+    assert result["read_as"] == "npy, uint8 0..255"
+
+    # Second run: real features and reference come from the cache, and the result is the same.
+    (cache_entry,) = (tmp_path / "cache").iterdir()
+    assert {f.name for f in cache_entry.iterdir()} == {"features.npz", "thresholds.json", "reference-200-splits10.json"}
+    code, out, err = run_main(capsys, *argv)
+    assert code == 0, err
+    assert json.loads(out) == result
+
+    # The library functions the evaluate stage calls give the same numbers.
+    from mnistgan.classifier import check_classifier_file, classifier_from_file
+    from mnistgan.io import load_torch
+
+    clf = classifier_from_file(load_torch(p["classifier"], check=check_classifier_file))
+    mnist = score.load_data(p["data"])
+    generated = score.score_images(np.load(p["samples"]), clf, mnist)
+    reference = score.reference_scores(clf, mnist, n_reference=200)
+    assert generated == pytest.approx({k: result[k] for k in metrics.EVALUATE_KEYS}, rel=1e-9)
+    assert reference == pytest.approx(result["reference"], rel=1e-9)
+
+
+def test_scoring_training_images_flags_memorisation(fake_pipeline):
+    torch = pytest.importorskip("torch")
+    from mnistgan.classifier import Classifier
+
+    torch.manual_seed(0)
+    clf = Classifier().eval()
+    mnist = score.load_data(fake_pipeline["data"])
+    copies = score.score_images(mnist.x_train[:300], clf, mnist)
+    reference = score.reference_scores(clf, mnist, n_reference=300)
+    assert copies["memorisation"] == 1.0  # every copy has distance 0 to its training image
+    assert 0.2 < reference["memorisation"] < 0.8  # held-out real images: about half, by construction
+    real = score.real_features(clf, mnist)
+    assert score.real_features(clf, mnist) is real  # memoised: the evaluate stage computes it once
+
+
+def test_score_images_and_reference_check_their_inputs(fake_pipeline):
+    pytest.importorskip("torch")
+    from mnistgan.classifier import Classifier
+
+    mnist = score.load_data(fake_pipeline["data"])
+    clf = Classifier().eval()
+    with pytest.raises(InputError, match=r"images: shape \(20, 28, 28\) float64"):
+        score.score_images(np.zeros((20, 28, 28)), clf, mnist)
+    with pytest.raises(InputError, match=r"images: 9 samples; at least 10 needed"):
+        score.score_images(np.zeros((9, 28, 28), np.uint8), clf, mnist)
+    with pytest.raises(InputError, match=r"n_reference 5: must be at least 10"):
+        score.reference_scores(clf, mnist, n_reference=5)
