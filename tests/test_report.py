@@ -9,7 +9,8 @@ def fake_runs():
     for loss, fids in [("ns", [10.0, 12.0, 14.0]), ("hinge", [5.0, 7.0, 9.0])]:
         for seed, fid in enumerate(fids):
             rows.append({"status": "FINISHED", "params.seed": str(seed), "params.train.loss": loss,
-                         "params.train.model": "dcgan-small", "params.train.d_norm": "none", "params.train.ema": "0.999",
+                         "params.train.model": "dcgan-small", "params.train.d_norm": "none",
+                         "params.train.ema": "0.999",
                          "params.train.lr": "0.0002", "params.train.batch_size": "64", "params.train.steps": "100",
                          "params.train.conditional": "False", "params.tracking.experiment": "x",
                          "metrics.generated.fid": fid, "metrics.generated.inception_score": 9.0,
