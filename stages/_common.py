@@ -11,20 +11,18 @@ from pathlib import Path
 # installed or editable package that points at another checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mnistgan.config import ConfigError, Params, load_params  # noqa: E402
-from mnistgan.io import InputError  # noqa: E402
+from mnistgan.config import Params, load_params  # noqa: E402
+from mnistgan.errors import UserError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
 
 def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
     """Load params.yaml, run `main`, and turn expected failures into one line on stderr and exit 2."""
-    from mnistgan.tracking import TrackingError
-
     try:
         params = load_params("params.yaml")
         code = main(params) or 0
-    except (ConfigError, InputError, TrackingError) as e:
+    except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -7,7 +7,8 @@ from _common import Params, run_stage
 
 from mnistgan import tracking
 from mnistgan.io import load_torch, read_json, save_npy, save_png
-from mnistgan.sample import by_class_grid, image_grid, interpolation_images, sample_images
+from mnistgan.pictures import by_class_grid, image_grid
+from mnistgan.sample import interpolation_images, sample_images
 from mnistgan.train import check_generator_file, generator_from_file
 
 

@@ -14,7 +14,7 @@ from mnistgan import tracking
 from mnistgan.config import flatten, to_dict
 from mnistgan.data import load_mnist
 from mnistgan.io import InputError, atomic_path, load_torch, save_torch, write_json
-from mnistgan.sample import image_grid
+from mnistgan.pictures import image_grid
 from mnistgan.tensors import to_unit_range
 
 

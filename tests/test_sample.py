@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mnistgan.models import build_gan
-from mnistgan.sample import by_class_grid, image_grid, interpolation_images, sample_images, sample_noise, slerp
+from mnistgan.pictures import by_class_grid, image_grid
+from mnistgan.sample import interpolation_images, sample_images, sample_noise, slerp
 
 
 def test_image_grid_layout():

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from mnistgan.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A params.yaml problem; the message is one line naming the key."""
+__all__ = ["ConfigError", "Params", "load_params", "params_from_dict"]
 
 
 def _opt(
@@ -113,6 +113,7 @@ class PathsConfig:
     samples: str = _opt("data/samples.npy")
     samples_png: str = _opt("plots/samples.png")
     interpolation_png: str = _opt("plots/interpolation.png")
+    nearest_png: str = _opt("plots/nearest_training.png", doc="samples above their nearest training images")
     train_losses: str = _opt("metrics/train_losses.csv")
     metrics_classifier: str = _opt("metrics/classifier.json")
     metrics_train: str = _opt("metrics/train.json")

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from mnistgan.errors import InputError
+
+__all__ = ["InputError", "atomic_path", "load_npy", "load_torch", "read_json", "save_npy", "save_torch", "write_json"]
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class InputError(RuntimeError):
-    """A missing, corrupt or mismatched input file; the message is one line."""
 
 
 @contextmanager

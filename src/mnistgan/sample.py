@@ -1,4 +1,4 @@
-"""Draw samples from a trained generator and lay them out as a picture."""
+"""Draw samples from a trained generator: fixed-seed sample sets and latent interpolations."""
 
 from __future__ import annotations
 
@@ -47,31 +47,3 @@ def interpolation_images(
     z = torch.cat([slerp(torch.randn(z_dim, generator=gen), torch.randn(z_dim, generator=gen), t) for _ in range(rows)])
     y = torch.arange(rows).repeat_interleave(steps) % N_CLASSES if conditional else None
     return generate(g, z, y).numpy()
-
-
-def image_grid(images: np.ndarray, nrow: int = 10, pad: int = 2, background: int = 255) -> np.ndarray:
-    """uint8 (N, 28, 28) -> one uint8 (H, W) picture, `nrow` images per row, separated by `pad` pixels.
-
-    The separators are light so that dark digit borders stay visible.
-    """
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
-    n, h, w = images.shape
-    rows = -(-n // nrow)
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad), background, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, nrow)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top : top + h, left : left + w] = img
-    return grid
-
-
-def by_class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:
-    """Row r shows `per_class` images labelled r (blank where a class has too few)."""
-    rows = []
-    for c in range(N_CLASSES):
-        picked = images[labels == c][:per_class]
-        blank = np.zeros((per_class - len(picked), *images.shape[1:]), np.uint8)
-        rows.append(np.concatenate([picked, blank]))
-    return image_grid(np.concatenate(rows), nrow=per_class)

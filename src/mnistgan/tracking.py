@@ -21,12 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from mnistgan.errors import TrackingError
+
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; one line saying which and how to fix it."""
 
 
 def repo_root(start: Path | None = None) -> Path:
