@@ -13,7 +13,7 @@ def main(params: Params) -> None:
     def on_epoch(epoch: int, stats: dict[str, float]) -> None:
         print(f"classifier: epoch {epoch} " + " ".join(f"{k} {v:.4f}" for k, v in stats.items()))
 
-    result = train_classifier(params.classifier, params.seed, data.x_train, data.y_train, data.x_test,
+    result = train_classifier(params.classifier, params.classifier.seed, data.x_train, data.y_train, data.x_test,
                               data.y_test, on_epoch=on_epoch)  # fmt: skip
     save_torch(params.paths.classifier, classifier_file(result.model, result.test_accuracy))
     # Only deterministic values here, so two runs of the same params give the same bytes.
