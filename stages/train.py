@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import os
 import signal
+import subprocess
 import sys
 
 from _common import Params, run_stage
@@ -20,30 +22,44 @@ from mnistgan.tensors import to_unit_range
 
 def main(params: Params) -> int:
     cfg, paths = params.train, params.paths
+    if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        # Data-parallel: start train.nproc copies of this script under torchrun; they find each other
+        # through the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
+               os.path.abspath(__file__)]  # fmt: skip
+        return subprocess.call(cmd)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA initialises
     import torch
 
     from mnistgan import train as core
 
+    rank, world, device = init_distributed(cfg, core)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif world > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # processes share the cores
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    device = core.resolve_device(cfg.device)
     data = load_mnist(paths.mnist)
     n = cfg.train_images or len(data.x_train)
     x = to_unit_range(torch.from_numpy(data.x_train[:n])).to(device)  # (n, 1, 28, 28) in [-1, 1]
     y = torch.from_numpy(data.y_train[:n]).long().to(device)  # (n,)
 
-    state = core.build_state(cfg, params.seed, device)
-    run_id = resume(state, paths.checkpoint, core)
-    run = tracking.open_run(params.tracking.experiment, params.tracking.required, run_id=run_id)
-    if not run_id:
+    state = core.build_state(cfg, params.seed, device, rank, world)
+    run_id = resume(state, paths.checkpoint, core, verbose=rank == 0)
+    lead = rank == 0  # only the first process logs and writes outputs
+    run = (
+        tracking.open_run(params.tracking.experiment, params.tracking.required, run_id=run_id)
+        if lead
+        else tracking.NullRun()
+    )
+    if lead and not run_id:
         run.log_params(flatten(params))
-    run.set_tags(tracking.run_tags(str(device)))
-    write_json(paths.run, {"run_id": run.run_id})
+    run.set_tags(tracking.run_tags(str(device)) | ({"nproc": str(world)} if world > 1 else {}))
+    if lead:
+        write_json(paths.run, {"run_id": run.run_id})
 
     stop = {"signal": None}
 
@@ -61,9 +77,11 @@ def main(params: Params) -> int:
         result = core.train(
             state, x, y,
             on_log=lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step),
-            on_images=lambda step, imgs: run.log_image(image_grid(imgs.numpy()), key="samples", step=step),
-            on_checkpoint=on_checkpoint,
+            on_images=(lambda step, imgs: run.log_image(image_grid(imgs.numpy()), key="samples", step=step))
+            if lead else None,
+            on_checkpoint=on_checkpoint if lead else None,
             stop_requested=lambda: stop["signal"] is not None,
+            progress=lead,
         )  # fmt: skip
     except core.StopRequested as e:
         run.end("KILLED")
@@ -77,6 +95,8 @@ def main(params: Params) -> int:
         run.end("FAILED")
         raise
 
+    if not lead:
+        return 0
     sampler = core.finalize_sampler(state, device)
     save_torch(paths.generator, core.generator_file(state, sampler))
     write_losses_csv(paths.train_losses, state.history)
@@ -93,7 +113,25 @@ def main(params: Params) -> int:
     return 0
 
 
-def resume(state, path: str, core) -> str | None:
+def init_distributed(cfg, core):
+    """(rank, world size, device); joins the torchrun process group when started by torchrun."""
+    import torch
+
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1, core.resolve_device(cfg.device)
+    import torch.distributed as dist
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = core.resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    atexit.register(dist.destroy_process_group)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def resume(state, path: str, core, verbose: bool = True) -> str | None:
     """Load the checkpoint at `path` into `state` when it was made with the same train params and seed;
     returns its MLflow run id so the same run continues."""
     if not os.path.exists(path):
@@ -101,7 +139,8 @@ def resume(state, path: str, core) -> str | None:
     try:
         ckpt = load_torch(path)
     except InputError as e:
-        print(f"train: {e}; starting fresh", file=sys.stderr)
+        if verbose:
+            print(f"train: {e}; starting fresh", file=sys.stderr)
         return None
     same = ckpt.get("train_config") == to_dict(state.cfg) and ckpt.get("seed") == state.seed
     if not same:
@@ -109,10 +148,12 @@ def resume(state, path: str, core) -> str | None:
         diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in to_dict(state.cfg).items() if old.get(k) != v]
         if ckpt.get("seed") != state.seed:
             diff.append(f"seed {ckpt.get('seed')!r} -> {state.seed!r}")
-        print(f"train: {path} was made with other params ({', '.join(diff)}); starting fresh", file=sys.stderr)
+        if verbose:
+            print(f"train: {path} was made with other params ({', '.join(diff)}); starting fresh", file=sys.stderr)
         return None
     core.restore(state, ckpt)
-    print(f"train: resuming from {path} at step {state.step}", file=sys.stderr)
+    if verbose:
+        print(f"train: resuming from {path} at step {state.step}", file=sys.stderr)
     return ckpt.get("mlflow_run_id") or None
 
 

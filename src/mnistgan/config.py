@@ -80,6 +80,7 @@ class TrainConfig:
     deterministic: bool = _opt(False)
     fast: str = _opt("auto", choices=("auto", "on", "off"), doc="GPU fast path (bf16, CUDA graphs); auto = on CUDA")
     threads: int = _opt(0, lo=0, doc="CPU threads for torch; 0 keeps torch's default")
+    nproc: int = _opt(1, lo=1, doc="data-parallel processes (torchrun); NCCL on GPUs, gloo on CPU")
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,11 @@ def _check_cross_field(p: Params) -> None:
     n_train = p.train.train_images or 60000
     if p.train.batch_size > n_train:
         raise ConfigError(f"train.batch_size: {p.train.batch_size} is larger than the training set ({n_train} images)")
+    if p.train.batch_size % p.train.nproc:
+        raise ConfigError(
+            f"train.batch_size: {p.train.batch_size} must be divisible by train.nproc ({p.train.nproc}), "
+            "the global batch is split evenly between processes"
+        )
     n_cls = p.classifier.train_images or 60000
     if p.classifier.batch_size > n_cls:
         raise ConfigError(

@@ -62,6 +62,8 @@ class GANState:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     noise: torch.Generator  # every random draw of the loop: z, fake labels, GP mixing weights
+    rank: int = 0  # data-parallel process index (torchrun); 0 when training in one process
+    world: int = 1  # number of data-parallel processes
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # loss rows so far
     # Sums of the step outputs since the last loss row, kept on the device (no host sync per step) and
@@ -75,17 +77,24 @@ class GANState:
         return self.g_ema if self.g_ema is not None else self.g
 
 
-def build_state(cfg: TrainConfig, seed: int, device: torch.device) -> GANState:
+def build_state(cfg: TrainConfig, seed: int, device: torch.device, rank: int = 0, world: int = 1) -> GANState:
+    """Models, optimizers and the noise generator; every rank of a data-parallel run builds the same
+    initial weights (same seed) and its own noise stream."""
     torch.manual_seed(seed)  # weight initialisation
     g, d = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional)
     g, d = g.to(device), d.to(device)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
+    if world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch. SyncBatchNorm needs a GPU: on CPU (gloo) each
+        # process normalises its own shard. The EMA copy keeps plain BatchNorm for sampling on one rank.
+        g = nn.SyncBatchNorm.convert_sync_batchnorm(g)
+        d = nn.SyncBatchNorm.convert_sync_batchnorm(d)
     betas = (cfg.beta1, cfg.beta2)
     fused = device.type == "cuda"  # one kernel per optimizer step instead of one per tensor
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas, fused=fused)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d or cfg.lr, betas=betas, fused=fused)
-    noise = torch.Generator(device=device).manual_seed(seed + 1)
-    return GANState(cfg, seed, g, d, g_ema, opt_g, opt_d, noise)
+    noise = torch.Generator(device=device).manual_seed(seed + 1 + 7919 * rank)  # rank 0 = one-process stream
+    return GANState(cfg, seed, g, d, g_ema, opt_g, opt_d, noise, rank, world)
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------
@@ -112,6 +121,36 @@ def _rng_restore(snap: dict[str, Any]) -> None:
     random.setstate((state[0], tuple(state[1]), state[2]))
 
 
+def _gather_noise_states(state: GANState) -> list[torch.Tensor]:
+    """Every rank's noise generator state (a collective: all ranks must call checkpoint together)."""
+    if state.world == 1:
+        return [state.noise.get_state()]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * state.world
+    dist.all_gather_object(states, state.noise.get_state())
+    return states
+
+
+def allreduce_grads(module: nn.Module, world: int) -> None:
+    """Average gradients over data-parallel processes: one flat all-reduce per model.
+
+    Done by hand rather than with DistributedDataParallel because a GAN step runs D several times before
+    one backward, and WGAN-GP differentiates through D twice, which DDP's reducer does not support.
+    """
+    if world == 1:
+        return
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world
+    for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(avg)
+
+
 def checkpoint(state: GANState) -> dict[str, Any]:
     return {
         "format": "mnistgan-checkpoint-1",
@@ -124,6 +163,7 @@ def checkpoint(state: GANState) -> dict[str, Any]:
         "opt_g": state.opt_g.state_dict(),
         "opt_d": state.opt_d.state_dict(),
         "noise_rng": state.noise.get_state(),
+        "noise_rng_ranks": _gather_noise_states(state),
         "rng": _rng_snapshot(),
         "history": state.history,
         "loss_sum": state.loss_sum,
@@ -138,7 +178,8 @@ def restore(state: GANState, ckpt: dict[str, Any]) -> None:
         state.g_ema.load_state_dict(ckpt["g_ema"])
     state.opt_g.load_state_dict(ckpt["opt_g"])
     state.opt_d.load_state_dict(ckpt["opt_d"])
-    state.noise.set_state(ckpt["noise_rng"])
+    ranks = ckpt.get("noise_rng_ranks") or []
+    state.noise.set_state(ranks[state.rank] if len(ranks) == state.world else ckpt["noise_rng"])
     _rng_restore(ckpt["rng"])
     state.step = int(ckpt["step"])
     state.history = list(ckpt["history"])
@@ -187,12 +228,14 @@ def train_step(state: GANState, loss: Loss, batches: list[tuple[torch.Tensor, to
             loss_d = loss_d + cfg.gp_weight * gp
         state.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        allreduce_grads(d, state.world)
         state.opt_d.step()
 
     d.requires_grad_(False)  # the generator update needs gradients through D, not for D's weights
     loss_g = loss.g(d(fake, y_fake))
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
+    allreduce_grads(g, state.world)
     state.opt_g.step()
     d.requires_grad_(True)
     if state.g_ema is not None:
@@ -201,15 +244,16 @@ def train_step(state: GANState, loss: Loss, batches: list[tuple[torch.Tensor, to
                         logit_fake.detach().mean(), gp.detach()])  # fmt: skip
 
 
-def use_fast_path(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.fast == "on" or (cfg.fast == "auto" and device.type == "cuda")
+def use_fast_path(cfg: TrainConfig, device: torch.device, world: int = 1) -> bool:
+    # The fast path captures whole steps in CUDA graphs; data-parallel runs use the plain step.
+    return world == 1 and (cfg.fast == "on" or (cfg.fast == "auto" and device.type == "cuda"))
 
 
 def make_step_fn(
     state: GANState, loss: Loss, device: torch.device
 ) -> Callable[[list[tuple[torch.Tensor, torch.Tensor]]], torch.Tensor]:
     """The plain eager step, or the fast path (mnistgan.fast) when the config and device call for it."""
-    if use_fast_path(state.cfg, device):
+    if use_fast_path(state.cfg, device, state.world):
         from mnistgan import fast
 
         return fast.make_fast_step(state, loss)
@@ -316,12 +360,19 @@ def train(
         epoch, i = divmod(index, per_epoch)
         if epoch != perm_epoch:
             perm_epoch, perm = epoch, epoch_permutation(state.seed, epoch, n).to(device)
-        idx = perm[i * bs : (i + 1) * bs]
+        idx = perm[i * bs : (i + 1) * bs][state.rank :: state.world]  # this process's shard of the batch
         return x_train[idx], y_train[idx]
 
     def interval_means() -> dict[str, float]:
         """Mean losses since the last row (one host sync); stops on NaN/Inf."""
-        row = dict(zip(LOSS_COLUMNS, (state.loss_sum / max(state.loss_count, 1)).tolist(), strict=True))
+        sums = state.loss_sum
+        if state.world > 1:  # mean over processes, so every rank sees the same row (and stops together)
+            import torch.distributed as dist
+
+            sums = sums.clone()
+            dist.all_reduce(sums)
+            sums /= state.world
+        row = dict(zip(LOSS_COLUMNS, (sums / max(state.loss_count, 1)).tolist(), strict=True))
         for name, v in row.items():
             if not np.isfinite(v):
                 raise DivergenceError(f"training diverged: {name} is {v} at step {state.step}")
@@ -333,14 +384,31 @@ def train(
         state.loss_count = 0
         return row
 
+    # With several processes every rank takes part in checkpoints (they gather noise states) and in the
+    # stop decision (a signal may reach the ranks at different steps); only callers on rank 0 save.
+    checkpointing = on_checkpoint is not None or state.world > 1
+
+    def save_checkpoint() -> None:
+        interval_means()  # never save a diverged state as the last good one
+        ckpt = checkpoint(state)
+        if on_checkpoint:
+            on_checkpoint(state.step, ckpt)
+
+    def stop_wanted() -> bool:
+        if state.world == 1:
+            return stop_requested()
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(stop_requested())], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=1.0)  # fmt: skip
     try:
         while state.step < cfg.steps:
-            if stop_requested():
-                interval_means()  # never checkpoint a diverged state
-                if on_checkpoint:
-                    on_checkpoint(state.step, checkpoint(state))
+            if stop_wanted():
+                save_checkpoint()
                 raise StopRequested(state.step)
             base = state.step * cfg.d_steps
             state.loss_sum += step_fn([batch(base + k) for k in range(cfg.d_steps)])
@@ -355,9 +423,8 @@ def train(
                     on_log(state.step, last)
             if on_images and (state.step % cfg.image_every == 0 or state.step == cfg.steps):
                 on_images(state.step, generate(state.sampler, z_fixed, y_fixed))
-            if on_checkpoint and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
-                interval_means()  # check the partial interval before it is saved as "last good"
-                on_checkpoint(state.step, checkpoint(state))
+            if checkpointing and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+                save_checkpoint()
     finally:
         bar.close()
     if device.type == "cuda":
