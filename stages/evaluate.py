@@ -26,7 +26,7 @@ def main(params: Params) -> None:
     write_json(paths.metrics_eval, result)
     sample_feats, _ = features_and_probs(clf, samples[:10])
     save_png(paths.nearest_png, nearest_training_grid(samples, sample_feats, mnist.x_train, real.train_feats), scale=3)
-    run = tracking.reopen_run(params.tracking, read_json(paths.run, made_by="train").get("run_id"))
+    run = tracking.reopen_run(params.tracking, read_json(paths.metrics_train, made_by="train").get("mlflow_run_id"))
     run.log_metrics(flatten(result))
     run.log_metrics(flatten({"classifier": read_json(paths.metrics_classifier, made_by="classifier")}))
     run.log_artifact(paths.metrics_eval)

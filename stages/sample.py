@@ -22,7 +22,7 @@ def main(params: Params) -> None:
     save_png(paths.samples_png, grid, scale=3)
     walk = image_grid(interpolation_images(g, train_cfg.z_dim, train_cfg.conditional, cfg.seed + 1))
     save_png(paths.interpolation_png, walk, scale=3)
-    run = tracking.reopen_run(params.tracking, read_json(paths.run, made_by="train").get("run_id"))
+    run = tracking.reopen_run(params.tracking, read_json(paths.metrics_train, made_by="train").get("mlflow_run_id"))
     run.log_image(grid, key="final_samples", step=train_cfg.steps)
     run.log_artifact(paths.samples_png)
     run.log_artifact(paths.interpolation_png)

@@ -58,8 +58,6 @@ def main(params: Params) -> int:
     if lead and not run_id:
         run.log_params(flatten(params))
     run.set_tags(tracking.run_tags(str(device)) | ({"nproc": str(world)} if world > 1 else {}))
-    if lead:
-        write_json(paths.run, {"run_id": run.run_id})
 
     stop = {"signal": None}
 
@@ -100,7 +98,9 @@ def main(params: Params) -> int:
     sampler = core.finalize_sampler(state, device)
     save_torch(paths.generator, core.generator_file(state, sampler))
     write_losses_csv(paths.train_losses, state.history)
-    summary = {"steps": result.steps, "seconds": round(result.seconds, 2), "device": result.device,
+    # mlflow_run_id: the sample and evaluate stages add their pictures and scores to this run.
+    summary = {"mlflow_run_id": run.run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
+               "device": result.device,
                "images_per_second": round(result.images_per_second, 1),
                **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip
     write_json(paths.metrics_train, summary)

@@ -74,5 +74,7 @@ def copy_repo(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
-def dvc(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    return run([str(BIN / "dvc"), *args], cwd, check=check, timeout=timeout)
+def dvc(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 900, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return run([str(BIN / "dvc"), *args], cwd, check=check, timeout=timeout, env={**env(), **(extra_env or {})})

@@ -111,7 +111,6 @@ class PathsConfig:
     classifier: str = _opt("models/classifier.pt")
     generator: str = _opt("models/generator.pt")
     checkpoint: str = _opt("models/checkpoint.pt")
-    run: str = _opt("models/run.json", doc="the MLflow run id shared by train, sample and evaluate")
     samples: str = _opt("data/samples.npy")
     samples_png: str = _opt("plots/samples.png")
     interpolation_png: str = _opt("plots/interpolation.png")

@@ -1,6 +1,6 @@
 """MLflow at the edge: the only module of the package that imports mlflow (lazily).
 
-One pipeline run is one MLflow run. The train stage opens it and writes its id to `models/run.json`;
+One pipeline run is one MLflow run. The train stage opens it and writes its id to `metrics/train.json`;
 the sample and evaluate stages reopen that run to add the sample grid and the final scores, so a run
 holds params, loss curves, images and scores together. Without mlflow installed, or with
 `tracking.required: false` and an unreachable store, a `NullRun` stands in and nothing is logged.
