@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from _common import Params, run_stage
 
 from mnistgan import tracking
@@ -16,6 +18,8 @@ from mnistgan.score import real_features, reference_scores, score_images
 def main(params: Params) -> None:
     cfg, paths = params.evaluate, params.paths
     mnist = load_mnist(paths.mnist)
+    if cfg.train_images:  # a smaller reference pool for quick runs: the last N training images
+        mnist = replace(mnist, x_train=mnist.x_train[-cfg.train_images :], y_train=mnist.y_train[-cfg.train_images :])
     clf = classifier_from_file(load_torch(paths.classifier, made_by="classifier", check=check_classifier_file))
     samples = load_npy(paths.samples, made_by="sample")
     real = real_features(clf, mnist, batch_size=cfg.batch_size, progress=True)  # shared by both scorings

@@ -48,6 +48,7 @@ BAD = [
     ({"classifier": {"epochs": 0}}, "classifier.epochs: 0 is out of range; must be >= 1"),
     ({"sample": {"n": "many"}}, "sample.n: expected an integer"),
     ({"evaluate": {"n_reference": 100000}}, "evaluate.n_reference: 100000 is out of range"),
+    ({"evaluate": {"n_reference": 500, "train_images": 500}}, "evaluate.n_reference: 500 is out of range"),
     ({"seed": -1}, "seed: -1 is out of range"),
 ]
 

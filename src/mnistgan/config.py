@@ -93,6 +93,7 @@ class SampleConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     n_reference: int = _opt(10000, lo=2, doc="real training images scored as the reference")
+    train_images: int = _opt(0, lo=0, doc="last N training images for the reference and memorisation pool; 0 = all")
     splits: int = _opt(10, lo=1, doc="splits for the Inception-style score's mean and std")
     batch_size: int = _opt(500, lo=1)
 
@@ -207,8 +208,12 @@ def _check_cross_field(p: Params) -> None:
         raise ConfigError(
             f"classifier.batch_size: {p.classifier.batch_size} is larger than the training set ({n_cls} images)"
         )
-    if p.evaluate.n_reference > 60000:
-        raise ConfigError(f"evaluate.n_reference: {p.evaluate.n_reference} is out of range; must be <= 60000")
+    n_eval = p.evaluate.train_images or 60000
+    if p.evaluate.n_reference >= n_eval:
+        raise ConfigError(
+            f"evaluate.n_reference: {p.evaluate.n_reference} is out of range; must be below the {n_eval} "
+            "training images evaluate uses (the rest are the memorisation pool)"
+        )
     if p.prepare.source == "idx" and not p.prepare.idx_dir:
         raise ConfigError("prepare.idx_dir: must name a folder when prepare.source is idx")
 
