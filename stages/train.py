@@ -17,11 +17,13 @@ from mnistgan.config import flatten, to_dict
 from mnistgan.data import load_mnist
 from mnistgan.io import InputError, atomic_path, load_torch, save_torch, write_json
 from mnistgan.pictures import image_grid
-from mnistgan.tensors import to_unit_range
 
 
 def main(params: Params) -> int:
     cfg, paths = params.train, params.paths
+    if params.tracking.required:
+        # An unreachable store stops the stage in a second or two, before torch is imported and the data loaded.
+        tracking.check_store(tracking.tracking_uri())
     if cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # Data-parallel: start train.nproc copies of this script under torchrun; they find each other
         # through the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
@@ -33,6 +35,7 @@ def main(params: Params) -> int:
     import torch
 
     from mnistgan import train as core
+    from mnistgan.tensors import to_unit_range
 
     rank, world, device = init_distributed(cfg, core)
     if cfg.threads:

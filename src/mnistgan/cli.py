@@ -12,6 +12,7 @@ import sys
 # name -> (module with main(argv) -> int, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("mnistgan.score", "score generated digits (.npy/.npz or PNG folder) against MNIST"),
+    "bench": ("mnistgan.bench", "time training (plain vs fast path), time to quality and the metric suite"),
 }
 
 

@@ -8,14 +8,18 @@ holds params, loss curves, images and scores together. Without mlflow installed,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +108,28 @@ def with_retry(fn: Any, *args: Any, budget_s: float = 60.0, **kwargs: Any) -> An
             delay = min(delay * 2, 2.0)
 
 
+@contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock, shared by every process on this machine, around the first use of a
+    SQLite store. MLflow creates and migrates the tables when a process first opens a store; two
+    processes doing that at once on a fresh `mlflow.db` (`dvc queue start -j 2`) fail with errors such
+    as "duplicate column name". The lock file lives in the temp folder, keyed by the store's URI."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
+        yield
+        return
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"mnistgan-store-{key}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class NullRun:
     """Stands in for an MLflow run when tracking is off: every call does nothing."""
 
@@ -180,6 +206,8 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
     try:
         check_store(uri)
         mlflow.set_tracking_uri(uri)
+        with _store_init_lock(uri):
+            with_retry(mlflow.MlflowClient, uri)  # builds this process's store: creates or migrates tables
         if run_id:
             active = with_retry(mlflow.start_run, run_id=run_id)
         else:
