@@ -212,7 +212,7 @@ def test_cli_dispatcher(capsys):
     assert cli.main(["--help"]) == 0
     assert "score" in capsys.readouterr().out
     assert cli.main(["nonsense"]) == 2
-    assert capsys.readouterr().err.strip() == "mnistgan: error: unknown command 'nonsense'; commands: score"
+    assert capsys.readouterr().err.strip() == "mnistgan: error: unknown command 'nonsense'; commands: score, bench"
     assert cli.main(["score", "--help"]) == 0
     assert "--classifier" in capsys.readouterr().out
 

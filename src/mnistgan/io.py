@@ -70,8 +70,10 @@ def load_npy(path: str | Path, made_by: str = "") -> np.ndarray:
 def save_torch(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file object: torch.save(obj, <path>) names the zip records after the (random) temporary
+    # file name, so the same weights would give different bytes on every run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_torch(path: str | Path, made_by: str = "", check: Callable[[Any], str | None] | None = None) -> Any:

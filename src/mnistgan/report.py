@@ -91,8 +91,12 @@ COMPARE_SCORES = ["fid", "inception_score", "precision", "recall", "density", "c
 
 
 def run_label(row: Any) -> str:
-    name = row.get("tags.dvc_exp_name") or row.get("tags.mlflow.runName") or ""
-    return f"{name or 'run'} ({str(row['run_id'])[:8]})"
+    def tag(key: str) -> str:
+        value = row.get(key)
+        return value if isinstance(value, str) else ""  # pandas gives NaN for a missing tag
+
+    name = tag("tags.dvc_exp_name") or tag("tags.mlflow.runName") or "run"
+    return f"{name} ({str(row['run_id'])[:8]})"
 
 
 def differing_params(runs: Any) -> list[str]:
@@ -203,6 +207,7 @@ def render_html(tables: list, curves: Path | None, grids: dict[str, Path | None]
 def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path) -> tuple[Path, Path]:
     from mnistgan import tracking
 
+    out_dir = out_dir.resolve()  # artifacts download to absolute paths; links are made relative to this
     runs = tracking.search_runs(experiment)
     if run_ids:
         runs = runs[runs["run_id"].isin(run_ids)]

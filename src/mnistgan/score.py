@@ -75,7 +75,9 @@ def images_to_uint8(array: np.ndarray, source: str = "array") -> tuple[np.ndarra
     if lo >= -tol and hi <= 1 + tol:
         return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8), "float [0, 1]"
     if lo >= -1 - tol and hi <= 1 + tol:
-        return np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8), "float [-1, 1]"
+        # In float32, exactly as tensors.to_uint8 converts the generator's output (same rounding at .5).
+        x32 = np.clip(a.astype(np.float32), np.float32(-1), np.float32(1))
+        return np.rint((x32 + np.float32(1)) * np.float32(127.5)).astype(np.uint8), "float [-1, 1]"
     raise InputError(
         f"{source}: float pixels in [{lo:.4g}, {hi:.4g}] fit none of the accepted ranges "
         "(uint8 0..255, float [0, 1], float [-1, 1])"

@@ -1,0 +1,91 @@
+"""Determinism on the CPU: the same params and code give the same bytes.
+
+The tiny pipeline runs twice in one temporary copy of this checkout (`dvc repro`, then `dvc repro --force`)
+and every output is compared byte for byte. Afterwards `dvc status` is clean and `dvc repro` reruns nothing.
+
+The first run is shared with tests/test_recovery.py (`reproduced_repo`): its generator is the reference an
+interrupted and resumed run must match, and the queued-experiments test starts from a copy of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import pytest
+from pipeline_utils import TINY, copy_repo, deep_update, dvc
+
+pytestmark = pytest.mark.slow
+
+# TINY with a checkpoint every 20 of the 120 steps, so test_recovery can kill training between checkpoints.
+PARAMS = deep_update(copy.deepcopy(TINY), {"train": {"checkpoint_every": 20}})
+
+# Outputs that are meant to differ between two runs of the same params, so are not compared:
+NOT_COMPARED = {
+    "metrics/train.json",  # wall-clock seconds, images per second and the MLflow run id (a new run each time)
+    "models/checkpoint.pt",  # deleted before the second run (see below); it also holds the MLflow run id
+}
+# Must be among the compared files (the pipeline's outputs listed by the issue).
+REQUIRED = {
+    "models/generator.pt",
+    "models/classifier.pt",
+    "data/samples.npy",
+    "metrics/eval.json",
+    "metrics/classifier.json",
+    "metrics/train_losses.csv",
+}
+OUTPUT_FOLDERS = ("data", "models", "metrics", "plots")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def output_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every pipeline output (all files under data/, models/, metrics/, plots/) but NOT_COMPARED."""
+    out = {}
+    for folder in OUTPUT_FOLDERS:
+        for path in sorted((root / folder).rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and not path.name.startswith(".") and rel not in NOT_COMPARED:
+                out[rel] = sha256(path)
+    return out
+
+
+_SHARED: dict[str, tuple[Path, dict[str, str]]] = {}
+
+
+def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A tiny copy of this checkout after one `dvc repro`, and the sha256 of its outputs.
+
+    Made once per session and shared with test_recovery.py (a module-level cache: pytest would build a
+    fixture imported into two modules twice).
+    """
+    if "repo" not in _SHARED:
+        root = copy_repo(tmp_path_factory.mktemp("determinism") / "repo", PARAMS)
+        dvc(["repro"], root)
+        _SHARED["repo"] = root, output_hashes(root)
+    return _SHARED["repo"]
+
+
+def test_two_forced_runs_give_identical_bytes_and_a_clean_status(tmp_path_factory):
+    root, first = reproduced_repo(tmp_path_factory)
+    assert set(first) >= REQUIRED, f"missing outputs: {sorted(REQUIRED - set(first))}"
+
+    # The checkpoint is a `persist: true` output: DVC keeps it across runs so an interrupted run resumes.
+    # Left in place, the forced rerun would resume from the finished step-120 checkpoint and train
+    # nothing; deleting it makes the second run train from scratch, which is what is compared here.
+    (root / "models/checkpoint.pt").unlink()
+    out = dvc(["repro", "--force"], root)
+    assert "resuming" not in out.stdout + out.stderr
+    second = output_hashes(root)
+
+    assert set(second) == set(first)
+    differ = sorted(k for k in first if first[k] != second[k])
+    assert not differ, f"not byte-identical between two runs of the same params: {differ}"
+
+    status = dvc(["status"], root).stdout
+    assert "up to date" in status, status
+    again = dvc(["repro"], root).stdout
+    assert "Running stage" not in again, again
