@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What a fresh clone would not have: the venv, caches, outputs of earlier runs, the MLflow store.
 SKIP = {".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".pytest_cache", ".ruff_cache", "__pycache__",
-        "data", "models", "plots", "dvc.lock", ".gl", ".whl", "reports"}  # fmt: skip
+        "data", "models", "plots", "metrics", "dvc.lock", ".gl", ".whl", "reports"}  # fmt: skip
 SKIP_IN_DVC = {"cache", "tmp", "config.local"}
 
 TINY = {
