@@ -51,6 +51,9 @@ def main(params: Params) -> int:
     y = torch.from_numpy(data.y_train[:n]).long().to(device)  # (n,)
 
     state = core.build_state(cfg, params.seed, device, rank, world)
+    # Rank 0 alone scores the generator during training; loaded before the run opens so a missing
+    # classifier fails the stage at once.
+    monitor = fid_monitor(params, data) if cfg.fid_every and rank == 0 else None
     run_id = resume(state, paths.checkpoint, core, verbose=rank == 0)
     lead = rank == 0  # only the first process logs and writes outputs
     run = (
@@ -81,6 +84,8 @@ def main(params: Params) -> int:
             on_images=(lambda step, imgs: run.log_image(image_grid(imgs.numpy()), key="samples", step=step))
             if lead else None,
             on_checkpoint=on_checkpoint if lead else None,
+            fid=monitor,
+            on_fid=lambda step, value: run.log_metrics({"fid_during_training": value}, step=step),
             stop_requested=lambda: stop["signal"] is not None,
             progress=lead,
         )  # fmt: skip
@@ -101,15 +106,20 @@ def main(params: Params) -> int:
     sampler = core.finalize_sampler(state, device)
     save_torch(paths.generator, core.generator_file(state, sampler))
     write_losses_csv(paths.train_losses, state.history)
+    fid_rows = [{**row, "fid_real": monitor.reference} for row in state.fid_history] if monitor else []
+    write_csv(paths.train_fid, ["step", "fid", "fid_real"], fid_rows)
     # mlflow_run_id: the sample and evaluate stages add their pictures and scores to this run.
     summary = {"mlflow_run_id": run.run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
                "device": result.device,
                "images_per_second": round(result.images_per_second, 1),
+               **({"fid_during_training": round(fid_rows[-1]["fid"], 4), "fid_during_training_real":
+                   round(monitor.reference, 4), "fid_samples": cfg.fid_samples} if fid_rows else {}),
                **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip
     write_json(paths.metrics_train, summary)
     run.log_metrics({"train_seconds": result.seconds, "images_per_second": result.images_per_second})
     run.log_artifact(paths.generator, "model")
     run.log_artifact(paths.train_losses)
+    run.log_artifact(paths.train_fid)
     run.end()
     print(f"train: {result.steps} steps on {result.device} in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s)")  # fmt: skip
@@ -160,13 +170,31 @@ def resume(state, path: str, core, verbose: bool = True) -> str | None:
     return ckpt.get("mlflow_run_id") or None
 
 
+def fid_monitor(params: Params, data):
+    """The FID-during-training scorer: fid_samples generated images against the test set, and as many
+    real training images (the last ones) scored the same way as the floor at that sample size."""
+    from mnistgan.classifier import check_classifier_file, classifier_from_file
+    from mnistgan.monitor import FidMonitor
+
+    cfg = params.train
+    clf = classifier_from_file(load_torch(params.paths.classifier, made_by="classifier", check=check_classifier_file))
+    if cfg.fid_samples > len(data.x_train):
+        raise InputError(f"train.fid_samples: {cfg.fid_samples} is more than the {len(data.x_train)} training images")
+    return FidMonitor(clf, data.x_test, data.x_train[-cfg.fid_samples :], cfg.fid_samples, cfg.z_dim, cfg.conditional,
+                      seed=params.seed + 3)  # fmt: skip
+
+
 def write_losses_csv(path: str, history: list[dict]) -> None:
     from mnistgan.train import LOSS_COLUMNS
 
+    write_csv(path, ["step", *LOSS_COLUMNS], history)
+
+
+def write_csv(path: str, columns: list[str], rows: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["step", *LOSS_COLUMNS], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for row in history:
+    for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ SKIP_IN_DVC = {"cache", "tmp", "config.local"}
 TINY = {
     "classifier": {"epochs": 1, "train_images": 2000, "batch_size": 100},
     "train": {"train_images": 2000, "steps": 120, "batch_size": 32, "log_every": 10, "image_every": 60,
-              "checkpoint_every": 40, "threads": 1},
+              "checkpoint_every": 40, "threads": 1, "fid_every": 60, "fid_samples": 300},
     "sample": {"n": 600, "batch_size": 300},
     "evaluate": {"n_reference": 600, "splits": 3, "batch_size": 300, "train_images": 3000},
 }  # fmt: skip
@@ -46,6 +47,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **k
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n"
                              f"--- stderr\n{p.stderr[-4000:]}")  # fmt: skip
     return p
+
+
+def free_port() -> int:
+    """A localhost port nothing listens on (the OS picked it free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def deep_update(d: dict, u: dict) -> dict:
@@ -78,3 +86,43 @@ def dvc(
     args: list[str], cwd: Path, check: bool = True, timeout: float = 900, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     return run([str(BIN / "dvc"), *args], cwd, check=check, timeout=timeout, env={**env(), **(extra_env or {})})
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]  # fmt: skip
+# Appended to a page before it is opened: once everything has loaded, the page writes what the browser
+# made of it (tables, rows, images and whether each decoded) into a <pre> that --dump-dom prints.
+RENDER_PROBE = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const out = {tables: document.querySelectorAll('table').length, rows: document.querySelectorAll('tr').length,
+    cells: [...document.querySelectorAll('td,th')].map(c => c.textContent),
+    images: imgs.map(i => ({decoded: i.complete && i.naturalWidth > 0, width: i.naturalWidth,
+                            shown: i.getBoundingClientRect().width}))};
+  const pre = document.createElement('pre'); pre.id = 'render-probe'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});</script>"""
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render_in_chromium(page: Path, work: Path) -> tuple[dict, Path]:
+    """Open `page` in headless Chromium: what it rendered (see RENDER_PROBE) and a screenshot PNG."""
+    import json
+    import re
+
+    browser = chromium()
+    assert browser, "chromium not installed"
+    probed = work / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", RENDER_PROBE + "</body>"))
+    profile, shot = work / "chromium-profile", work / "screenshot.png"
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,2400"]
+    dom = run([browser, *flags, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()], work, timeout=120)
+    run([browser, *flags, f"--screenshot={shot}", page.as_uri()], work, timeout=120)
+    found = re.search(r'<pre id="render-probe">(.*?)</pre>', dom.stdout, re.S)
+    assert found, f"no render probe in the dumped DOM:\n{dom.stdout[-2000:]}\n{dom.stderr[-2000:]}"
+    import html
+
+    return json.loads(html.unescape(found.group(1))), shot

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 import yaml
-from pipeline_utils import BIN, TINY, copy_repo, dvc, env, run
+from pipeline_utils import BIN, TINY, chromium, copy_repo, dvc, env, render_in_chromium, run
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,10 @@ def test_every_output_is_there(repo):
     assert train["steps"] == TINY["train"]["steps"] and train["device"] == "cpu" and train["images_per_second"] > 0
     rows = list(csv.DictReader((repo / "metrics/train_losses.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == list(range(10, 121, 10))
+    fid_rows = list(csv.DictReader((repo / "metrics/train_fid.csv").read_text().splitlines()))
+    assert [int(r["step"]) for r in fid_rows] == [60, 120]  # train.fid_every 60 of 120 steps
+    assert all(0 < float(r["fid_real"]) < float(r["fid"]) for r in fid_rows)  # a tiny GAN is above the floor
+    assert train["fid_during_training"] == pytest.approx(float(fid_rows[-1]["fid"]), rel=1e-4)
     ev = json.loads((repo / "metrics/eval.json").read_text())
     for part in ("generated", "real_reference"):
         for key in ("inception_score", "inception_score_std", "fid"):
@@ -79,11 +84,12 @@ def test_mlflow_run_holds_params_losses_images_scores_and_tags(repo):
     client = mlflow.MlflowClient()
     history = client.get_metric_history(run["run_id"], "loss_d")
     assert [m.step for m in history] == list(range(10, 121, 10))
+    assert [m.step for m in client.get_metric_history(run["run_id"], "fid_during_training")] == [60, 120]
     ev = flat(json.loads((repo / "metrics/eval.json").read_text()))
     for key, value in ev.items():
         assert run[f"metrics.{key}"] == pytest.approx(value, rel=1e-9), key
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
-    assert {"images", "model", "samples.png", "eval.json", "train_losses.csv"} <= artifacts
+    assert {"images", "model", "samples.png", "eval.json", "train_losses.csv", "train_fid.csv"} <= artifacts
     images = {a.path.split("/")[-1].split("+")[0] + "@" + a.path.split("+")[2]
               for a in client.list_artifacts(run["run_id"], "images") if a.path.endswith(".png")}  # fmt: skip
     assert {"samples@60", "samples@120", "final_samples@120"} <= images
@@ -115,3 +121,26 @@ def test_bad_override_fails_with_one_line(repo):
     p = dvc(["exp", "run", "-S", "train.loss=wgan"], repo, check=False)
     assert p.returncode != 0
     assert "train.loss: unknown value 'wgan'; allowed: minimax, ns, lsgan, hinge, wgan-gp" in p.stdout + p.stderr
+
+
+def test_compare_report_renders_in_headless_chromium(repo, tmp_path):
+    # CI installs Debian's chromium and sets MNISTGAN_REQUIRE_CHROMIUM=1, so there this never skips.
+    if not chromium():
+        if os.environ.get("MNISTGAN_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium is required (MNISTGAN_REQUIRE_CHROMIUM=1) but not installed")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    page = repo / "reports/compare.html"
+    if not page.exists():  # when this test runs alone
+        run([str(BIN / "python"), "-m", "mnistgan.report", "compare", "--out", "reports"], repo,
+            env={**env(), "PYTHONPATH": str(repo / "src")})  # fmt: skip
+    seen, shot = render_in_chromium(page, tmp_path)
+    assert seen["tables"] == 3  # differing params, final scores, training
+    assert "train.lr" in seen["cells"] and "fid" in seen["cells"] and "real reference" in seen["cells"]
+    assert len(seen["images"]) == 3  # training curves and two sample grids
+    for img in seen["images"]:
+        assert img["decoded"] and img["width"] > 100 and img["shown"] > 100, img
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (2400, 1400)
+    assert (pixels < 64).mean() > 0.01  # dark pixels: text, the curves' axes and the digit grids' background

@@ -14,14 +14,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_utils import BIN, copy_repo, deep_update, dvc, env, run
+from pipeline_utils import BIN, copy_repo, deep_update, dvc, env, free_port, run
 from test_determinism import PARAMS, reproduced_repo, sha256
 
 pytestmark = pytest.mark.slow
@@ -38,7 +37,9 @@ TRAIN_OUTPUTS = ("models/generator.pt", "models/checkpoint.pt", "metrics/train.j
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A tiny copy of this checkout with real MNIST prepared (data/mnist), for running stages directly."""
-    root = copy_repo(tmp_path_factory.mktemp("prepared") / "repo", PARAMS)
+    # No classifier here, so no FID during training (that needs one; see the test below).
+    root = copy_repo(tmp_path_factory.mktemp("prepared") / "repo",
+                     deep_update(copy.deepcopy(PARAMS), {"train": {"fid_every": 0}}))  # fmt: skip
     run([PYTHON, "stages/prepare.py"], root)
     return root
 
@@ -118,12 +119,6 @@ def error_line(p: subprocess.CompletedProcess) -> str:
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got:\n{p.stderr[-3000:]}"
     return lines[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- exact resume after SIGKILL -----------------------------------------------------------------------
@@ -274,6 +269,17 @@ def test_bad_params_fail_the_stage_with_one_line_and_write_nothing(prepared, tmp
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before  # no files at all, no temps
 
 
+def test_fid_during_training_without_a_classifier_fails_at_once(prepared, tmp_path):
+    root = workdir(prepared, tmp_path / "w", {"train": {"fid_every": 60}})
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    p = stage(root, "train")
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert error_line(p) == ("train: error: models/classifier.pt: file not found; rerun the classifier stage "
+                             "(dvc repro classifier)")  # fmt: skip
+    after = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    assert [f for f in after if f not in before and not f.startswith("mlflow")] == []
+
+
 # ---- bad files ----------------------------------------------------------------------------------------
 
 
@@ -323,7 +329,7 @@ def test_corrupt_checkpoint_means_a_fresh_start(prepared, tmp_path):
 
 def test_unreachable_tracking_server_stops_the_stage_within_10_s(prepared, tmp_path):
     root = workdir(prepared, tmp_path / "w")
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     p = stage(root, "train", {"MLFLOW_TRACKING_URI": uri})
     seconds = time.monotonic() - t0
@@ -339,7 +345,7 @@ def test_tracking_not_required_warns_and_the_outputs_complete(prepared, tmp_path
     root = workdir(prepared, tmp_path / "w", {"train": {"steps": 10, "checkpoint_every": 10, "log_every": 5},
                                               "sample": {"n": 100, "batch_size": 100},
                                               "tracking": {"required": False}})  # fmt: skip
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     p = stage(root, "train", {"MLFLOW_TRACKING_URI": uri})
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"warning: tracking store {uri} unreachable; this run is not tracked" in p.stderr

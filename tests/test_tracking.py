@@ -1,8 +1,8 @@
-import socket
 import time
 from pathlib import Path
 
 import pytest
+from pipeline_utils import free_port
 
 from mnistgan import tracking
 
@@ -20,12 +20,6 @@ def test_default_uri_is_absolute_sqlite_and_env_overrides(tmp_path, monkeypatch)
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db" and Path(uri[len("sqlite:///") :]).is_absolute()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
     assert tracking.tracking_uri(tmp_path) == "http://example.invalid:5000"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_server_is_detected_fast():

@@ -136,21 +136,26 @@ def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
     return [t_params, t_scores, t_time]
 
 
+CURVE_EXTRAS = {"fid_during_training": "FID during training (small sample, log scale)"}
+
+
 def loss_curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
-    """One figure, one panel per loss, one line per run."""
+    """One figure, one panel per loss (and FID during training, when logged), one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["loss_d", "loss_g"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 3.6), dpi=110)
+    keys = ["loss_d", "loss_g"] + [k for k in CURVE_EXTRAS if any(series.get(k) for series in curves.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.6), dpi=110)
     for ax, key in zip(axes, keys, strict=True):
         for label, series in curves.items():
             if series.get(key):
                 steps, values = zip(*series[key], strict=True)
                 ax.plot(steps, values, label=label, linewidth=1.2)
-        ax.set_title(key)
+        ax.set_title(CURVE_EXTRAS.get(key, key))
+        if key in CURVE_EXTRAS:
+            ax.set_yscale("log")  # FID falls by orders of magnitude early on
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -174,7 +179,7 @@ def render_markdown(tables: list, curves: Path | None, grids: dict[str, Path | N
     for title, header, rows in tables:
         parts += [f"## {title}", "", _md_table(header, rows), ""]
     if curves:
-        parts += ["## Loss curves", "", f"![loss curves]({curves.relative_to(out_dir)})", ""]
+        parts += ["## Training curves", "", f"![training curves]({curves.relative_to(out_dir)})", ""]
     parts += ["## Last sample grids", ""]
     for label, grid in grids.items():
         parts.append(f"**{label}**: " + (f"![{label}]({grid.relative_to(out_dir)})" if grid else "no grid logged"))
@@ -191,7 +196,7 @@ def render_html(tables: list, curves: Path | None, grids: dict[str, Path | None]
         body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
         body.append("</table>")
     if curves:
-        body.append(f'<h2>Loss curves</h2><img alt="loss curves" src="{_img_data(curves)}">')
+        body.append(f'<h2>Training curves</h2><img alt="training curves" src="{_img_data(curves)}">')
     body.append('<h2>Last sample grids</h2><div class="grids">')
     for label, grid in grids.items():
         img = f'<img alt="{esc(label)}" src="{_img_data(grid)}">' if grid else "<p>no grid logged</p>"
@@ -199,7 +204,8 @@ def render_html(tables: list, curves: Path | None, grids: dict[str, Path | None]
     body.append("</div>")
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-             ".grids{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{max-width:100%}")  # fmt: skip
+             ".grids{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{max-width:100%}"
+             ".grids img{width:420px;image-rendering:pixelated}")  # fmt: skip
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>mnistgan: comparing runs</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
 
@@ -217,7 +223,7 @@ def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path
         raise SystemExit("compare: no runs to compare (run the pipeline first, or check --runs / --experiment)")
     runs = runs.sort_values("start_time").reset_index(drop=True)
     files = out_dir / "compare_files"
-    curves = {run_label(r): {k: tracking.metric_history(r["run_id"], k) for k in ("loss_d", "loss_g")}
+    curves = {run_label(r): {k: tracking.metric_history(r["run_id"], k) for k in ("loss_d", "loss_g", *CURVE_EXTRAS)}
               for _, r in runs.iterrows()}  # fmt: skip
     curves_png = files / "loss_curves.png"
     loss_curves_png(curves, curves_png)

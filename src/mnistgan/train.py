@@ -66,6 +66,7 @@ class GANState:
     world: int = 1  # number of data-parallel processes
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # loss rows so far
+    fid_history: list[dict[str, float]] = field(default_factory=list)  # {"step", "fid"} rows so far
     # Sums of the step outputs since the last loss row, kept on the device (no host sync per step) and
     # saved in checkpoints so a resumed run writes the same rows as an uninterrupted one.
     loss_sum: torch.Tensor | None = None
@@ -166,6 +167,7 @@ def checkpoint(state: GANState) -> dict[str, Any]:
         "noise_rng_ranks": _gather_noise_states(state),
         "rng": _rng_snapshot(),
         "history": state.history,
+        "fid_history": state.fid_history,
         "loss_sum": state.loss_sum,
         "loss_count": state.loss_count,
     }
@@ -183,6 +185,7 @@ def restore(state: GANState, ckpt: dict[str, Any]) -> None:
     _rng_restore(ckpt["rng"])
     state.step = int(ckpt["step"])
     state.history = list(ckpt["history"])
+    state.fid_history = list(ckpt.get("fid_history") or [])
     device = next(state.g.parameters()).device
     state.loss_sum = ckpt["loss_sum"].to(device) if ckpt["loss_sum"] is not None else None
     state.loss_count = int(ckpt["loss_count"])
@@ -334,6 +337,8 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_images: Callable[[int, torch.Tensor], None] | None = None,
     on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+    fid: Callable[[nn.Module], float] | None = None,
+    on_fid: Callable[[int, float], None] | None = None,
     stop_requested: Callable[[], bool] = _no_stop,
     progress: bool = True,
 ) -> TrainResult:
@@ -341,6 +346,8 @@ def train(
 
     x_train: (N, 1, 28, 28) float in [-1, 1] on the training device; y_train: (N,) int64 on the device.
     on_images gets uint8 (100, 28, 28) samples of the fixed noise; on_checkpoint the checkpoint dict.
+    fid (e.g. monitor.FidMonitor) scores the sampling generator every cfg.fid_every steps; each value is
+    kept in state.fid_history (so checkpoints carry the curve) and passed to on_fid.
     Raises DivergenceError on NaN/Inf losses and StopRequested after checkpointing when asked to stop.
     """
     cfg, device = state.cfg, x_train.device
@@ -423,6 +430,11 @@ def train(
                     on_log(state.step, last)
             if on_images and (state.step % cfg.image_every == 0 or state.step == cfg.steps):
                 on_images(state.step, generate(state.sampler, z_fixed, y_fixed))
+            if fid and cfg.fid_every and (state.step % cfg.fid_every == 0 or state.step == cfg.steps):
+                value = fid(state.sampler)
+                state.fid_history.append({"step": state.step, "fid": value})
+                if on_fid:
+                    on_fid(state.step, value)
             if checkpointing and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
                 save_checkpoint()
     finally:

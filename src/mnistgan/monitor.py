@@ -1,0 +1,60 @@
+"""FID during training: a small, fixed sample of the current generator scored against the MNIST test set
+on the classifier's features, so a run shows when it stopped improving, or collapsed, without waiting
+for the evaluate stage. Pure logic: the caller passes the classifier and the arrays.
+
+FID on a few thousand images is biased upwards (the covariance of 128 features is estimated from few
+rows), so the monitor also scores the same number of real training images the same way: that
+`reference` is the floor the curve can reach at this sample size, and the two are plotted together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnistgan.classifier import Classifier, features_and_probs
+from mnistgan.metrics import features_to_statistics, statistics_to_fid
+from mnistgan.models import N_CLASSES
+from mnistgan.train import generate
+
+MIN_SAMPLES = 10
+
+
+class FidMonitor:
+    """Callable: generator -> FID of its `n` samples of fixed noise against the real test set."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        x_test: np.ndarray,
+        x_reference: np.ndarray,
+        n: int,
+        z_dim: int,
+        conditional: bool,
+        seed: int,
+        batch_size: int = 500,
+    ):
+        """x_test: uint8 (M, 28, 28), the target set; x_reference: uint8 (>= n, 28, 28) real images that
+        are not in x_test (training images), n of which give the real-data value at this sample size."""
+        if n < MIN_SAMPLES:
+            raise ValueError(f"FID monitor: n must be at least {MIN_SAMPLES}, got {n}")
+        if len(x_reference) < n:
+            raise ValueError(f"FID monitor: {len(x_reference)} reference images, need n={n}")
+        self.classifier = classifier.cpu().eval()
+        self.batch_size = batch_size
+        test_feats, _ = features_and_probs(self.classifier, x_test, batch_size)  # (M, 128)
+        self.mu, self.sigma = features_to_statistics(test_feats)
+        self.reference = self._fid_of(x_reference[:n])
+        # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
+        # only because the generator does. Labels cycle through the classes for conditional models.
+        gen = torch.Generator().manual_seed(seed)
+        self.z = torch.randn(n, z_dim, generator=gen)  # (n, z_dim)
+        self.y = torch.arange(n) % N_CLASSES if conditional else None  # (n,)
+
+    def _fid_of(self, images_u8: np.ndarray) -> float:
+        feats, _ = features_and_probs(self.classifier, images_u8, self.batch_size)
+        return statistics_to_fid(*features_to_statistics(feats), self.mu, self.sigma)
+
+    def __call__(self, g: nn.Module) -> float:
+        return self._fid_of(generate(g, self.z, self.y).numpy())
