@@ -25,7 +25,17 @@ def test_float_written_as_exponent_string_is_accepted():
     assert p.train.lr == pytest.approx(1e-4)
 
 
+def test_seed_lists_become_tuples():
+    p = params_from_dict(yaml.safe_load("evaluate:\n  seeds: [3, 1, 2]\n"))
+    assert p.evaluate.seeds == (3, 1, 2)
+    assert params_from_dict({}).evaluate.seeds == ()
+
+
 BAD = [
+    ({"evaluate": {"seeds": 3}}, "evaluate.seeds: expected a list, got 3"),
+    ({"evaluate": {"seeds": [1, -2]}}, "evaluate.seeds[1]: -2 is out of range; must be >= 0"),
+    ({"evaluate": {"seeds": [1, "a"]}}, "evaluate.seeds[1]: expected an integer, got 'a'"),
+    ({"evaluate": {"seeds": [4, 4]}}, "evaluate.seeds: [4, 4] repeats a seed"),
     ({"train": {"lrr": 0.1}}, "train.lrr: unknown key"),
     ({"bogus": 1}, "bogus: unknown key"),
     ({"train": {"lr": 0}}, "train.lr: 0.0 is out of range; must be > 0"),

@@ -359,3 +359,14 @@ def test_precision_recall_convention_on_synthetic_clusters():
     assert precision > 0.8 and recall < 0.3
     swapped_precision, swapped_recall = M.precision_recall(real, gen)
     assert swapped_precision < 0.3 and swapped_recall > 0.8
+
+
+def test_mean_std_over_sets():
+    from mnistgan.metrics import mean_std_over_sets
+
+    out = mean_std_over_sets([{"fid": 1.0, "score": 9.0}, {"fid": 3.0, "score": 9.0}, {"fid": 5.0, "score": 9.0}])
+    assert out["fid"] == {"mean": 3.0, "std": 2.0}  # ddof=1, as over seeds elsewhere
+    assert out["score"] == {"mean": 9.0, "std": 0.0}
+    assert mean_std_over_sets([{"fid": 2.0}])["fid"] == {"mean": 2.0, "std": 0.0}
+    with pytest.raises(ValueError, match="no results"):
+        mean_std_over_sets([])

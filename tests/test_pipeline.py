@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -9,14 +10,16 @@ import os
 import numpy as np
 import pytest
 import yaml
-from pipeline_utils import BIN, TINY, chromium, copy_repo, dvc, env, render_in_chromium, run
+from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
 
 pytestmark = pytest.mark.slow
+SEEDS = {"evaluate": {"seeds": [5, 6]}}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    # Two extra sample sets scored by evaluate (evaluate.seeds): mean and std over them in eval.json.
+    root = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo", deep_update(copy.deepcopy(TINY), SEEDS))
     dvc(["repro"], root)
     return root
 
@@ -61,6 +64,13 @@ def test_every_output_is_there(repo):
             assert np.isfinite(ev[part][key])
     # The real reference is far better than a 120-step GAN: the reference gives the scale.
     assert ev["real_reference"]["fid"] < ev["generated"]["fid"]
+    over = ev["generated_over_seeds"]
+    assert over["seeds"] == [5, 6] and over["n_samples"] == TINY["sample"]["n"]
+    for key in ("fid", "inception_score", "precision", "recall", "classes_covered"):
+        assert np.isfinite(over[key]["mean"]) and over[key]["std"] >= 0, key
+    assert over["fid"]["std"] > 0  # two different noise draws do not score exactly alike
+    # Same generator, other noise: within a factor of two of the sample stage's set.
+    assert 0.5 < over["fid"]["mean"] / ev["generated"]["fid"] < 2
 
 
 def test_second_repro_reruns_nothing_and_status_is_clean(repo):
@@ -87,6 +97,8 @@ def test_mlflow_run_holds_params_losses_images_scores_and_tags(repo):
     assert [m.step for m in client.get_metric_history(run["run_id"], "fid_during_training")] == [60, 120]
     ev = flat(json.loads((repo / "metrics/eval.json").read_text()))
     for key, value in ev.items():
+        if key == "generated_over_seeds.seeds":  # a list: the params hold it (evaluate.seeds)
+            continue
         assert run[f"metrics.{key}"] == pytest.approx(value, rel=1e-9), key
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
     assert {"images", "model", "samples.png", "eval.json", "train_losses.csv", "train_fid.csv"} <= artifacts

@@ -98,6 +98,7 @@ class EvaluateConfig:
     train_images: int = _opt(0, lo=0, doc="last N training images for the reference and memorisation pool; 0 = all")
     splits: int = _opt(10, lo=1, doc="splits for the Inception-style score's mean and std")
     batch_size: int = _opt(500, lo=1)
+    seeds: tuple[int, ...] = _opt((), lo=0, doc="extra sample sets (sample.n each) drawn here; mean and std over them")
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,11 @@ class Params:
 
 
 def _check_value(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
+    if typing.get_origin(tp) is tuple:  # a list in YAML, e.g. seeds: [1, 2, 3]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp)
+        return tuple(_check_value(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -211,6 +217,8 @@ def _check_cross_field(p: Params) -> None:
         raise ConfigError(
             f"classifier.batch_size: {p.classifier.batch_size} is larger than the training set ({n_cls} images)"
         )
+    if len(set(p.evaluate.seeds)) != len(p.evaluate.seeds):
+        raise ConfigError(f"evaluate.seeds: {list(p.evaluate.seeds)} repeats a seed; each must differ")
     n_eval = p.evaluate.train_images or 60000
     if p.evaluate.n_reference >= n_eval:
         raise ConfigError(

@@ -467,3 +467,15 @@ def evaluate_samples(
     out["memorisation"] = memorisation_share(gen, pool, test, threshold=memorisation_threshold)
     out["n_samples"] = len(gen)
     return {key: out[key] for key in EVALUATE_KEYS}
+
+
+def mean_std_over_sets(results: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per metric, the mean and std (ddof=1; 0 for one set) over the scores of several sample sets."""
+    if not results:
+        raise ValueError("mean_std_over_sets: no results")
+    keys = [k for k in results[0] if all(k in r for r in results)]
+    out = {}
+    for k in keys:
+        values = np.array([float(r[k]) for r in results], np.float64)
+        out[k] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return out

@@ -32,8 +32,10 @@ SCORES = [
     ("train s", "metrics.train_seconds", "{:.0f}"),
 ]
 RECIPE_KEYS = ["model", "loss", "d_norm", "ema", "conditional", "lr", "batch_size", "steps", "d_steps"]
+# Params that do not change what a run learns (seeds, where things go, how often it logs and checkpoints)
 IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.train.threads", "params.train.device",
-                  "params.train.log_every", "params.train.image_every", "params.train.checkpoint_every")  # fmt: skip
+                  "params.train.log_every", "params.train.image_every", "params.train.checkpoint_every",
+                  "params.train.fid_every", "params.train.fid_samples")  # fmt: skip
 
 
 def recipe_label(row: Any) -> str:
