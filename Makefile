@@ -26,11 +26,13 @@ $(STAMP): requirements.txt pyproject.toml
 repro: venv
 	dvc repro
 
+# Two pytest workers (pytest-xdist): most tests run single-threaded subprocesses, so two cores halve the
+# wall time. Tests sharing a module fixture stay on one worker (xdist_group marks).
 test: venv
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
 
 test-fast: venv
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 bench: venv
 	$(VENV)/bin/python -m mnistgan.bench

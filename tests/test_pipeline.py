@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker: one module fixture
 SEEDS = {"evaluate": {"seeds": [5, 6]}}
 
 
