@@ -395,7 +395,7 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
     assert sorted(runs["params.i"]) == ["0", "1", "2"] and set(runs["status"]) == {"FINISHED"}
 
 
-def test_two_queued_experiments_run_together_and_both_log_complete_runs(tmp_path, tmp_path_factory):
+def test_a_queued_sweep_runs_two_at_a_time_and_every_experiment_logs_a_complete_run(tmp_path, tmp_path_factory):
     base, _ = reproduced_repo(tmp_path_factory)
     # A copy of the reproduced repo (prepare and classifier done, in the DVC cache) with an empty store.
     root = tmp_path / "repo"
@@ -403,9 +403,9 @@ def test_two_queued_experiments_run_together_and_both_log_complete_runs(tmp_path
                                                              and folder == str(base)})  # fmt: skip
     shutil.rmtree(root / ".dvc/tmp", ignore_errors=True)
     overrides = ["-S", "train.steps=40", "-S", "sample.n=300", "-S", "evaluate.n_reference=300"]
-    lrs = {"q-lr-1": "0.0001", "q-lr-2": "0.0003"}
-    for name, lr in lrs.items():
-        dvc(["exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", *overrides], root)
+    losses = ["ns", "hinge", "wgan-gp"]
+    # README's sweep: one command queues one experiment per value.
+    dvc(["exp", "run", "--queue", "-S", f"train.loss={','.join(losses)}", *overrides], root)
     try:
         dvc(["queue", "start", "-j", "2"], root)
         deadline = time.monotonic() + 900
@@ -418,20 +418,21 @@ def test_two_queued_experiments_run_together_and_both_log_complete_runs(tmp_path
             raise AssertionError(f"queue still busy after 900 s:\n{status}")
     finally:
         dvc(["queue", "stop", "--kill"], root, check=False)
-    logs = {name: dvc(["queue", "logs", name], root, check=False).stdout for name in lrs}
-    assert status.count("Success") == 2, status + "\n".join(log[-3000:] for log in logs.values())
+    names = re.findall(r"^[0-9a-f]{7}\s+(\S+)\s", status, re.M)  # Task, Name, Created, Status
+    logs = {name: dvc(["queue", "logs", name], root, check=False).stdout for name in names}
+    assert len(names) == 3 and status.count("Success") == 3, status + "\n".join(log[-3000:] for log in logs.values())
     assert not any("database is locked" in log for log in logs.values())
 
     mlflow, runs = mlflow_runs(root)  # the original repo's store, not the queue's temporary copies
     client = mlflow.MlflowClient()
-    a, b = (runs[runs["tags.dvc_exp_name"] == name].iloc[0] for name in lrs)
-    assert a["start_time"] < b["end_time"] and b["start_time"] < a["end_time"], "the two runs did not overlap"
-    for name, lr in lrs.items():
-        mine = runs[runs["tags.dvc_exp_name"] == name]
-        assert len(mine) == 1, name
-        r = mine.iloc[0]
-        assert r["status"] == "FINISHED"
-        assert float(r["params.train.lr"]) == float(lr) and r["params.train.steps"] == "40"
+    assert sorted(runs["params.train.loss"]) == sorted(losses)
+    assert set(runs["tags.dvc_exp_name"]) == set(names)
+    spans = sorted(zip(runs["start_time"], runs["end_time"], strict=True))
+    assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), "no two runs overlapped (-j 2)"
+    for _, r in runs.iterrows():
+        name = r["tags.dvc_exp_name"]
+        assert r["status"] == "FINISHED", name
+        assert r["params.train.steps"] == "40", name
         steps = [m.step for m in client.get_metric_history(r["run_id"], "loss_d")]
         assert steps == list(range(LOG_EVERY, 41, LOG_EVERY)), (name, steps)
         for key in ("generated.fid", "generated.inception_score", "real_reference.fid", "classifier.test_accuracy"):
