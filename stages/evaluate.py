@@ -59,7 +59,7 @@ def scores_over_seeds(params: Params, clf, mnist, real) -> dict:
         n, bs = params.sample.n, params.sample.batch_size
         images = sample_images(g, n, train_cfg.z_dim, train_cfg.conditional, seed, bs)  # (n, 28, 28) uint8
         scores.append(score_images(images, clf, mnist, splits=cfg.splits, batch_size=cfg.batch_size, real=real))
-    return {"seeds": list(cfg.seeds), "n_samples": params.sample.n, **mean_std_over_sets(scores)}
+    return {**mean_std_over_sets(scores), "seeds": list(cfg.seeds), "n_samples": params.sample.n}
 
 
 if __name__ == "__main__":
