@@ -26,13 +26,14 @@ $(STAMP): requirements.txt pyproject.toml
 repro: venv
 	dvc repro
 
-# Two pytest workers (pytest-xdist): most tests run single-threaded subprocesses, so two cores halve the
-# wall time. Tests sharing a module fixture stay on one worker (xdist_group marks).
+# Two pytest workers (pytest-xdist): most tests run single-threaded subprocesses. --dist loadfile sends a
+# whole file to one worker in order, so a module fixture (one tiny pipeline run) is built once and the
+# tests that build on each other's state (exp run, then compare) see the same repo.
 test: venv
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 test-fast: venv
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not slow"
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 bench: venv
 	$(VENV)/bin/python -m mnistgan.bench

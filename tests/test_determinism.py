@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from pipeline_utils import TINY, copy_repo, deep_update, dvc
 
-# One xdist worker runs this file and test_recovery.py: they share the reproduced_repo fixture.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reproduced")]
+pytestmark = pytest.mark.slow
 
 # TINY with a checkpoint every 20 of the 120 steps, so test_recovery can kill training between checkpoints.
 PARAMS = deep_update(copy.deepcopy(TINY), {"train": {"checkpoint_every": 20}})

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # one worker: one module fixture
+pytestmark = pytest.mark.slow
 # FID during training (off in TINY to save time elsewhere) and two extra sample sets scored by evaluate.
 SEEDS = {"train": {"fid_every": 60, "fid_samples": 300}, "evaluate": {"seeds": [5, 6]}}
 

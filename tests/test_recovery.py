@@ -23,7 +23,7 @@ import yaml
 from pipeline_utils import BIN, copy_repo, deep_update, dvc, env, free_port, run
 from test_determinism import PARAMS, reproduced_repo, sha256
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reproduced")]  # with test_determinism.py
+pytestmark = pytest.mark.slow
 
 PYTHON = str(BIN / "python")
 STEPS = PARAMS["train"]["steps"]

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from pipeline_utils import BIN, copy_repo, dvc, env, free_port, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaling")]  # one worker: one module fixture
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
