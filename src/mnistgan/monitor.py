@@ -10,12 +10,11 @@ rows), so the monitor also scores the same number of real training images the sa
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import nn
 
 from mnistgan.classifier import Classifier, features_and_probs
 from mnistgan.metrics import features_to_statistics, statistics_to_fid
-from mnistgan.models import N_CLASSES
+from mnistgan.sample import sample_noise
 from mnistgan.train import generate
 
 MIN_SAMPLES = 10
@@ -48,9 +47,7 @@ class FidMonitor:
         self.reference = self._fid_of(x_reference[:n])
         # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
         # only because the generator does. Labels cycle through the classes for conditional models.
-        gen = torch.Generator().manual_seed(seed)
-        self.z = torch.randn(n, z_dim, generator=gen)  # (n, z_dim)
-        self.y = torch.arange(n) % N_CLASSES if conditional else None  # (n,)
+        self.z, self.y = sample_noise(n, z_dim, conditional, seed)  # (n, z_dim), (n,) or None
 
     def _fid_of(self, images_u8: np.ndarray) -> float:
         feats, _ = features_and_probs(self.classifier, images_u8, self.batch_size)
