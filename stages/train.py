@@ -109,9 +109,13 @@ def main(params: Params) -> int:
     fid_rows = [{**row, "fid_real": monitor.reference} for row in state.fid_history] if monitor else []
     write_csv(paths.train_fid, ["step", "fid", "fid_real"], fid_rows)
     # mlflow_run_id: the sample and evaluate stages add their pictures and scores to this run.
+    # seconds and images/s are the whole run's (over resumed processes); resumed_from_step > 0 says the
+    # last process started from a checkpoint and how long it ran.
     summary = {"mlflow_run_id": run.run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
                "device": result.device,
                "images_per_second": round(result.images_per_second, 1),
+               "resumed_from_step": result.resumed_from,
+               "seconds_this_process": round(result.seconds_this_process, 2),
                **({"fid_during_training": round(fid_rows[-1]["fid"], 4), "fid_during_training_real":
                    round(monitor.reference, 4), "fid_samples": cfg.fid_samples} if fid_rows else {}),
                **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip
@@ -121,8 +125,10 @@ def main(params: Params) -> int:
     run.log_artifact(paths.train_losses)
     run.log_artifact(paths.train_fid)
     run.end()
+    resumed = f"; resumed at step {result.resumed_from}, {result.seconds_this_process:.0f} s in this process" \
+        if result.resumed_from else ""  # fmt: skip
     print(f"train: {result.steps} steps on {result.device} in {result.seconds:.0f} s "
-          f"({result.images_per_second:.0f} images/s)")  # fmt: skip
+          f"({result.images_per_second:.0f} images/s{resumed})")  # fmt: skip
     return 0
 
 

@@ -4,16 +4,21 @@ The tiny pipeline runs twice in one temporary copy of this checkout (`dvc repro`
 and every output is compared byte for byte. Afterwards `dvc status` is clean and `dvc repro` reruns nothing.
 
 The first run is shared with tests/test_recovery.py (`reproduced_repo`): its generator is the reference an
-interrupted and resumed run must match, and the queued-experiments test starts from a copy of it.
+interrupted and resumed run must match, and the queued-experiments test starts from a copy of it. Tests
+never change the shared repo: they work in copies of it.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from pipeline_utils import TINY, copy_repo, deep_update, dvc
 
 pytestmark = pytest.mark.slow
@@ -57,20 +62,45 @@ _SHARED: dict[str, tuple[Path, dict[str, str]]] = {}
 
 
 def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A tiny copy of this checkout after one `dvc repro`, and the sha256 of its outputs.
+    """A tiny copy of this checkout after one `dvc repro`, and the sha256 of its outputs. Read only: copy it
+    (copy_reproduced) before running anything in it.
 
-    Made once per session and shared with test_recovery.py (a module-level cache: pytest would build a
-    fixture imported into two modules twice).
+    Made once per test session: a module-level cache within a process (pytest would build a fixture
+    imported into two modules twice), and a folder under the session's base temp, guarded by a file lock,
+    across pytest-xdist workers (--dist loadfile may send this module and test_recovery.py to different
+    workers; the second one to ask waits for the first one's run instead of repeating it).
     """
     if "repo" not in _SHARED:
-        root = copy_repo(tmp_path_factory.mktemp("determinism") / "repo", PARAMS)
-        dvc(["repro"], root)
-        _SHARED["repo"] = root, output_hashes(root)
+        base = tmp_path_factory.getbasetemp()
+        if "PYTEST_XDIST_WORKER" in os.environ:
+            base = base.parent  # the session's folder, above every worker's own
+        folder, hashes = base / "reproduced", base / "reproduced" / "hashes.json"
+        with FileLock(str(base / "reproduced.lock")):
+            if not hashes.exists():  # hashes.json is written last: a folder without it is a failed attempt
+                shutil.rmtree(folder, ignore_errors=True)
+                root = copy_repo(folder / "repo", PARAMS)
+                dvc(["repro"], root)
+                hashes.write_text(json.dumps(output_hashes(root)))
+        _SHARED["repo"] = folder / "repo", json.loads(hashes.read_text())
     return _SHARED["repo"]
 
 
-def test_two_forced_runs_give_identical_bytes_and_a_clean_status(tmp_path_factory):
-    root, first = reproduced_repo(tmp_path_factory)
+def copy_reproduced(tmp_path_factory: pytest.TempPathFactory, dest: Path) -> tuple[Path, dict[str, str]]:
+    """A private copy of `reproduced_repo` (outputs, git, DVC cache) with an empty MLflow store and no DVC
+    locks or queue state, and the hashes of the shared run's outputs."""
+    base, hashes = reproduced_repo(tmp_path_factory)
+    skip = {"mlflow.db", "mlflow.db-journal", "mlartifacts"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return {n for n in names if n in skip and folder == str(base)}
+
+    shutil.copytree(base, dest, symlinks=True, ignore=ignore)
+    shutil.rmtree(dest / ".dvc/tmp", ignore_errors=True)
+    return dest, hashes
+
+
+def test_two_forced_runs_give_identical_bytes_and_a_clean_status(tmp_path, tmp_path_factory):
+    root, first = copy_reproduced(tmp_path_factory, tmp_path / "repo")
     assert set(first) >= REQUIRED, f"missing outputs: {sorted(REQUIRED - set(first))}"
 
     # The checkpoint is a `persist: true` output: DVC keeps it across runs so an interrupted run resumes.

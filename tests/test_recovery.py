@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pipeline_utils import BIN, copy_repo, deep_update, dvc, env, free_port, run
-from test_determinism import PARAMS, reproduced_repo, sha256
+from test_determinism import PARAMS, copy_reproduced, reproduced_repo, sha256
 
 pytestmark = pytest.mark.slow
 
@@ -119,42 +119,6 @@ def error_line(p: subprocess.CompletedProcess) -> str:
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got:\n{p.stderr[-3000:]}"
     return lines[0]
-
-
-# ---- exact resume after SIGKILL -----------------------------------------------------------------------
-
-
-def test_sigkill_mid_training_then_dvc_repro_resumes_to_identical_bytes(tmp_path, tmp_path_factory):
-    _, ref_hashes = reproduced_repo(tmp_path_factory)  # an uninterrupted run of the same params
-    root = copy_repo(tmp_path / "repo", PARAMS)
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([str(BIN / "dvc"), "repro", "train"], cwd=root, env=env(), stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        killed_at = wait_for_checkpoint(proc, root / "models/checkpoint.pt", 1, log)
-        os.killpg(proc.pid, signal.SIGKILL)  # dvc, the shell and the stage: a power cut or the OOM killer
-        proc.wait()  # reaped, so DVC sees the pid in its stale lock is gone
-    finally:
-        stop_group(proc)
-    assert killed_at < STEPS, "training finished before the kill; nothing was tested"
-    assert not (root / "models/generator.pt").exists()
-
-    # DVC notices the dead pid in .dvc/tmp/rwlock, removes the stale entry (a warning) and reruns train.
-    out = dvc(["repro", "train"], root)
-    text = out.stdout + out.stderr
-    resumed = re.search(r"resuming from models/checkpoint.pt at step (\d+)", text)
-    assert resumed, text[-3000:]
-    assert killed_at <= int(resumed.group(1)) < STEPS  # a later checkpoint may land before the kill arrives
-
-    for rel in ("models/generator.pt", "metrics/train_losses.csv"):
-        assert sha256(root / rel) == ref_hashes[rel], f"{rel} differs from the uninterrupted run's"
-
-    # The resumed run continued the killed run's MLflow run: one run, finished, every loss row logged.
-    mlflow, runs = mlflow_runs(root)
-    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
-    steps = {m.step for m in mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "loss_d")}
-    assert steps == set(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
 
 
 # ---- a checkpoint made with other params --------------------------------------------------------------
@@ -357,6 +321,46 @@ def test_tracking_not_required_warns_and_the_outputs_complete(prepared, tmp_path
     assert (root / "data/samples.npy").exists() and (root / "plots/samples.png").exists()
 
 
+# The SIGKILL and queued-sweep tests build on test_determinism's shared run (reproduced_repo). They come
+# last, so that with two pytest-xdist workers the other one has usually made it by the time this one asks.
+
+
+# ---- exact resume after SIGKILL -----------------------------------------------------------------------
+
+
+def test_sigkill_mid_training_then_dvc_repro_resumes_to_identical_bytes(tmp_path, tmp_path_factory):
+    _, ref_hashes = reproduced_repo(tmp_path_factory)  # an uninterrupted run of the same params
+    root = copy_repo(tmp_path / "repo", PARAMS)
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([str(BIN / "dvc"), "repro", "train"], cwd=root, env=env(), stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        killed_at = wait_for_checkpoint(proc, root / "models/checkpoint.pt", 1, log)
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc, the shell and the stage: a power cut or the OOM killer
+        proc.wait()  # reaped, so DVC sees the pid in its stale lock is gone
+    finally:
+        stop_group(proc)
+    assert killed_at < STEPS, "training finished before the kill; nothing was tested"
+    assert not (root / "models/generator.pt").exists()
+
+    # DVC notices the dead pid in .dvc/tmp/rwlock, removes the stale entry (a warning) and reruns train.
+    out = dvc(["repro", "train"], root)
+    text = out.stdout + out.stderr
+    resumed = re.search(r"resuming from models/checkpoint.pt at step (\d+)", text)
+    assert resumed, text[-3000:]
+    assert killed_at <= int(resumed.group(1)) < STEPS  # a later checkpoint may land before the kill arrives
+
+    for rel in ("models/generator.pt", "metrics/train_losses.csv"):
+        assert sha256(root / rel) == ref_hashes[rel], f"{rel} differs from the uninterrupted run's"
+
+    # The resumed run continued the killed run's MLflow run: one run, finished, every loss row logged.
+    mlflow, runs = mlflow_runs(root)
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+    steps = {m.step for m in mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "loss_d")}
+    assert steps == set(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+
+
 # ---- two experiments at the same time -----------------------------------------------------------------
 
 _OPEN_RUN = """
@@ -396,12 +400,8 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
 
 
 def test_a_queued_sweep_runs_two_at_a_time_and_every_experiment_logs_a_complete_run(tmp_path, tmp_path_factory):
-    base, _ = reproduced_repo(tmp_path_factory)
     # A copy of the reproduced repo (prepare and classifier done, in the DVC cache) with an empty store.
-    root = tmp_path / "repo"
-    shutil.copytree(base, root, ignore=lambda folder, names: {n for n in names if n in {"mlflow.db", "mlartifacts"}
-                                                             and folder == str(base)})  # fmt: skip
-    shutil.rmtree(root / ".dvc/tmp", ignore_errors=True)
+    root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
     overrides = ["-S", "train.steps=40", "-S", "sample.n=300", "-S", "evaluate.n_reference=300"]
     losses = ["ns", "hinge", "wgan-gp"]
     # README's sweep: one command queues one experiment per value.

@@ -1,4 +1,5 @@
 import contextlib
+import copy
 import io
 
 import pytest
@@ -77,6 +78,32 @@ def test_resume_is_exact(loss):
     for a, b in [(straight.g, resumed.g), (straight.d, resumed.d), (straight.g_ema, resumed.g_ema)]:
         assert torch.equal(params_vector(a), params_vector(b))
     assert straight.history == resumed.history
+
+
+def test_resumed_run_reports_the_whole_runs_time_and_last_losses():
+    cfg = tiny_cfg()
+    x, y = tiny_data()
+    first, saved = core.build_state(cfg, 0, DEV), {}
+    with contextlib.suppress(core.StopRequested):
+        core.train(first, x, y, on_checkpoint=lambda s, c: saved.update({s: copy.deepcopy(c)}), progress=False,
+                   stop_requested=lambda: first.step >= 7)  # fmt: skip
+    assert saved[7]["train_seconds"] > 0
+
+    resumed = core.build_state(cfg, 0, DEV)
+    core.restore(resumed, saved[7])
+    result = core.train(resumed, x, y, on_checkpoint=lambda s, c: saved.update({s: copy.deepcopy(c)}), progress=False)
+    assert result.resumed_from == 7 and result.steps == cfg.steps
+    assert result.seconds == pytest.approx(saved[7]["train_seconds"] + result.seconds_this_process)
+    assert result.images_per_second == pytest.approx(cfg.steps * cfg.batch_size / result.seconds)
+
+    # Resumed from the final checkpoint (a rerun after a crash past the last step): nothing to train, but
+    # the losses and timing are the run's, not zeros.
+    done = core.build_state(cfg, 0, DEV)
+    core.restore(done, saved[cfg.steps])
+    again = core.train(done, x, y, progress=False)
+    assert again.resumed_from == cfg.steps and again.seconds_this_process < 1.0
+    assert again.final == result.final and set(again.final) == set(core.LOSS_COLUMNS)
+    assert again.seconds == pytest.approx(result.seconds, abs=1.0) and again.images_per_second > 0
 
 
 def test_same_seed_same_weights_other_seed_differs():

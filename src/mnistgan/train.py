@@ -71,6 +71,9 @@ class GANState:
     # saved in checkpoints so a resumed run writes the same rows as an uninterrupted one.
     loss_sum: torch.Tensor | None = None
     loss_count: int = 0
+    # Wall seconds spent in the training loop up to `step`, summed over every process that trained this
+    # run (kept in checkpoints), so a resumed run reports the time and images/s of the whole run.
+    seconds: float = 0.0
 
     @property
     def sampler(self) -> nn.Module:
@@ -170,6 +173,7 @@ def checkpoint(state: GANState) -> dict[str, Any]:
         "fid_history": state.fid_history,
         "loss_sum": state.loss_sum,
         "loss_count": state.loss_count,
+        "train_seconds": state.seconds,
     }
 
 
@@ -189,6 +193,7 @@ def restore(state: GANState, ckpt: dict[str, Any]) -> None:
     device = next(state.g.parameters()).device
     state.loss_sum = ckpt["loss_sum"].to(device) if ckpt["loss_sum"] is not None else None
     state.loss_count = int(ckpt["loss_count"])
+    state.seconds = float(ckpt.get("train_seconds", 0.0))  # absent from checkpoints of older code
 
 
 # ---- one step -----------------------------------------------------------------------------------------
@@ -319,10 +324,12 @@ def generate(g: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: 
 @dataclass
 class TrainResult:
     steps: int
-    seconds: float
-    images_per_second: float
-    final: dict[str, float]
+    seconds: float  # training-loop wall seconds of the whole run, over every process that trained it
+    images_per_second: float  # steps x batch x d_steps / seconds
+    final: dict[str, float]  # the last loss row
     device: str
+    resumed_from: int = 0  # the step this process started at (0: a fresh run)
+    seconds_this_process: float = 0.0
 
 
 def _no_stop() -> bool:
@@ -359,8 +366,7 @@ def train(
     if state.loss_sum is None:
         state.loss_sum = torch.zeros(len(LOSS_COLUMNS), device=device)
     perm_epoch, perm = -1, None
-    start_step, t0 = state.step, time.perf_counter()
-    last: dict[str, float] = {}
+    start_step, t0, seconds_before = state.step, time.perf_counter(), state.seconds
 
     def batch(index: int) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal perm_epoch, perm
@@ -397,6 +403,7 @@ def train(
 
     def save_checkpoint() -> None:
         interval_means()  # never save a diverged state as the last good one
+        state.seconds = seconds_before + time.perf_counter() - t0
         ckpt = checkpoint(state)
         if on_checkpoint:
             on_checkpoint(state.step, ckpt)
@@ -441,14 +448,18 @@ def train(
         bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    done = state.step - start_step
+    seconds_this_process = time.perf_counter() - t0
+    state.seconds = seconds_before + seconds_this_process
+    # A run resumed from its final checkpoint trains nothing; its losses and timing are the run's so far.
+    last = state.history[-1] if state.history else {}
     return TrainResult(
         steps=state.step,
-        seconds=seconds,
-        images_per_second=done * bs * cfg.d_steps / seconds if seconds > 0 else 0.0,
+        seconds=state.seconds,
+        images_per_second=state.step * bs * cfg.d_steps / state.seconds if state.seconds > 0 else 0.0,
         final={k: v for k, v in last.items() if k != "step"},
         device=str(device),
+        resumed_from=start_step,
+        seconds_this_process=seconds_this_process,
     )
 
 
