@@ -54,9 +54,9 @@ def scores_over_seeds(params: Params, clf, mnist, real) -> dict:
 
     cfg, paths = params.evaluate, params.paths
     g, train_cfg = generator_from_file(load_torch(paths.generator, made_by="train", check=check_generator_file))
+    n, bs = params.sample.n, params.sample.batch_size
     scores = []
     for seed in cfg.seeds:
-        n, bs = params.sample.n, params.sample.batch_size
         images = sample_images(g, n, train_cfg.z_dim, train_cfg.conditional, seed, bs)  # (n, 28, 28) uint8
         scores.append(score_images(images, clf, mnist, splits=cfg.splits, batch_size=cfg.batch_size, real=real))
     return {**mean_std_over_sets(scores), "seeds": list(cfg.seeds), "n_samples": params.sample.n}

@@ -3,7 +3,10 @@ state and MLflow store, running the real pipeline on a tiny configuration."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -62,6 +65,14 @@ def deep_update(d: dict, u: dict) -> dict:
     return d
 
 
+def copy_tree(src: Path, dest: Path, skip: set[str]) -> Path:
+    """Copy the folder `src` (e.g. a test's pipeline copy) to `dest`, leaving out its top-level entries named
+    in `skip`."""
+    shutil.copytree(src, dest, symlinks=True,
+                    ignore=lambda folder, names: {n for n in names if n in skip and folder == str(src)})  # fmt: skip
+    return dest
+
+
 def copy_repo(dest: Path, overrides: dict | None = None) -> Path:
     """Copy this checkout (working tree, not history) to `dest`, apply params overrides, git-commit it."""
 
@@ -110,9 +121,6 @@ def chromium() -> str | None:
 
 def render_in_chromium(page: Path, work: Path) -> tuple[dict, Path]:
     """Open `page` in headless Chromium: what it rendered (see RENDER_PROBE) and a screenshot PNG."""
-    import json
-    import re
-
     browser = chromium()
     assert browser, "chromium not installed"
     probed = work / "probed.html"
@@ -123,6 +131,4 @@ def render_in_chromium(page: Path, work: Path) -> tuple[dict, Path]:
     run([browser, *flags, f"--screenshot={shot}", page.as_uri()], work, timeout=120)
     found = re.search(r'<pre id="render-probe">(.*?)</pre>', dom.stdout, re.S)
     assert found, f"no render probe in the dumped DOM:\n{dom.stdout[-2000:]}\n{dom.stderr[-2000:]}"
-    import html
-
     return json.loads(html.unescape(found.group(1))), shot

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from pipeline_utils import TINY, copy_repo, deep_update, dvc
+from pipeline_utils import TINY, copy_repo, copy_tree, deep_update, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -89,12 +89,7 @@ def copy_reproduced(tmp_path_factory: pytest.TempPathFactory, dest: Path) -> tup
     """A private copy of `reproduced_repo` (outputs, git, DVC cache) with an empty MLflow store and no DVC
     locks or queue state, and the hashes of the shared run's outputs."""
     base, hashes = reproduced_repo(tmp_path_factory)
-    skip = {"mlflow.db", "mlflow.db-journal", "mlartifacts"}
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        return {n for n in names if n in skip and folder == str(base)}
-
-    shutil.copytree(base, dest, symlinks=True, ignore=ignore)
+    copy_tree(base, dest, {"mlflow.db", "mlflow.db-journal", "mlartifacts"})
     shutil.rmtree(dest / ".dvc/tmp", ignore_errors=True)
     return dest, hashes
 

@@ -13,14 +13,14 @@ import yaml
 from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
 
 pytestmark = pytest.mark.slow
-# FID during training (off in TINY to save time elsewhere) and two extra sample sets scored by evaluate.
-SEEDS = {"train": {"fid_every": 60, "fid_samples": 300}, "evaluate": {"seeds": [5, 6]}}
+# FID during training (off in TINY to save time elsewhere) and two extra sample sets scored by evaluate
+# (evaluate.seeds: mean and std over them in eval.json).
+FID_AND_SEEDS = {"train": {"fid_every": 60, "fid_samples": 300}, "evaluate": {"seeds": [5, 6]}}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    # Two extra sample sets scored by evaluate (evaluate.seeds): mean and std over them in eval.json.
-    root = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo", deep_update(copy.deepcopy(TINY), SEEDS))
+    root = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo", deep_update(copy.deepcopy(TINY), FID_AND_SEEDS))
     dvc(["repro"], root)
     return root
 

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_utils import BIN, copy_repo, deep_update, dvc, env, free_port, run
+from pipeline_utils import BIN, copy_repo, copy_tree, deep_update, dvc, env, free_port, run
 from test_determinism import PARAMS, copy_reproduced, reproduced_repo, sha256
 
 pytestmark = pytest.mark.slow
@@ -46,10 +45,7 @@ def prepared(tmp_path_factory) -> Path:
 
 def workdir(prepared: Path, dest: Path, overrides: dict | None = None, data: bool = True) -> Path:
     """A copy of `prepared` (no git, no DVC state) with params.yaml overrides; the stages need neither."""
-    skip = {".git", ".dvc", "mlflow.db", "mlartifacts"} | (set() if data else {"data"})
-    shutil.copytree(
-        prepared, dest, ignore=lambda folder, names: {n for n in names if n in skip and folder == str(prepared)}
-    )
+    copy_tree(prepared, dest, {".git", ".dvc", "mlflow.db", "mlartifacts"} | (set() if data else {"data"}))
     if overrides:
         set_params(dest, overrides)
     return dest
