@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 # Stage commands call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test test-fast bench ui compare results lint format clean
+.PHONY: venv repro test test-fast bench ui compare sweep results lint format clean
 
 venv: $(STAMP)
 
@@ -41,8 +41,14 @@ bench: venv
 compare: venv
 	$(VENV)/bin/python -m mnistgan.report compare
 
+# The README's recipes over seeds, each trained for the same wall-clock seconds (one at a time), then the table.
+SWEEP_SECONDS ?= 200
+sweep: venv
+	$(VENV)/bin/python -m mnistgan.recipes --seconds $(SWEEP_SECONDS) --run
+	$(MAKE) results
+
 results: venv
-	$(VENV)/bin/python -m mnistgan.report results --readme README.md
+	$(VENV)/bin/python -m mnistgan.report results --readme README.md --plot docs/results_fid.png
 
 ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

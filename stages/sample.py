@@ -14,7 +14,8 @@ from mnistgan.train import check_generator_file, generator_from_file
 
 def main(params: Params) -> None:
     cfg, paths = params.sample, params.paths
-    g, train_cfg = generator_from_file(load_torch(paths.generator, made_by="train", check=check_generator_file))
+    gen_file = load_torch(paths.generator, made_by="train", check=check_generator_file)
+    g, train_cfg = generator_from_file(gen_file)
     images = sample_images(g, cfg.n, train_cfg.z_dim, train_cfg.conditional, cfg.seed, cfg.batch_size)
     save_npy(paths.samples, images)  # (n, 28, 28) uint8
     # Conditional samples cycle through labels 0..9 (sample_noise), so row r of the grid is digit r.
@@ -23,7 +24,7 @@ def main(params: Params) -> None:
     walk = image_grid(interpolation_images(g, train_cfg.z_dim, train_cfg.conditional, cfg.seed + 1))
     save_png(paths.interpolation_png, walk, scale=3)
     run = tracking.reopen_run(params.tracking, read_json(paths.metrics_train, made_by="train").get("mlflow_run_id"))
-    run.log_image(grid, key="final_samples", step=train_cfg.steps)
+    run.log_image(grid, key="final_samples", step=gen_file["step"])  # steps trained (max_seconds may stop early)
     run.log_artifact(paths.samples_png)
     run.log_artifact(paths.interpolation_png)
     run.end()

@@ -85,7 +85,8 @@ def main(params: Params) -> int:
             if lead else None,
             on_checkpoint=on_checkpoint if lead else None,
             fid=monitor,
-            on_fid=lambda step, value: run.log_metrics({"fid_during_training": value}, step=step),
+            on_fid=lambda step, value: run.log_metrics(
+                {"fid_during_training": value, "fid_seconds": state.fid_history[-1]["seconds"]}, step=step),
             stop_requested=lambda: stop["signal"] is not None,
             progress=lead,
         )  # fmt: skip
@@ -106,7 +107,9 @@ def main(params: Params) -> int:
     sampler = core.finalize_sampler(state, device)
     save_torch(paths.generator, core.generator_file(state, sampler))
     write_losses_csv(paths.train_losses, state.history)
-    fid_rows = [{**row, "fid_real": monitor.reference} for row in state.fid_history] if monitor else []
+    # Seconds stay out of the CSV (they differ from run to run; the CSV is byte-reproducible): MLflow has them.
+    fid_rows = [{"step": r["step"], "fid": r["fid"], "fid_real": monitor.reference} for r in state.fid_history] \
+        if monitor else []  # fmt: skip
     write_csv(paths.train_fid, ["step", "fid", "fid_real"], fid_rows)
     # mlflow_run_id: the sample and evaluate stages add their pictures and scores to this run.
     # seconds and images/s are the whole run's (over resumed processes); resumed_from_step > 0 says the
@@ -120,7 +123,8 @@ def main(params: Params) -> int:
                    round(monitor.reference, 4), "fid_samples": cfg.fid_samples} if fid_rows else {}),
                **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip
     write_json(paths.metrics_train, summary)
-    run.log_metrics({"train_seconds": result.seconds, "images_per_second": result.images_per_second})
+    run.log_metrics({"train_seconds": result.seconds, "images_per_second": result.images_per_second,
+                     "train_steps": result.steps})  # fmt: skip
     run.log_artifact(paths.generator, "model")
     run.log_artifact(paths.train_losses)
     run.log_artifact(paths.train_fid)
@@ -187,7 +191,7 @@ def fid_monitor(params: Params, data):
     if cfg.fid_samples > len(data.x_train):
         raise InputError(f"train.fid_samples: {cfg.fid_samples} is more than the {len(data.x_train)} training images")
     return FidMonitor(clf, data.x_test, data.x_train[-cfg.fid_samples :], cfg.fid_samples, cfg.z_dim, cfg.conditional,
-                      seed=params.seed + 3)  # fmt: skip
+                      seed=params.seed + 3, recalibrate=cfg.ema > 0)  # fmt: skip
 
 
 def write_losses_csv(path: str, history: list[dict]) -> None:

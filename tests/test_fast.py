@@ -62,7 +62,7 @@ def assert_states_equal(a: core.GANState, b: core.GANState, atol: float = 0.0) -
 CONFIGS = {
     "default": {},
     "wgan-gp-conditional-2dsteps": {"loss": "wgan-gp", "conditional": True, "d_steps": 2},
-    "seed-batchnorm-d-hinge": {"model": "seed", "d_norm": "batch", "loss": "hinge", "ema": 0.0},
+    "seed-batchnorm-d-hinge": {"model": "dcgan-large", "d_norm": "batch", "loss": "hinge", "ema": 0.0},
     "spectral-lsgan-conditional": {"d_norm": "spectral", "loss": "lsgan", "conditional": True},
 }
 

@@ -3,7 +3,7 @@ import torch
 
 from mnistgan.classifier import Classifier
 from mnistgan.config import D_NORMS, MODELS
-from mnistgan.models import SeedGenerator, build_gan
+from mnistgan.models import LargeGenerator, build_gan
 
 
 def n_params(m):
@@ -23,7 +23,7 @@ def test_shapes(model, norm, conditional):
 
 
 def test_seed_generator_is_the_founding_document_layer_for_layer():
-    g = SeedGenerator(100)
+    g = LargeGenerator(100)
     linears = [m for m in g.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(100, 1024), (1024, 1024), (1024, 7 * 7 * 256)]
     convs = [m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
@@ -33,8 +33,8 @@ def test_seed_generator_is_the_founding_document_layer_for_layer():
     assert isinstance(list(g.modules())[-1], torch.nn.Tanh)
 
 
-def test_seed_discriminator_layers():
-    _, d = build_gan("seed", 100, "batch", False)
+def test_large_discriminator_layers():
+    _, d = build_gan("dcgan-large", 100, "batch", False)
     convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(m.out_channels, m.kernel_size, m.stride) for m in convs] == [(32, (5, 5), (2, 2)), (64, (5, 5), (2, 2)),
                                                                         (128, (5, 5), (2, 2))]  # fmt: skip

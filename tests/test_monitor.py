@@ -77,10 +77,33 @@ def test_training_loop_scores_on_schedule_without_changing_the_weights():
     scored = core.build_state(cfg, 0, torch.device("cpu"))
     core.train(scored, x, y, fid=monitor, on_fid=lambda s, v: seen.append((s, v)), progress=False)
     assert [s for s, _ in seen] == [4, 6]  # every fid_every steps and at the end
-    assert scored.fid_history == [{"step": s, "fid": v} for s, v in seen]
+    assert [{"step": r["step"], "fid": r["fid"]} for r in scored.fid_history] == [
+        {"step": s, "fid": v} for s, v in seen
+    ]
+    seconds = [r["seconds"] for r in scored.fid_history]  # training seconds at each check, for the curves
+    assert 0 < seconds[0] <= seconds[1]
     assert all(np.isfinite(v) and v > 0 for _, v in seen)
     assert core.checkpoint(scored)["fid_history"] == scored.fid_history  # a resumed run keeps the curve
     plain = core.build_state(cfg, 0, torch.device("cpu"))
     core.train(plain, x, y, progress=False)
     for a, b in [(scored.g, plain.g), (scored.d, plain.d)]:
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_recalibrating_monitor_scores_a_copy_with_fresh_batchnorm_statistics():
+    import copy
+
+    from mnistgan.models import build_gan
+
+    torch.manual_seed(0)
+    g, _ = build_gan("dcgan-small", 8, "none", True, g_width=8)
+    bn = next(m for m in g.modules() if isinstance(m, nn.BatchNorm1d))
+    bn.running_mean.fill_(5.0)  # an EMA copy carries the live generator's statistics, not its own
+    fixed = copy.deepcopy(g)
+    core.recalibrate_batchnorm(fixed, 8, True, seed=4, device=torch.device("cpu"), n_batches=8)
+    args = (classifier(), digits(100, 1), digits(N, 2), N, 8, True)
+    recal = FidMonitor(*args, seed=3, recalibrate=True)
+    plain = FidMonitor(*args, seed=3)
+    assert recal(g) == pytest.approx(plain(fixed), rel=1e-9)  # the monitor's copy got seed + 1 = 4
+    assert recal(g) != pytest.approx(plain(g), rel=1e-3)  # the stale statistics do change the score
+    assert torch.all(bn.running_mean == 5.0)  # the monitored generator itself is untouched

@@ -44,3 +44,23 @@ def test_replace_section():
     assert replace_section(text, "new\n") == f"a\n{START}\nnew\n{END}\nb"
     with pytest.raises(ValueError, match="markers"):
         replace_section("no markers", "x")
+
+
+def test_fid_joins_seconds_by_step_and_the_plot_is_drawn(tmp_path):
+    from mnistgan.report import fid_against_seconds, fid_seconds_png
+
+    joined = fid_against_seconds([(500, 300.0), (1000, 200.0), (1500, 150.0)], [(500, 31.5), (1000, 60.2)])
+    assert joined == [(31.5, 300.0), (60.2, 200.0)]  # a step without seconds is left out
+    png = tmp_path / "fid.png"
+    fid_seconds_png({"a": [joined, [(30.0, 310.0)]], "b": [[]]}, png, floor=30.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recipe_runs_are_named_and_budgets_shown():
+    from mnistgan.recipes import recipe_overrides
+
+    row = {f"params.train.{k}": str(v) for k, v in recipe_overrides("default").items()}
+    row |= {"params.train.steps": "1000000", "params.train.max_seconds": "200.0"}
+    label = __import__("mnistgan.report", fromlist=["recipe_label"]).recipe_label(row)
+    assert label.startswith("`default`: dcgan-small, ns") and "conditional" in label and label.endswith("200 s)")
+    assert "d_width 32" in label  # a key that differs from the base is shown

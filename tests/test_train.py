@@ -27,9 +27,11 @@ def params_vector(m):
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
-@pytest.mark.parametrize("model", ["dcgan-small", "seed"])
+@pytest.mark.parametrize("model", ["dcgan-small", "dcgan-large"])
 def test_one_step_changes_both_players(loss, model):
-    cfg = tiny_cfg(loss=loss, model=model, conditional=(loss == "hinge"), d_norm="batch" if model == "seed" else "none")
+    cfg = tiny_cfg(
+        loss=loss, model=model, conditional=(loss == "hinge"), d_norm="batch" if model == "dcgan-large" else "none"
+    )
     state = core.build_state(cfg, 0, DEV)
     g0, d0 = params_vector(state.g), params_vector(state.d)
     x, y = tiny_data(16)
@@ -46,6 +48,30 @@ def test_ema_is_weighted_average():
     expected = 0.9 * a.weight.detach() + 0.1 * b.weight.detach()
     core.update_ema(a, b, 0.9)
     torch.testing.assert_close(a.weight.detach(), expected)
+
+
+def test_ema_warmup_decay_ramp_exact_values():
+    # min(decay, (1+t)/(10+t)) for t = 0, 1, 2, ...: 1/10, 2/11, 3/12, ...; capped at the decay
+    assert [core.ema_decay(0.999, True, t) for t in range(4)] == [0.1, 2 / 11, 3 / 12, 4 / 13]
+    assert core.ema_decay(0.5, True, 100) == 0.5  # (101/110) > 0.5: the cap holds
+    assert core.ema_decay(0.999, True, 8990) == 8991 / 9000  # still ramping just below 0.999
+    assert core.ema_decay(0.999, True, 8991) == 0.999  # 8992/9001 > 0.999
+    assert core.ema_decay(0.999, False, 0) == 0.999
+
+
+def test_ema_warmup_in_training_steps():
+    # After the first step the EMA copy is 0.9 x initial weights + 0.1 x the updated generator.
+    cfg = tiny_cfg(ema=0.999, ema_warmup=True)
+    state = core.build_state(cfg, 0, DEV)
+    g0 = params_vector(state.g)
+    x, y = tiny_data(16)
+    core.train_step(state, get_loss(cfg.loss), [(x, y)])
+    torch.testing.assert_close(params_vector(state.g_ema), g0.lerp(params_vector(state.g), 0.9), rtol=0, atol=1e-6)
+    state.step = 1
+    ema1, g1 = params_vector(state.g_ema), None
+    core.train_step(state, get_loss(cfg.loss), [(x, y)])
+    g1 = params_vector(state.g)
+    torch.testing.assert_close(params_vector(state.g_ema), ema1.lerp(g1, 1 - 2 / 11), rtol=0, atol=1e-6)
 
 
 def run_training(cfg, seed=0, stop_at=None, resume_from=None):
@@ -66,9 +92,13 @@ def run_training(cfg, seed=0, stop_at=None, resume_from=None):
     return state, saved
 
 
-@pytest.mark.parametrize("loss", ["ns", "wgan-gp"])
-def test_resume_is_exact(loss):
-    cfg = tiny_cfg(loss=loss)
+@pytest.mark.parametrize(
+    "options",
+    [{"loss": "ns"}, {"loss": "wgan-gp"}, {"ema_warmup": True, "g_width": 16, "d_width": 8, "lr_d": 4e-4},
+     {"ema_warmup": False, "conditional": True, "loss": "hinge", "d_norm": "spectral"}],
+)  # fmt: skip
+def test_resume_is_exact(options):
+    cfg = tiny_cfg(**options)
     straight, _ = run_training(cfg)
     stopped, saved = run_training(cfg, stop_at=7)  # between checkpoints: stop saves its own
     assert stopped.step == 7 and max(saved) == 7
@@ -184,3 +214,18 @@ def test_cuda_requested_without_cuda_fails_clearly():
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         core.resolve_device("cuda")
+
+
+def test_max_seconds_stops_at_a_loss_row_and_saves_a_checkpoint(monkeypatch):
+    clock = iter(range(0, 10**6, 1))  # perf_counter advances 1 s per call
+    monkeypatch.setattr(core.time, "perf_counter", lambda: float(next(clock)))
+    cfg = tiny_cfg(steps=1000, max_seconds=5.0, log_every=2, checkpoint_every=1000)
+    state, saved = run_training(cfg)
+    assert state.step < 1000 and state.step % cfg.log_every == 0  # stopped by the clock, at a loss row
+    assert max(saved) == state.step  # the stop saved the state it ended in
+    assert state.history[-1]["step"] == state.step
+
+
+def test_widths_change_the_small_models():
+    g, d = core.build_gan("dcgan-small", 8, "none", False, g_width=16, d_width=8)
+    assert g.conv[0].out_channels == 16 and d.features[0].out_channels == 8

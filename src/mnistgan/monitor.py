@@ -9,13 +9,15 @@ rows), so the monitor also scores the same number of real training images the sa
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from torch import nn
 
 from mnistgan.classifier import Classifier, features_and_probs
 from mnistgan.metrics import features_to_statistics, statistics_to_fid
 from mnistgan.sample import sample_noise
-from mnistgan.train import generate
+from mnistgan.train import generate, recalibrate_batchnorm
 
 MIN_SAMPLES = 10
 
@@ -33,9 +35,12 @@ class FidMonitor:
         conditional: bool,
         seed: int,
         batch_size: int = 500,
+        recalibrate: bool = False,
     ):
         """x_test: uint8 (M, 28, 28), the target set; x_reference: uint8 (>= n, 28, 28) real images that
-        are not in x_test (training images), n of which give the real-data value at this sample size."""
+        are not in x_test (training images), n of which give the real-data value at this sample size.
+        recalibrate: score a copy of the generator with its BatchNorm statistics recomputed, as the saved
+        EMA generator is (train.finalize_sampler); the EMA copy's own statistics are the live G's."""
         if n < MIN_SAMPLES:
             raise ValueError(f"FID monitor: n must be at least {MIN_SAMPLES}, got {n}")
         if len(x_reference) < n:
@@ -48,10 +53,15 @@ class FidMonitor:
         # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
         # only because the generator does. Labels cycle through the classes for conditional models.
         self.z, self.y = sample_noise(n, z_dim, conditional, seed)  # (n, z_dim), (n,) or None
+        self.z_dim, self.conditional, self.seed, self.recalibrate = z_dim, conditional, seed, recalibrate
 
     def _fid_of(self, images_u8: np.ndarray) -> float:
         feats, _ = features_and_probs(self.classifier, images_u8, self.batch_size)
         return statistics_to_fid(*features_to_statistics(feats), self.mu, self.sigma)
 
     def __call__(self, g: nn.Module) -> float:
+        if self.recalibrate:
+            g = copy.deepcopy(g)
+            device = next(g.parameters()).device
+            recalibrate_batchnorm(g, self.z_dim, self.conditional, self.seed + 1, device, n_batches=8)
         return self._fid_of(generate(g, self.z, self.y).numpy())

@@ -29,6 +29,7 @@ SCORES = [
     ("precision", "metrics.generated.precision", "{:.3f}"),
     ("recall", "metrics.generated.recall", "{:.3f}"),
     ("classes", "metrics.generated.classes_covered", "{:.1f}"),
+    ("steps", "metrics.train_steps", "{:.0f}"),
     ("train s", "metrics.train_seconds", "{:.0f}"),
 ]
 RECIPE_KEYS = ["model", "loss", "d_norm", "ema", "conditional", "lr", "batch_size", "steps", "d_steps"]
@@ -39,11 +40,22 @@ IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.tr
 
 
 def recipe_label(row: Any) -> str:
+    """`name`: what it is (budget), the name from mnistgan.recipes when the run's params match one."""
+    from mnistgan.recipes import BASE, recipe_name
+
     get = lambda k: row.get(f"params.train.{k}", "?")  # noqa: E731
     label = f"{get('model')}, {get('loss')}, D norm {get('d_norm')}, EMA {get('ema')}"
+    if str(get("ema_warmup")) == "False" and str(get("ema")) not in ("0", "0.0"):
+        label += " without warm-up"
     if str(get("conditional")) == "True":
         label += ", conditional"
-    return label + f" (lr {get('lr')}, batch {get('batch_size')}, {get('steps')} steps)"
+    extras = [f"{k} {get(k)}" for k in ("lr_d", "beta1", "g_width", "d_width", "d_steps")
+              if str(get(k)) not in ("?", str(BASE[k]))]  # fmt: skip
+    budget = f"{float(get('max_seconds')):.0f} s" if str(get("max_seconds")) not in ("?", "0.0", "0") \
+        else f"{get('steps')} steps"  # fmt: skip
+    label += f" (lr {get('lr')}, batch {get('batch_size')}{''.join(', ' + e for e in extras)}, {budget})"
+    name = recipe_name({k[len("params.train.") :]: v for k, v in row.items() if str(k).startswith("params.train.")})
+    return f"`{name}`: {label}" if name else label
 
 
 def mean_std(values: Any, fmt: str) -> str:
@@ -61,24 +73,83 @@ def results_table(runs: Any) -> str:
     """Markdown table of finished, evaluated runs grouped by recipe (all params but the seed)."""
     if runs is None or len(runs) == 0 or "metrics.generated.fid" not in runs:
         return "_No evaluated runs in the MLflow store yet._\n"
-    runs = runs[(runs["status"] == "FINISHED") & runs["metrics.generated.fid"].notna()].copy()
-    group_cols = sorted(c for c in runs.columns if c.startswith("params.") and not c.startswith(IGNORED_PARAMS))
-    runs[group_cols] = runs[group_cols].fillna("")
+    groups = recipe_groups(runs)
+    if not groups:
+        return "_No finished, evaluated runs in the MLflow store yet._\n"
     lines = ["| recipe | seeds | " + " | ".join(t for t, _, _ in SCORES) + " | device |",
              "| --- | --- | " + " | ".join("---" for _ in SCORES) + " | --- |"]  # fmt: skip
     rows = []
-    for _, group in runs.groupby(group_cols, dropna=False):
-        first = group.iloc[0]
+    for label, group in groups:
         cells = [mean_std(group.get(col, []), fmt) for _, col, fmt in SCORES]
         devices = ", ".join(sorted(set(group.get("tags.device", ["?"]))))
         fid = float(group["metrics.generated.fid"].mean())
-        rows.append((fid, f"| {recipe_label(first)} | {len(group)} | " + " | ".join(cells) + f" | {devices} |"))
+        rows.append((fid, f"| {label} | {len(group)} | " + " | ".join(cells) + f" | {devices} |"))
     lines += [r for _, r in sorted(rows)]
-    ref = runs.iloc[0]
+    ref = groups[0][1].iloc[0]
     lines.append("| *real MNIST training images (reference)* | - | "
                  + " | ".join(mean_std([ref.get(c.replace("generated", "real_reference"))], f)
                               if "generated" in c else "-" for _, c, f in SCORES) + " | - |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def fid_against_seconds(fid: list[tuple[int, float]], seconds: list[tuple[int, float]]) -> list[tuple[float, float]]:
+    """Join a run's FID-during-training and its training seconds at the same steps: [(seconds, fid)]."""
+    at = dict(seconds)
+    return [(at[step], value) for step, value in fid if step in at]
+
+
+def recipe_groups(runs: Any) -> list[tuple[str, Any]]:
+    """(recipe label, its runs) for finished, evaluated runs: every param but the seed and bookkeeping."""
+    runs = runs[(runs["status"] == "FINISHED") & runs["metrics.generated.fid"].notna()].copy()
+    group_cols = sorted(c for c in runs.columns if c.startswith("params.") and not c.startswith(IGNORED_PARAMS))
+    runs[group_cols] = runs[group_cols].fillna("")
+    return [(recipe_label(g.iloc[0]), g) for _, g in runs.groupby(group_cols, dropna=False)]
+
+
+def fid_seconds_png(lines: dict[str, list[list[tuple[float, float]]]], path: Path, floor: float | None = None) -> None:
+    """FID during training against training seconds: one colour per recipe, one line per run (seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.2), dpi=110)
+    for i, (label, runs) in enumerate(lines.items()):
+        color = f"C{i % 10}"
+        for j, points in enumerate(r for r in runs if r):
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, color=color, marker=".", linewidth=1.2, label=label if j == 0 else None)
+    if floor:
+        for f, style in ((32, ":"), (16, "--"), (8, "-.")):
+            ax.axhline(f * floor, color="grey", linestyle=style, linewidth=1)
+            ax.text(0, f * floor, f" {f}x real ({f * floor:.0f})", va="bottom", fontsize=8, color="grey")
+    ax.set_yscale("log")
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("FID during training (small sample)")
+    ax.set_title("FID during training against seconds, every run (one colour per recipe)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def results_plot(runs: Any, path: Path) -> Path | None:
+    """The results table's picture: FID during training against seconds for every run it counts."""
+    from mnistgan import tracking
+
+    if runs is None or len(runs) == 0 or "metrics.generated.fid" not in runs:
+        return None
+    lines = {label: [fid_against_seconds(tracking.metric_history(r, "fid_during_training"),
+                                         tracking.metric_history(r, "fid_seconds")) for r in group["run_id"]]
+             for label, group in recipe_groups(runs)}  # fmt: skip
+    if not any(any(r) for r in lines.values()):
+        return None
+    floors = runs.get("metrics.fid_during_training_real")
+    floor = float(floors.dropna().iloc[0]) if floors is not None and floors.notna().any() else None
+    fid_seconds_png(lines, path, floor)
+    return path
 
 
 def replace_section(text: str, body: str) -> str:
@@ -138,7 +209,7 @@ def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
     return [t_params, t_scores, t_time]
 
 
-CURVE_EXTRAS = {"fid_during_training": "FID during training (small sample, log scale)"}
+CURVE_EXTRAS = {"fid_during_training": "FID during training (small sample, log scale) against seconds"}
 
 
 def loss_curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
@@ -158,7 +229,7 @@ def loss_curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path:
         ax.set_title(CURVE_EXTRAS.get(key, key))
         if key in CURVE_EXTRAS:
             ax.set_yscale("log")  # FID falls by orders of magnitude early on
-        ax.set_xlabel("step")
+        ax.set_xlabel("training seconds" if key in CURVE_EXTRAS else "step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -227,6 +298,13 @@ def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path
     files = out_dir / "compare_files"
     curves = {run_label(r): {k: tracking.metric_history(r["run_id"], k) for k in ("loss_d", "loss_g", *CURVE_EXTRAS)}
               for _, r in runs.iterrows()}  # fmt: skip
+    for (_, r), series in zip(runs.iterrows(), curves.values(), strict=True):
+        # FID against training seconds (runs since fid_seconds was logged), so fast and slow recipes compare
+        seconds = fid_against_seconds(
+            series["fid_during_training"], tracking.metric_history(r["run_id"], "fid_seconds")
+        )
+        if seconds:
+            series["fid_during_training"] = seconds
     curves_png = files / "loss_curves.png"
     loss_curves_png(curves, curves_png)
     grids = {run_label(r): tracking.last_image(r["run_id"], "final_samples", files / str(r["run_id"]))
@@ -244,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     res = sub.add_parser("results", help="recipe results table from MLflow runs")
     res.add_argument("--experiment", default="mnistgan")
     res.add_argument("--readme", help="rewrite the table between the results markers of this file")
+    res.add_argument("--plot", help="also draw FID during training against seconds for every run (PNG)")
     cmp = sub.add_parser("compare", help="reports/compare.md and a self-contained reports/compare.html")
     cmp.add_argument("--experiment", default="mnistgan")
     cmp.add_argument("--runs", help="comma-separated run ids (default: the most recent finished runs)")
@@ -256,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from mnistgan.tracking import search_runs
 
-    table = results_table(search_runs(args.experiment))
+    runs = search_runs(args.experiment)
+    table = results_table(runs)
+    if args.plot and results_plot(runs, Path(args.plot)):
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.readme:
         path = Path(args.readme)
         path.write_text(replace_section(path.read_text(), table))

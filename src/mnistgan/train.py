@@ -66,7 +66,7 @@ class GANState:
     world: int = 1  # number of data-parallel processes
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # loss rows so far
-    fid_history: list[dict[str, float]] = field(default_factory=list)  # {"step", "fid"} rows so far
+    fid_history: list[dict[str, float]] = field(default_factory=list)  # {"step", "fid", "seconds"} rows so far
     # Sums of the step outputs since the last loss row, kept on the device (no host sync per step) and
     # saved in checkpoints so a resumed run writes the same rows as an uninterrupted one.
     loss_sum: torch.Tensor | None = None
@@ -85,7 +85,7 @@ def build_state(cfg: TrainConfig, seed: int, device: torch.device, rank: int = 0
     """Models, optimizers and the noise generator; every rank of a data-parallel run builds the same
     initial weights (same seed) and its own noise stream."""
     torch.manual_seed(seed)  # weight initialisation
-    g, d = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional)
+    g, d = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
     g, d = g.to(device), d.to(device)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
     if world > 1 and device.type == "cuda":
@@ -205,6 +205,15 @@ def _noise(state: GANState, n: int, device: torch.device) -> tuple[torch.Tensor,
     return z, y
 
 
+def ema_decay(decay: float, warmup: bool, step: int) -> float:
+    """The EMA decay used after update `step` (0-based): min(decay, (1+t)/(10+t)) with the warm-up.
+
+    Without a ramp a 0.999 average is still two-thirds the random initial weights after 400 steps
+    (0.999^400 = 0.67); the ramp starts at 0.1 and reaches 0.999 only after about 9,000 steps.
+    """
+    return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -247,7 +256,7 @@ def train_step(state: GANState, loss: Loss, batches: list[tuple[torch.Tensor, to
     state.opt_g.step()
     d.requires_grad_(True)
     if state.g_ema is not None:
-        update_ema(state.g_ema, g, cfg.ema)
+        update_ema(state.g_ema, g, ema_decay(cfg.ema, cfg.ema_warmup, state.step))
     return torch.stack([loss_d.detach(), loss_g.detach(), logit_real.detach().mean(),
                         logit_fake.detach().mean(), gp.detach()])  # fmt: skip
 
@@ -417,6 +426,30 @@ def train(
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def out_of_time() -> bool:
+        """train.max_seconds: a wall-clock budget, checked at loss rows (a whole run, resumes included)."""
+        if not cfg.max_seconds or state.step % cfg.log_every:
+            return False
+        late = seconds_before + time.perf_counter() - t0 >= cfg.max_seconds
+        if state.world > 1:  # every rank must stop at the same step
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(late)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            late = bool(flag.item())
+        if late and fid and cfg.fid_every and state.step % cfg.fid_every:
+            score_fid()  # the curve ends where training does
+        if late and checkpointing and state.step % cfg.checkpoint_every:
+            save_checkpoint()
+        return late
+
+    def score_fid() -> None:
+        value = fid(state.sampler)
+        seconds = seconds_before + time.perf_counter() - t0  # the run's training seconds so far
+        state.fid_history.append({"step": state.step, "fid": value, "seconds": seconds})
+        if on_fid:
+            on_fid(state.step, value)
+
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=1.0)  # fmt: skip
     try:
@@ -438,12 +471,11 @@ def train(
             if on_images and (state.step % cfg.image_every == 0 or state.step == cfg.steps):
                 on_images(state.step, generate(state.sampler, z_fixed, y_fixed))
             if fid and cfg.fid_every and (state.step % cfg.fid_every == 0 or state.step == cfg.steps):
-                value = fid(state.sampler)
-                state.fid_history.append({"step": state.step, "fid": value})
-                if on_fid:
-                    on_fid(state.step, value)
+                score_fid()
             if checkpointing and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
                 save_checkpoint()
+            if out_of_time():
+                break
     finally:
         bar.close()
     if device.type == "cuda":
@@ -495,6 +527,6 @@ def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
     from mnistgan.config import train_config_from_dict
 
     cfg = train_config_from_dict(obj["train_config"])
-    g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional)
+    g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
     g.load_state_dict(obj["state_dict"])
     return g.eval(), cfg

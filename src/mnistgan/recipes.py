@@ -1,0 +1,128 @@
+"""Named training recipes: TrainConfig overrides on one base, shared by the time-to-quality curves
+(mnistgan.curves), the results table (mnistgan.report) and the README's recipe list.
+
+No torch here: the report reads these names without loading a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The recipe every candidate starts from: dcgan-small, non-saturating loss, EMA 0.999 with the warm-up.
+BASE: dict[str, Any] = {
+    "model": "dcgan-small", "loss": "ns", "d_norm": "none", "conditional": False, "ema": 0.999,
+    "ema_warmup": True, "batch_size": 64, "lr": 2e-4, "lr_d": 0.0, "beta1": 0.5, "beta2": 0.999,
+    "g_width": 64, "d_width": 64, "d_steps": 1,
+}  # fmt: skip
+
+# name -> overrides of BASE. Each changes one thing, so a curve says what that one thing buys.
+CANDIDATES: dict[str, dict[str, Any]] = {
+    # params.yaml's recipe, chosen from the curves below (there: lr-4e-4-d-width-32-conditional)
+    "default": {"lr": 4e-4, "d_width": 32, "conditional": True},
+    "unconditional": {"lr": 4e-4, "d_width": 32},  # the default without labels (lr-4e-4-d-width-32 below)
+    "baseline": {"ema_warmup": False},  # the pipeline's recipe before the search (EMA without the ramp)
+    "ema-warmup": {},
+    "ttur": {"lr": 1e-4, "lr_d": 4e-4, "beta1": 0.0},
+    "lr-4e-4": {"lr": 4e-4},
+    "batch-32": {"batch_size": 32},
+    "batch-128": {"batch_size": 128, "lr": 4e-4},
+    "d-width-32": {"d_width": 32},
+    "g-width-32": {"g_width": 32, "d_width": 32},
+    "hinge-spectral": {"loss": "hinge", "d_norm": "spectral"},
+    "lsgan": {"loss": "lsgan"},
+    "conditional": {"conditional": True, "loss": "hinge", "d_norm": "spectral"},
+    "conditional-ns": {"conditional": True},
+    # Second round: the two levers of the first (a higher learning rate, a cheaper discriminator), combined
+    "lr-8e-4": {"lr": 8e-4},
+    "lr-4e-4-d-width-32": {"lr": 4e-4, "d_width": 32},
+    "lr-4e-4-widths-32": {"lr": 4e-4, "g_width": 32, "d_width": 32},
+    "lr-4e-4-batch-32": {"lr": 4e-4, "batch_size": 32},
+    "lr-4e-4-conditional": {"lr": 4e-4, "conditional": True},
+    "lr-4e-4-d-width-32-conditional": {"lr": 4e-4, "d_width": 32, "conditional": True},
+    # The document's DCGAN trained as written: the baseline the others are measured against.
+    "seed-literal": {"model": "dcgan-large", "loss": "minimax", "d_norm": "batch", "ema": 0.0},
+}
+
+
+def recipe_overrides(name: str) -> dict[str, Any]:
+    """BASE with the named recipe's changes: TrainConfig keyword arguments."""
+    if name not in CANDIDATES:
+        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(CANDIDATES)}")
+    return BASE | CANDIDATES[name]
+
+
+def recipe_name(train_params: dict[str, Any]) -> str | None:
+    """The name of the recipe whose every key matches `train_params` (values compared as text, the way
+    MLflow stores params), or None."""
+    for name in CANDIDATES:
+        want = recipe_overrides(name)
+        if all(str(train_params.get(k)) == str(v) for k, v in want.items()):
+            return name
+    return None
+
+
+# The README's recipe list: each is run over these seeds by `make sweep` (the default over three).
+README_RECIPES: dict[str, tuple[int, ...]] = {
+    "default": (0, 1, 2),
+    "unconditional": (0, 1),
+    "baseline": (0, 1),
+    "conditional": (0, 1),
+    "seed-literal": (0, 1),
+}
+
+
+def dvc_overrides(name: str, params_path: str = "params.yaml") -> list[str]:
+    """`-S train.key=value` arguments that turn params.yaml's train section into the named recipe (only the
+    keys that differ)."""
+    from mnistgan.config import load_params
+
+    current = load_params(params_path).train
+    return [arg for k, v in recipe_overrides(name).items() if getattr(current, k) != v
+            for arg in ("-S", f"train.{k}={_yaml(v)}")]  # fmt: skip
+
+
+def _yaml(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Queue the README's recipes as DVC experiments, each for the same wall-clock budget."""
+    import argparse
+    import subprocess
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m mnistgan.recipes", description=main.__doc__)
+    parser.add_argument("--seconds", type=float, default=200.0, help="training seconds per run (train.max_seconds)")
+    parser.add_argument("--recipes", default=",".join(README_RECIPES), help="comma-separated recipe names")
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc commands instead of running them")
+    parser.add_argument("--run", action="store_true", help="then run the queue, one experiment at a time, and wait")
+    args = parser.parse_args(argv)
+    names = [n for n in args.recipes.split(",") if n]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        print(f"{parser.prog}: error: unknown recipe {unknown[0]!r}; known: {', '.join(CANDIDATES)}", file=sys.stderr)
+        return 2
+    for name in names:
+        seeds = ",".join(map(str, README_RECIPES.get(name, (0, 1))))
+        cmd = ["dvc", "exp", "run", "--queue", "-S", f"seed={seeds}", "-S", f"train.max_seconds={args.seconds}",
+               "-S", "train.steps=1000000", *dvc_overrides(name)]  # fmt: skip
+        print(" ".join(cmd), flush=True)
+        if not args.dry_run and subprocess.call(cmd) != 0:
+            return 1
+    if args.run and not args.dry_run:
+        # One at a time: the budget is wall-clock seconds, so runs must not share the cores.
+        if subprocess.call(["dvc", "queue", "start", "-j", "1"]) != 0:
+            return 1
+        import time
+
+        while True:
+            status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True).stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                print(status, flush=True)
+                return 1 if "Failed" in status else 0
+            time.sleep(20)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mnistgan import curves
+from mnistgan.recipes import BASE, CANDIDATES, recipe_name, recipe_overrides
+
+
+def tiny_mnist(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    return SimpleNamespace(x_train=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                           y_train=rng.integers(0, 10, n).astype(np.uint8))  # fmt: skip
+
+
+class CountingMonitor:
+    """Stands in for FidMonitor: FID falls 100 per check, from 1000; the floor is 10."""
+
+    reference = 10.0
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, g):
+        self.calls += 1
+        return 1000.0 - 100.0 * self.calls
+
+
+def test_curve_checks_on_schedule_and_reports_thresholds():
+    monitor = CountingMonitor()
+    c = curves.run_curve("ema-warmup", tiny_mnist(), lambda cfg: monitor, seconds=1.0, check_every=0.25,
+                         log=lambda s: None)  # fmt: skip
+    assert [k["at"] for k in c["checks"]] == [0.25, 0.5, 0.75, 1.0]
+    assert all(k["seconds"] >= k["at"] for k in c["checks"])  # taken at the first loss row past the mark
+    assert [k["fid"] for k in c["checks"]] == [900.0, 800.0, 700.0, 600.0]
+    assert c["steps"] > 0 and c["images_per_second"] > 0 and c["grid"].shape == (100, 28, 28)
+    assert curves.first_time_below(c["checks"], 750.0) == c["checks"][2]["seconds"]
+    assert curves.first_time_below(c["checks"], 10.0) is None
+    assert curves.fid_at(c["checks"], 0.5) == 800.0 and curves.fid_at(c["checks"], 0.6) is None
+    c["samples"], c["threads"] = 2000, 1
+    table = curves.render_table([c], (0.5, 1.0))
+    assert "| `ema-warmup` | (the base recipe) |" in table and "| 800.0 | 600.0 | 600.0 |" in table
+    json.dumps({k: v for k, v in c.items() if k != "grid"})  # what curves.json holds must serialise
+
+
+def test_recipes_are_one_change_on_the_base_and_found_by_params():
+    from mnistgan.config import TrainConfig
+
+    for name in CANDIDATES:
+        TrainConfig(**recipe_overrides(name))  # every recipe is a valid config
+    assert recipe_overrides("ema-warmup") == BASE
+    params = {k: str(v) for k, v in recipe_overrides("conditional").items()} | {"steps": "3000"}
+    assert recipe_name(params) == "conditional"
+    assert recipe_name(params | {"lr": "0.1"}) is None
+    with pytest.raises(KeyError, match="known recipes"):
+        recipe_overrides("nope")
+
+
+def test_unknown_recipe_and_missing_inputs_fail_in_one_line(tmp_path, capsys):
+    assert curves.main(["--recipes", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+    assert curves.main(["--recipes", "baseline", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "x_train.npy: file not found" in err and "dvc repro prepare" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_queues_only_the_keys_that_differ_from_params(capsys):
+    from mnistgan import recipes
+
+    assert recipes.main(["--dry-run", "--recipes", "default,unconditional", "--seconds", "90"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "dvc exp run --queue -S seed=0,1,2 -S train.max_seconds=90.0 -S train.steps=1000000"
+    assert lines[1].endswith("-S seed=0,1 -S train.max_seconds=90.0 -S train.steps=1000000 -S train.conditional=false")
+    assert recipes.main(["--dry-run", "--recipes", "nope"]) == 2
