@@ -67,8 +67,8 @@ def _tiny_mnist() -> MNIST:
 @pytest.fixture
 def tiny_model(monkeypatch):
     """A dcgan-small eight times narrower, registered as model "tiny" for the duration of a test."""
-    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c: models.SmallGenerator(z, c, width=8),
-                                                lambda n, c: models.small_discriminator(n, c, width=8)))  # fmt: skip
+    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w: models.SmallGenerator(z, c, width=8),
+                                                lambda n, c, w: models.small_discriminator(n, c, width=8)))  # fmt: skip
     return "tiny"
 
 
@@ -89,7 +89,7 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     rows = result["throughput"]["rows"]
     assert [(r["variant"], r["batch"]) for r in rows] == [("plain", 8), ("fast", 8)]
     assert all(r["finite"] and r["images_per_s"] > 0 and r["tflops"] > 0 for r in rows)
-    macs = bench.gan_macs("tiny")
+    macs = bench.gan_macs("tiny", conditional=True)  # the TrainConfig default recipe is conditional
     assert result["throughput"]["flops_per_image"] == pytest.approx(6 * (macs["g"] + 3 * macs["d"]))
     ttq = result["time_to_quality"]
     assert ttq["checks"] and ttq["checks"][0]["step"] == 2 and np.isfinite(ttq["reference_fid"])

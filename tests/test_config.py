@@ -45,7 +45,7 @@ BAD = [
     ({"train": {"steps": 1.5}}, "train.steps: expected an integer"),
     ({"train": {"steps": True}}, "train.steps: expected an integer"),
     ({"train": {"loss": "wgan"}}, "train.loss: unknown value 'wgan'; allowed: minimax, ns, lsgan, hinge, wgan-gp"),
-    ({"train": {"model": "big"}}, "train.model: unknown value 'big'; allowed: seed, dcgan-small"),
+    ({"train": {"model": "big"}}, "train.model: unknown value 'big'; allowed: dcgan-large, dcgan-small"),
     ({"train": {"d_norm": "group"}}, "train.d_norm: unknown value"),
     ({"train": {"conditional": "yes"}}, "train.conditional: expected true or false"),
     ({"train": {"batch_size": 70000}}, "train.batch_size: 70000 is larger than the training set"),

@@ -27,7 +27,10 @@ class CountingMonitor:
         return 1000.0 - 100.0 * self.calls
 
 
-def test_curve_checks_on_schedule_and_reports_thresholds():
+def test_curve_checks_on_schedule_and_reports_thresholds(monkeypatch):
+    # A fake clock: 0.05 s per perf_counter call, so the schedule does not depend on the machine's speed.
+    clock = iter(range(10**6))
+    monkeypatch.setattr(curves.time, "perf_counter", lambda: 0.05 * next(clock))
     monitor = CountingMonitor()
     c = curves.run_curve("ema-warmup", tiny_mnist(), lambda cfg: monitor, seconds=1.0, check_every=0.25,
                          log=lambda s: None)  # fmt: skip

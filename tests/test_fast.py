@@ -219,15 +219,17 @@ def test_gpu_arithmetic_trains_as_well_as_plain_on_a_tiny_problem(monkeypatch):
     """The quality check of the issue at CPU scale: train.train with the fast path in its GPU arithmetic
     (bf16 autocast + channels_last, forced on the CPU) and the plain path, equal steps, same seed, on
     four-template images; both must learn, and reach about the same quality."""
-    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c: models.SmallGenerator(z, c, width=8),
-                                                lambda n, c: models.small_discriminator(n, c, width=8)))  # fmt: skip
+    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w: models.SmallGenerator(z, c, width=8),
+                                                lambda n, c, w: models.small_discriminator(n, c, width=8)))  # fmt: skip
     templates = _templates()
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 4, (1024,), generator=g)
     x = (templates[idx] + 0.1 * torch.randn(1024, 1, 28, 28, generator=g)).clamp(-1, 1)
     quality = {}
     for mode in ("off", "on"):
-        cfg = TrainConfig(model="tiny", batch_size=32, steps=200, lr=2e-3, ema=0.0, fast=mode, log_every=50)
+        cfg = TrainConfig(
+            model="tiny", batch_size=32, steps=200, lr=2e-3, ema=0.0, fast=mode, log_every=50, conditional=False
+        )
         if mode == "on":
             monkeypatch.setattr(fast.FastOptions, "for_device", staticmethod(lambda device, det=False: GPU_LIKE))
         state = core.build_state(cfg, 0, CPU)

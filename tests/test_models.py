@@ -48,7 +48,7 @@ def test_spectral_norm_is_applied():
 
 
 def test_unknown_model_lists_known():
-    with pytest.raises(KeyError, match="known models: seed, dcgan-small"):
+    with pytest.raises(KeyError, match="known models: dcgan-large, dcgan-small"):
         build_gan("big", 100, "none", False)
 
 

@@ -129,7 +129,7 @@ def test_checkpoint_with_other_params_is_not_resumed(prepared, tmp_path):
     set_params(root, {"train": {"lr": 0.0005}})
     other = stage(root, "train")
     assert other.returncode == 0, other.stderr[-3000:]
-    assert "models/checkpoint.pt was made with other params (lr 0.0002 -> 0.0005); starting fresh" in other.stderr
+    assert "models/checkpoint.pt was made with other params (lr 0.0004 -> 0.0005); starting fresh" in other.stderr
     assert "resuming" not in other.stderr
     # A fresh start: all 20 steps trained again (resuming the finished step-20 checkpoint would train none
     # and report 0 images/s), a new MLflow run rather than the old one continued, the checkpoint replaced.

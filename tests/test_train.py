@@ -191,7 +191,7 @@ def test_generator_file_round_trip_and_check():
 
 
 def test_recalibrated_batchnorm_matches_batch_statistics():
-    cfg = tiny_cfg(model="dcgan-small")
+    cfg = tiny_cfg(model="dcgan-small", conditional=False)
     state = core.build_state(cfg, 0, DEV)
     g = state.g
     core.recalibrate_batchnorm(g, cfg.z_dim, False, seed=0, device=DEV, n_batches=8, batch_size=512)

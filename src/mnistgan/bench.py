@@ -386,7 +386,7 @@ def time_batch_size(variants: Sequence[str], model: str, batch_size: int, device
 def throughput(device: torch.device, settings: BenchSettings, matmul_tflops: float,
                log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     cfg = throughput_config(settings.model, 1)
-    macs = gan_macs(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional)
+    macs = gan_macs(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
     fpi = train_flops_per_image(macs["g"], macs["d"], cfg.d_steps)
     n = max(settings.n_data, 2 * max(settings.batch_sizes))
     gen = torch.Generator(device=device).manual_seed(2)

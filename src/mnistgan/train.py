@@ -309,7 +309,7 @@ def recalibrate_batchnorm(g: nn.Module, z_dim: int, conditional: bool, seed: int
 def fixed_noise(z_dim: int, conditional: bool, seed: int, n: int = 100) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Noise for the sample grids; with labels, row r of a 10-wide grid is digit r."""
     z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
-    y = torch.arange(n) // (n // N_CLASSES) if conditional else None
+    y = torch.arange(n) * N_CLASSES // n if conditional else None  # n = 100: 10 of each, in order
     return z, y
 
 
