@@ -8,7 +8,6 @@ from _common import Params, run_stage
 
 from mnistgan import tracking
 from mnistgan.classifier import check_classifier_file, classifier_from_file, features_and_probs
-from mnistgan.config import flatten
 from mnistgan.data import load_mnist
 from mnistgan.io import load_npy, load_torch, read_json, save_png, write_json
 from mnistgan.metrics import mean_std_over_sets
@@ -34,9 +33,7 @@ def main(params: Params) -> None:
     sample_feats, _ = features_and_probs(clf, samples[:10])
     save_png(paths.nearest_png, nearest_training_grid(samples, sample_feats, mnist.x_train, real.train_feats), scale=3)
     run = tracking.reopen_run(params.tracking, read_json(paths.metrics_train, made_by="train").get("mlflow_run_id"))
-    run.log_metrics({k: v for k, v in flatten(result).items() if not k.endswith(".seeds")})
-    run.log_metrics(flatten({"classifier": read_json(paths.metrics_classifier, made_by="classifier")}))
-    run.log_artifact(paths.metrics_eval)
+    tracking.log_scores(run, result, read_json(paths.metrics_classifier, made_by="classifier"), paths.metrics_eval)
     run.log_artifact(paths.nearest_png)
     run.end()
     g, r = generated, reference

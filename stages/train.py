@@ -14,7 +14,7 @@ from _common import Params, run_stage
 
 from mnistgan import tracking
 from mnistgan.config import flatten, to_dict
-from mnistgan.data import load_mnist
+from mnistgan.data import load_mnist, sha256
 from mnistgan.io import InputError, atomic_path, load_torch, save_torch, write_json
 from mnistgan.pictures import image_grid
 
@@ -63,6 +63,9 @@ def main(params: Params) -> int:
     )
     if lead and not run_id:
         run.log_params(flatten(params))
+        digest = sha256(data.x_train)[:32]  # of the uint8 images (the full value is in mnistgan.data)
+        run.log_dataset("mnist", data.x_train, data.y_train, source=os.path.abspath(paths.mnist), digest=digest,
+                        context="training")  # fmt: skip
     run.set_tags(tracking.run_tags(str(device)) | ({"nproc": str(world)} if world > 1 else {}))
 
     stop = {"signal": None}

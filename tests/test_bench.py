@@ -144,3 +144,18 @@ def test_settings_and_command_line(capsys):
     assert "bench" in cli.COMMANDS and "score" in cli.COMMANDS
     assert cli.main(["bench", "--help"]) == 0
     assert "--markdown" in capsys.readouterr().out
+
+
+def test_recipe_section_reports_rate_and_time_to_thresholds():
+    """The CPU's quality-per-minute section on tiny data: one recipe, a short budget, its table row."""
+    settings = bench.BenchSettings(sections=("recipes",), matmul_n=64, ttq_samples=64, recipes=("ema-warmup",),
+                                   recipe_seconds=0.6, recipe_check_every_s=0.3)  # fmt: skip
+    result = bench.run_bench(settings, torch.device("cpu"), mnist=_tiny_mnist(), classifier=Classifier().eval(),
+                             log=lambda s: None)  # fmt: skip
+    row = result["recipes"]["rows"][0]
+    assert row["recipe"] == "ema-warmup" and row["steps"] > 0 and row["checks"]
+    assert row["gflops"] == pytest.approx(row["images_per_second"] * row["flops_per_image"] / 1e9)
+    assert row["matmul_share"] > 0
+    assert all(f"s_to_{f}x" in row for f in (32, 16, 8))
+    md = bench.render_markdown(result)
+    assert "Quality per CPU-minute" in md and "| `ema-warmup` |" in md

@@ -55,4 +55,14 @@ def test_params_keys_exist():
     known = set(flatten(load_params(ROOT / "params.yaml")))
     for stage in STAGES.values():
         for key in stage.get("params", []):
+            if key == {"params.yaml": None}:  # the check stage: every key of the file
+                continue
             assert key in known, key
+
+
+def test_every_other_stage_waits_for_the_check():
+    ok = "${paths.params_ok}"
+    assert STAGES["check"]["outs"][0] == {ok: {"cache": False, "persist": True}}
+    assert STAGES["check"]["params"] == [{"params.yaml": None}]
+    for name, stage in STAGES.items():
+        assert name == "check" or ok in stage["deps"], name

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pipeline_utils import BIN, copy_repo, copy_tree, deep_update, dvc, env, free_port, run
-from test_determinism import PARAMS, copy_reproduced, reproduced_repo, sha256
+from test_determinism import PARAMS, copy_reproduced, output_hashes, reproduced_repo, sha256
 
 pytestmark = pytest.mark.slow
 
@@ -227,6 +227,33 @@ def test_bad_params_fail_the_stage_with_one_line_and_write_nothing(prepared, tmp
     for rel in outputs:
         assert not (root / rel).exists(), rel
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before  # no files at all, no temps
+
+
+# ---- bad params through dvc repro: nothing on disk changes ---------------------------------------------
+
+BAD_VALUES = [
+    ({"prepare": {"source": "kaggle"}}, "prepare.source: unknown value 'kaggle'"),
+    ({"classifier": {"epochs": 0}}, "classifier.epochs: 0 is out of range"),
+    ({"train": {"lr": -1}}, "train.lr: -1 is out of range"),
+    ({"sample": {"batch_size": 0}}, "sample.batch_size: 0 is out of range"),
+    ({"evaluate": {"splits": "ten"}}, "evaluate.splits"),
+    ({"tracking": {"required": "maybe"}}, "tracking.required"),
+    ({"seed": -3}, "seed: -3 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_VALUES, ids=[next(iter(b[0])) for b in BAD_VALUES])
+def test_a_bad_value_in_params_leaves_every_output_byte_identical(tmp_path, tmp_path_factory, overrides, message):
+    # DVC clears a stage's outputs before running it; the check stage runs first and stops the run.
+    root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
+    before = output_hashes(root)
+    assert "data/params.ok" in before
+    set_params(root, overrides)
+    p = dvc(["repro"], root, check=False)
+    assert p.returncode != 0
+    assert f"check: error: {message}" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    assert "Running stage 'prepare'" not in p.stdout
+    assert output_hashes(root) == before  # every file under data/, models/, metrics/, plots/
 
 
 def test_fid_during_training_without_a_classifier_fails_at_once(prepared, tmp_path):

@@ -224,6 +224,8 @@ def test_max_seconds_stops_at_a_loss_row_and_saves_a_checkpoint(monkeypatch):
     assert state.step < 1000 and state.step % cfg.log_every == 0  # stopped by the clock, at a loss row
     assert max(saved) == state.step  # the stop saved the state it ended in
     assert state.history[-1]["step"] == state.step
+    resumed, again = run_training(cfg, resume_from=saved[state.step])  # its budget is spent: no more steps
+    assert resumed.step == state.step and not again
 
 
 def test_widths_change_the_small_models():

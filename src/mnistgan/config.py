@@ -115,6 +115,7 @@ class TrackingConfig:
 class PathsConfig:
     """Where each stage reads and writes; dvc.yaml takes the same values through ${paths.*}."""
 
+    params_ok: str = _opt("data/params.ok", doc="the check stage's constant output; every stage depends on it")
     mnist: str = _opt("data/mnist")
     classifier: str = _opt("models/classifier.pt")
     generator: str = _opt("models/generator.pt")

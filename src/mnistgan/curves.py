@@ -167,10 +167,12 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    for c in curves:
+    for i, c in enumerate(curves):
         xs = [k["seconds"] for k in c["checks"]]
         ys = [k["fid"] for k in c["checks"]]
-        ax.plot(xs, ys, marker=".", label=f"{c['recipe']} ({c['images_per_second']:.0f} img/s)")
+        # ten colours, then the same colours dashed: every curve stays distinguishable
+        ax.plot(xs, ys, marker=".", color=f"C{i % 10}", linestyle="-" if i < 10 else "--",
+                label=f"{c['recipe']} ({c['images_per_second']:.0f} img/s)")  # fmt: skip
     ref = curves[0]["reference_fid"]
     for f, style in zip(FACTORS, (":", "--", "-."), strict=True):
         ax.axhline(f * ref, color="grey", linestyle=style, linewidth=1)
@@ -239,7 +241,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-_MONITORS: dict[tuple, Any] = {}  # per process: FID monitors (test-set statistics) by noise shape
+_MONITORS: dict[tuple, dict] = {}  # per process and (data, classifier, samples, seed): monitors by noise shape
+
+
+def monitors(classifier: Any, mnist: Any, samples: int, seed: int, cache: dict | None = None) -> Any:
+    """cfg -> the FidMonitor for its noise (z_dim, labels) and sampler (EMA: recalibrated), each built once:
+    `samples` generated images of fixed noise against the test set, as many real training images the floor."""
+    from mnistgan.monitor import FidMonitor
+
+    cache = {} if cache is None else cache
+
+    def monitor_for(cfg: Any) -> FidMonitor:
+        key = (cfg.z_dim, cfg.conditional, cfg.ema > 0)
+        if key not in cache:
+            cache[key] = FidMonitor(classifier, mnist.x_test, mnist.x_train[-samples:], samples, cfg.z_dim,
+                                    cfg.conditional, seed=seed + 3, recalibrate=cfg.ema > 0)  # fmt: skip
+        return cache[key]
+
+    return monitor_for
 
 
 def _curve_job(name: str, data: str, classifier: str, seconds: float, check_every: float, samples: int,
@@ -248,17 +267,11 @@ def _curve_job(name: str, data: str, classifier: str, seconds: float, check_ever
     from mnistgan.classifier import check_classifier_file, classifier_from_file
     from mnistgan.data import load_mnist
     from mnistgan.io import load_torch
-    from mnistgan.monitor import FidMonitor
 
     mnist = load_mnist(data)
     clf = classifier_from_file(load_torch(classifier, "classifier", check=check_classifier_file))
 
-    def monitor_for(cfg: Any) -> FidMonitor:
-        key = (data, classifier, samples, seed, cfg.z_dim, cfg.conditional, cfg.ema > 0)
-        if key not in _MONITORS:
-            _MONITORS[key] = FidMonitor(clf, mnist.x_test, mnist.x_train[-samples:], samples, cfg.z_dim,
-                                        cfg.conditional, seed=seed + 3, recalibrate=cfg.ema > 0)  # fmt: skip
-        return _MONITORS[key]
+    monitor_for = monitors(clf, mnist, samples, seed, _MONITORS.setdefault((data, classifier, samples, seed), {}))
 
     c = run_curve(name, mnist, monitor_for, seconds=seconds, check_every=check_every, seed=seed,
                   log=lambda s: print(s, file=sys.stderr, flush=True))  # fmt: skip

@@ -139,6 +139,8 @@ class NullRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
+    def log_dataset(self, name: str, features: np.ndarray, targets: np.ndarray, source: str, digest: str,
+                    context: str) -> None: ...  # fmt: skip
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -163,6 +165,12 @@ class Run(NullRun):
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         with_retry(self.mlflow.log_artifact, str(path), artifact_path=folder)
 
+    def log_dataset(self, name: str, features: np.ndarray, targets: np.ndarray, source: str, digest: str,
+                    context: str) -> None:  # fmt: skip
+        """The run's data as an MLflow dataset input (the "Dataset" column of the runs table)."""
+        dataset = self.mlflow.data.from_numpy(features, source=source, targets=targets, name=name, digest=digest)
+        with_retry(self.mlflow.log_input, dataset, context=context)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         with_retry(self.mlflow.set_tags, tags)
 
@@ -182,16 +190,25 @@ def _import_mlflow(required: bool) -> Any:
     return mlflow
 
 
+# MLflow 3's UI opens an experiment by its kind; without this tag it may show the GenAI views (traces,
+# prompts) instead of the runs table of a model-training experiment.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         try:
             # Absolute artifact root so queued experiments (temporary copies) store artifacts here too.
-            return mlflow.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri())
+            exp_id = mlflow.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri(),
+                                              tags=dict([EXPERIMENT_KIND]))  # fmt: skip
+            return exp_id
         except Exception:  # another process created it first
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:
                 raise
+    if exp.tags.get(EXPERIMENT_KIND[0]) is None:  # an experiment made by older code
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
     return exp.experiment_id
 
 
@@ -212,7 +229,8 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
             active = with_retry(mlflow.start_run, run_id=run_id)
         else:
             exp_id = with_retry(_experiment_id, mlflow, experiment, repo_root())
-            name = run_name or os.environ.get("DVC_EXP_NAME")
+            # Named after the DVC experiment (`dvc exp run`), else after the commit (`dvc repro`).
+            name = run_name or os.environ.get("DVC_EXP_NAME") or f"repro-{git_commit()[:7]}"
             active = with_retry(mlflow.start_run, experiment_id=exp_id, run_name=name)
     except TrackingError:
         if required:
@@ -254,3 +272,67 @@ def last_image(run_id: str, key: str, dest: Path) -> Path | None:
         return None
     dest.mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, max(steps)[1], str(dest)))
+
+
+# ---- scores of a run whose evaluate stage DVC skipped -------------------------------------------------
+
+
+def log_scores(run: NullRun, scores: dict[str, Any], classifier_metrics: dict[str, Any], eval_path: str) -> None:
+    """What the evaluate stage logs: every score (flattened, `generated.fid`, ...), the classifier's
+    metrics and the eval JSON file."""
+    from mnistgan.config import flatten
+
+    run.log_metrics({k: v for k, v in flatten(scores).items() if not k.endswith(".seeds")})
+    run.log_metrics(flatten({"classifier": classifier_metrics}))
+    run.log_artifact(eval_path)
+
+
+def sync_scores(params_path: str = "params.yaml") -> str:
+    """After `dvc repro`: give the run named in metrics/train.json the scores of metrics/eval.json when it
+    has none. DVC skips evaluate when its inputs did not change (a fresh clone reproduces the committed
+    samples byte for byte), and then the new training run would show losses but no scores."""
+    from mnistgan.config import load_params
+    from mnistgan.io import read_json
+
+    params = load_params(params_path)
+    paths = params.paths
+    run_id = read_json(paths.metrics_train, made_by="train").get("mlflow_run_id")
+    if not run_id:
+        return "the last training run was not tracked; nothing to do"
+    mlflow = _import_mlflow(params.tracking.required)
+    if mlflow is None:
+        return "mlflow is not installed; nothing to do"
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        run = with_retry(mlflow.MlflowClient().get_run, run_id)
+    except Exception:  # a run id from another machine's store (metrics/train.json is committed)
+        return f"run {run_id} is not in {tracking_uri()}; nothing to do"
+    if "generated.fid" in run.data.metrics:
+        return f"run {run_id} has its scores"
+    scores = read_json(paths.metrics_eval, made_by="evaluate")
+    active = reopen_run(params.tracking, run_id)
+    log_scores(active, scores, read_json(paths.metrics_classifier, made_by="classifier"), paths.metrics_eval)
+    active.set_tags({"scores_from": f"{paths.metrics_eval} (evaluate was skipped: its inputs had not changed)"})
+    active.end()
+    return f"run {run_id}: scores logged from {paths.metrics_eval}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mnistgan.tracking sync`: the step `make repro` runs after `dvc repro`."""
+    import argparse
+
+    from mnistgan.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m mnistgan.tracking")
+    parser.add_argument("command", choices=["sync"], help="sync: scores of a skipped evaluate into the run")
+    parser.parse_args(argv)
+    try:
+        print(f"tracking: {sync_scores()}")
+    except UserError as e:
+        print(f"tracking: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

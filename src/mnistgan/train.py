@@ -453,7 +453,8 @@ def train(
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=1.0)  # fmt: skip
     try:
-        while state.step < cfg.steps:
+        # A run that already spent its train.max_seconds (resumed from its final checkpoint) trains no more.
+        while state.step < cfg.steps and not (cfg.max_seconds and seconds_before >= cfg.max_seconds):
             if stop_wanted():
                 save_checkpoint()
                 raise StopRequested(state.step)
