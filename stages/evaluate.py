@@ -46,8 +46,7 @@ def main(params: Params) -> None:
 
 def scores_over_seeds(params: Params, clf, mnist, real) -> dict:
     """Draw sample.n images for each of evaluate.seeds from the generator and score each set."""
-    from mnistgan.sample import sample_images
-    from mnistgan.train import check_generator_file, generator_from_file
+    from mnistgan.sample import check_generator_file, generator_from_file, sample_images
 
     cfg, paths = params.evaluate, params.paths
     g, train_cfg = generator_from_file(load_torch(paths.generator, made_by="train", check=check_generator_file))

@@ -8,8 +8,7 @@ from _common import Params, run_stage
 from mnistgan import tracking
 from mnistgan.io import load_torch, read_json, save_npy, save_png
 from mnistgan.pictures import by_class_grid, image_grid
-from mnistgan.sample import interpolation_images, sample_images
-from mnistgan.train import check_generator_file, generator_from_file
+from mnistgan.sample import check_generator_file, generator_from_file, interpolation_images, sample_images
 
 
 def main(params: Params) -> None:

@@ -22,7 +22,7 @@ def test_shapes(model, norm, conditional):
     assert d(x, y if conditional else None).shape == (4,)
 
 
-def test_seed_generator_is_the_founding_document_layer_for_layer():
+def test_large_generator_is_the_seed_architecture_layer_for_layer():
     g = LargeGenerator(100)
     linears = [m for m in g.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(100, 1024), (1024, 1024), (1024, 7 * 7 * 256)]

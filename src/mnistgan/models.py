@@ -38,7 +38,7 @@ class ConditionalInput(nn.Module):
 
 
 class LargeGenerator(nn.Module):
-    """The founding document's generator, layer for layer.
+    """The project's seed generator (`dcgan-large`), layer for layer as first specified.
 
     z (B, 100) -> dense 1024, BN, ReLU -> dense 1024, BN, ReLU -> dense 7*7*256, BN, ReLU
     -> (B, 256, 7, 7) -> convT 128 5x5 s2 (B, 128, 14, 14), BN, ReLU -> convT 64 5x5 s2 (B, 64, 28, 28),
@@ -67,7 +67,8 @@ class LargeGenerator(nn.Module):
 
 
 class SmallGenerator(nn.Module):
-    """A small standard DCGAN generator (about 1/30 of the seed's compute), fast enough for CPU runs.
+    """A small standard DCGAN generator (`dcgan-small`), fast enough for CPU runs (FLOPs per training image
+    of both models are counted by mnistgan.bench: 0.163 GFLOP at widths 64, against 0.687 for dcgan-large).
 
     z -> dense 128*7*7, BN, ReLU -> (B, 128, 7, 7) -> convT 64 4x4 s2 (B, 64, 14, 14), BN, ReLU
     -> convT 1 4x4 s2 (B, 1, 28, 28), tanh.
@@ -113,7 +114,7 @@ class Discriminator(nn.Module):
 
 
 def large_discriminator(norm: str = "batch", conditional: bool = False) -> Discriminator:
-    """The founding document's discriminator: conv 32, 64, 128 (5x5 stride 2), each norm + LeakyReLU.
+    """The project's seed discriminator (`dcgan-large`): conv 32, 64, 128 (5x5 stride 2), each norm + LeakyReLU.
 
     (B, 1, 28, 28) -> (B, 32, 14, 14) -> (B, 64, 7, 7) -> (B, 128, 4, 4) -> dense 1.
     """

@@ -16,8 +16,7 @@ from torch import nn
 
 from mnistgan.classifier import Classifier, features_and_probs
 from mnistgan.metrics import features_to_statistics, statistics_to_fid
-from mnistgan.sample import sample_noise
-from mnistgan.train import generate, recalibrate_batchnorm
+from mnistgan.sample import generate, recalibrate_batchnorm, sample_noise
 
 MIN_SAMPLES = 10
 

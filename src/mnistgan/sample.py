@@ -1,13 +1,103 @@
-"""Draw samples from a trained generator: fixed-seed sample sets and latent interpolations."""
+"""Images from a generator: eval-mode generation, BatchNorm recalibration, the saved generator file,
+fixed-seed sample sets and latent interpolations.
+
+Used by the sample and evaluate stages and by FID during training, without importing the training loop
+(so an edit to training code does not rerun sampling or evaluation).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mnistgan.models import N_CLASSES
-from mnistgan.train import generate
+from mnistgan.config import TrainConfig, to_dict
+from mnistgan.models import N_CLASSES, build_gan
+from mnistgan.tensors import to_uint8
+
+# ---- generating ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(g: nn.Module, z_dim: int, conditional: bool, seed: int, device: torch.device,
+                          n_batches: int = 20, batch_size: int = 256) -> None:  # fmt: skip
+    """Recompute BatchNorm running statistics for `g`'s own weights ("standing statistics").
+
+    An EMA generator's averaged weights do not match the running stats copied from the live generator;
+    averaging batch statistics over a few fixed noise batches fixes that before eval-mode sampling.
+    """
+    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    rng = torch.Generator(device=device).manual_seed(seed)
+    was_training = g.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    g.train()
+    for _ in range(n_batches):
+        z = torch.randn(batch_size, z_dim, generator=rng, device=device)
+        y = torch.randint(0, N_CLASSES, (batch_size,), generator=rng, device=device) if conditional else None
+        g(z, y)
+    for m in bns:
+        m.momentum = 0.1
+    g.train(was_training)
+
+
+def fixed_noise(z_dim: int, conditional: bool, seed: int, n: int = 100) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Noise for the sample grids; with labels, row r of a 10-wide grid is digit r."""
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    y = torch.arange(n) * N_CLASSES // n if conditional else None  # n = 100: 10 of each, in order
+    return z, y
+
+
+@torch.no_grad()
+def generate(g: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 1000) -> torch.Tensor:
+    """Eval-mode samples for noise z (N, z_dim) -> uint8 (N, 28, 28) on the CPU."""
+    device = next(g.parameters()).device
+    was_training = g.training
+    g.eval()
+    out = []
+    for i in range(0, z.shape[0], batch_size):
+        yb = y[i : i + batch_size].to(device) if y is not None else None
+        out.append(to_uint8(g(z[i : i + batch_size].to(device), yb)).cpu())
+    g.train(was_training)
+    return torch.cat(out)
+
+
+# ---- the saved generator -------------------------------------------------------------------------------
+
+GENERATOR_FORMAT = "mnistgan-generator-1"
+
+
+def generator_file(cfg: TrainConfig, seed: int, step: int, ema: bool, sampler: nn.Module) -> dict[str, Any]:
+    """What the sample stage needs: the weights and the config that rebuilds their module."""
+    return {"format": GENERATOR_FORMAT, "train_config": to_dict(cfg), "seed": seed, "step": step, "ema": ema,
+            "state_dict": sampler.state_dict()}  # fmt: skip
+
+
+def check_generator_file(obj: Any) -> str | None:
+    if not isinstance(obj, dict) or obj.get("format") != GENERATOR_FORMAT:
+        return f"not a generator file of this version (format {GENERATOR_FORMAT!r} expected)"
+    try:
+        generator_from_file(obj)
+    except Exception as e:  # config rejected or weights of another shape
+        return f"generator does not match the code ({str(e).splitlines()[0]})"
+    return None
+
+
+def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
+    from mnistgan.config import train_config_from_dict
+
+    cfg = train_config_from_dict(obj["train_config"])
+    g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
+    g.load_state_dict(obj["state_dict"])
+    return g.eval(), cfg
+
+
+# ---- sample sets ---------------------------------------------------------------------------------------
 
 
 def sample_noise(n: int, z_dim: int, conditional: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:

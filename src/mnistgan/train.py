@@ -25,7 +25,15 @@ from tqdm import tqdm
 from mnistgan.config import TrainConfig, to_dict
 from mnistgan.losses import Loss, get_loss, gradient_penalty
 from mnistgan.models import N_CLASSES, build_gan
-from mnistgan.tensors import epoch_permutation, to_uint8
+from mnistgan.sample import (  # noqa: F401 - generate and the file helpers are used through train too
+    check_generator_file,
+    fixed_noise,
+    generate,
+    generator_from_file,
+    recalibrate_batchnorm,
+)
+from mnistgan.sample import generator_file as make_generator_file
+from mnistgan.tensors import epoch_permutation
 
 LOSS_COLUMNS = ("loss_d", "loss_g", "logit_real", "logit_fake", "gp")
 
@@ -277,56 +285,6 @@ def make_step_fn(
     return lambda batches: train_step(state, loss, batches)
 
 
-# ---- sampling helpers ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(g: nn.Module, z_dim: int, conditional: bool, seed: int, device: torch.device,
-                          n_batches: int = 20, batch_size: int = 256) -> None:  # fmt: skip
-    """Recompute BatchNorm running statistics for `g`'s own weights ("standing statistics").
-
-    An EMA generator's averaged weights do not match the running stats copied from the live generator;
-    averaging batch statistics over a few fixed noise batches fixes that before eval-mode sampling.
-    """
-    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    rng = torch.Generator(device=device).manual_seed(seed)
-    was_training = g.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    g.train()
-    for _ in range(n_batches):
-        z = torch.randn(batch_size, z_dim, generator=rng, device=device)
-        y = torch.randint(0, N_CLASSES, (batch_size,), generator=rng, device=device) if conditional else None
-        g(z, y)
-    for m in bns:
-        m.momentum = 0.1
-    g.train(was_training)
-
-
-def fixed_noise(z_dim: int, conditional: bool, seed: int, n: int = 100) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Noise for the sample grids; with labels, row r of a 10-wide grid is digit r."""
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
-    y = torch.arange(n) * N_CLASSES // n if conditional else None  # n = 100: 10 of each, in order
-    return z, y
-
-
-@torch.no_grad()
-def generate(g: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 1000) -> torch.Tensor:
-    """Eval-mode samples for noise z (N, z_dim) -> uint8 (N, 28, 28) on the CPU."""
-    device = next(g.parameters()).device
-    was_training = g.training
-    g.eval()
-    out = []
-    for i in range(0, z.shape[0], batch_size):
-        yb = y[i : i + batch_size].to(device) if y is not None else None
-        out.append(to_uint8(g(z[i : i + batch_size].to(device), yb)).cpu())
-    g.train(was_training)
-    return torch.cat(out)
-
-
 # ---- the loop -----------------------------------------------------------------------------------------
 
 
@@ -503,31 +461,9 @@ def finalize_sampler(state: GANState, device: torch.device) -> nn.Module:
     return state.sampler
 
 
-# ---- the saved generator -------------------------------------------------------------------------------
-
-GENERATOR_FORMAT = "mnistgan-generator-1"
+# ---- the saved generator (format and loading live in mnistgan.sample) ---------------------------------
 
 
 def generator_file(state: GANState, sampler: nn.Module) -> dict[str, Any]:
     """What the sample stage needs: the weights and the config that rebuilds their module."""
-    return {"format": GENERATOR_FORMAT, "train_config": to_dict(state.cfg), "seed": state.seed,
-            "step": state.step, "ema": state.g_ema is not None, "state_dict": sampler.state_dict()}  # fmt: skip
-
-
-def check_generator_file(obj: Any) -> str | None:
-    if not isinstance(obj, dict) or obj.get("format") != GENERATOR_FORMAT:
-        return f"not a generator file of this version (format {GENERATOR_FORMAT!r} expected)"
-    try:
-        generator_from_file(obj)
-    except Exception as e:  # config rejected or weights of another shape
-        return f"generator does not match the code ({str(e).splitlines()[0]})"
-    return None
-
-
-def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
-    from mnistgan.config import train_config_from_dict
-
-    cfg = train_config_from_dict(obj["train_config"])
-    g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
-    g.load_state_dict(obj["state_dict"])
-    return g.eval(), cfg
+    return make_generator_file(state.cfg, state.seed, state.step, state.g_ema is not None, sampler)
