@@ -99,8 +99,7 @@ def run_curve(
     except core.DivergenceError as e:
         error = str(e)
     sampler = core.finalize_sampler(state, device)
-    z = torch.randn(100, cfg.z_dim, generator=torch.Generator().manual_seed(seed + 5))
-    labels = torch.arange(100) // 10 if cfg.conditional else None
+    z, labels = core.fixed_noise(cfg.z_dim, cfg.conditional, seed + 5)  # conditional: row r is digit r
     grid = core.generate(sampler, z, labels).numpy()  # (100, 28, 28) uint8
     steps = state.step
     return {
