@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 # Stage commands call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test test-fast bench ui compare sweep results lint format clean
+.PHONY: venv repro test test-fast bench calibrate ui compare sweep results lint format clean
 
 venv: $(STAMP)
 
@@ -38,7 +38,11 @@ test-fast: venv
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 bench: venv
-	$(VENV)/bin/python -m mnistgan.bench
+	$(VENV)/bin/python -m mnistgan.bench --markdown BENCHMARKS.md --out reports/bench.json
+
+# The corruption ladder and the reading table of the scores (needs the classifier and extractor stages).
+calibrate: venv
+	$(VENV)/bin/python -m mnistgan.calibrate --out docs/calibration
 
 compare: venv
 	$(VENV)/bin/python -m mnistgan.report compare

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -11,7 +13,7 @@ from pathlib import Path
 # installed or editable package that points at another checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mnistgan.config import Params, load_params  # noqa: E402
+from mnistgan.config import RECORD_ENV, Params, load_params, recorded_reads  # noqa: E402
 from mnistgan.errors import UserError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -31,4 +33,8 @@ def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
     except Exception:
         traceback.print_exc()
         code = 1
+    record = os.environ.get(RECORD_ENV)
+    if record and code == 0:  # the params keys this stage read (tests compare them with dvc.yaml)
+        Path(record).mkdir(parents=True, exist_ok=True)
+        (Path(record) / f"{name}.json").write_text(json.dumps(recorded_reads()) + "\n")
     sys.exit(code)

@@ -1,4 +1,5 @@
-"""evaluate: every score of the samples on classifier features, each beside its real-data reference."""
+"""evaluate: every score of the samples, each beside the same score of as many real images, in every
+feature space of evaluate.spaces (the classifier's and the second network's)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from dataclasses import replace
 from _common import Params, run_stage
 
 from mnistgan import tracking
-from mnistgan.classifier import check_classifier_file, classifier_from_file, features_and_probs
+from mnistgan.classifier import check_classifier_file, classifier_from_file
 from mnistgan.data import load_mnist
 from mnistgan.io import load_npy, load_torch, read_json, save_png, write_json
 from mnistgan.metrics import mean_std_over_sets
 from mnistgan.pictures import nearest_training_grid
-from mnistgan.score import real_features, reference_scores, score_images
+from mnistgan.scoring import in_mode, network_features, real_features, score_all
 
 
 def main(params: Params) -> None:
@@ -20,31 +21,38 @@ def main(params: Params) -> None:
     mnist = load_mnist(paths.mnist)
     if cfg.train_images:  # a smaller reference pool for quick runs: the last N training images
         mnist = replace(mnist, x_train=mnist.x_train[-cfg.train_images :], y_train=mnist.y_train[-cfg.train_images :])
-    clf = classifier_from_file(load_torch(paths.classifier, made_by="classifier", check=check_classifier_file))
+    files = {"classifier": paths.classifier, "extractor": paths.extractor}
+    needed = {"classifier"} | {space.split("/")[0] for space in cfg.spaces}
+    models = {name: classifier_from_file(load_torch(files[name], made_by=name, check=check_classifier_file))
+              for name in sorted(needed)}  # fmt: skip
+    reals = {name: real_features(m, mnist, batch_size=cfg.batch_size, progress=True, name=name)
+             for name, m in models.items()}  # fmt: skip
     samples = load_npy(paths.samples, made_by="sample")
-    real = real_features(clf, mnist, batch_size=cfg.batch_size, progress=True)  # shared by both scorings
-    generated = score_images(samples, clf, mnist, splits=cfg.splits, batch_size=cfg.batch_size, real=real)
-    reference = reference_scores(clf, mnist, n_reference=cfg.n_reference, splits=cfg.splits,
-                                 batch_size=cfg.batch_size, real=real)  # fmt: skip
-    result = {"generated": generated, "real_reference": reference}
+    common = {"n_reference": cfg.n_reference, "splits": cfg.splits, "batch_size": cfg.batch_size}
+    result = score_all(samples, models, reals, cfg.spaces, progress=True, **common)
     if cfg.seeds:  # more sample sets of the same generator: how much the scores move with the noise alone
-        result["generated_over_seeds"] = scores_over_seeds(params, clf, mnist, real)
+        result["generated_over_seeds"] = scores_over_seeds(params, models, reals, common)
     write_json(paths.metrics_eval, result)
-    sample_feats, _ = features_and_probs(clf, samples[:10])
-    save_png(paths.nearest_png, nearest_training_grid(samples, sample_feats, mnist.x_train, real.train_feats), scale=3)
+    clf, real = models["classifier"], reals["classifier"]
+    sample_feats = in_mode(network_features(clf, samples[:10])[0], "penultimate", real.width)
+    save_png(paths.nearest_png, nearest_training_grid(samples, sample_feats, mnist.x_train, real.train("penultimate")),
+             scale=3)  # fmt: skip
     run = tracking.reopen_run(params.tracking, read_json(paths.metrics_train, made_by="train").get("mlflow_run_id"))
     tracking.log_scores(run, result, read_json(paths.metrics_classifier, made_by="classifier"), paths.metrics_eval)
     run.log_artifact(paths.nearest_png)
     run.end()
-    g, r = generated, reference
+    g, r, a = result["generated"], result["real_reference"], result["agreement"]
     if cfg.seeds:
         fid = result["generated_over_seeds"]["fid"]
         print(f"evaluate: FID over {len(cfg.seeds)} sample sets {fid['mean']:.3f} ± {fid['std']:.3f}")
-    print(f"evaluate: score {g['inception_score']:.3f} (real {r['inception_score']:.3f}), "
-          f"FID {g['fid']:.3f} (real {r['fid']:.3f}), classes {g['classes_covered']}/10")  # fmt: skip
+    print(f"evaluate: score {g['inception_score']:.3f} (real {r['inception_score']:.3f}), FID {g['fid']:.3f} "
+          f"(real {r['fid']:.3f} at N={result['n_reference']}), classes {g['classes_covered']}/10")  # fmt: skip
+    if a:
+        print(f"evaluate: FID multiples of real over {a['n_spaces']} feature spaces {a['fid_multiple_min']:.1f} to "
+              f"{a['fid_multiple_max']:.1f} (spread {a['fid_multiple_spread']:.1f})")  # fmt: skip
 
 
-def scores_over_seeds(params: Params, clf, mnist, real) -> dict:
+def scores_over_seeds(params: Params, models: dict, reals: dict, common: dict) -> dict:
     """Draw sample.n images for each of evaluate.seeds from the generator and score each set."""
     from mnistgan.sample import check_generator_file, generator_from_file, sample_images
 
@@ -54,7 +62,7 @@ def scores_over_seeds(params: Params, clf, mnist, real) -> dict:
     scores = []
     for seed in cfg.seeds:
         images = sample_images(g, n, train_cfg.z_dim, train_cfg.conditional, seed, bs)  # (n, 28, 28) uint8
-        scores.append(score_images(images, clf, mnist, splits=cfg.splits, batch_size=cfg.batch_size, real=real))
+        scores.append(score_all(images, models, reals, (), **common)["generated"])
     return {**mean_std_over_sets(scores), "seeds": list(cfg.seeds), "n_samples": params.sample.n}
 
 

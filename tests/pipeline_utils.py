@@ -25,6 +25,7 @@ SKIP_IN_DVC = {"cache", "tmp", "config.local"}
 
 TINY = {
     "classifier": {"epochs": 1, "train_images": 2000, "batch_size": 100},
+    "extractor": {"epochs": 1, "train_images": 2000, "batch_size": 100},
     "train": {"train_images": 2000, "steps": 120, "batch_size": 32, "log_every": 10, "image_every": 60,
               "checkpoint_every": 40, "threads": 1, "fid_every": 0},
     "sample": {"n": 600, "batch_size": 300},

@@ -1,4 +1,4 @@
-"""mnistgan.bench: FLOP counting, the generated markdown section, and a tiny end-to-end run on the CPU."""
+"""mnistgan.bench: the generated markdown section, the command line, and tiny end-to-end runs on the CPU."""
 
 from __future__ import annotations
 
@@ -7,39 +7,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from mnistgan import bench, cli, models
-from mnistgan.classifier import Classifier
+from mnistgan import bench, cli, flops, models, throughput
+from mnistgan.classifier import Classifier, DeepClassifier
 from mnistgan.data import MNIST
-
-
-def test_large_model_costs_the_figure_counted_by_hand():
-    """By hand: G 96.7 M and D 5.9 M multiply-adds per image, 0.69 GFLOP per training image."""
-    macs = bench.gan_macs("dcgan-large", d_norm="batch")
-    assert macs["g"] == pytest.approx(96.7e6, rel=1e-3)
-    assert macs["d"] == pytest.approx(5.9e6, rel=0.01)
-    assert bench.train_flops_per_image(macs["g"], macs["d"]) == pytest.approx(0.69e9, rel=0.02)
-    layers = dict(macs["g_layers"])
-    assert layers["dense.6"] == 1024 * 7 * 7 * 256  # the dense 1024 -> 12544 layer: 12.8 M
-    assert layers["conv.0"] == 256 * 7 * 7 * 128 * 5 * 5  # convT 256 -> 128, 5x5, on 7x7 inputs: 40.1 M
-    assert dict(macs["d_layers"])["features.0"] == 32 * 14 * 14 * 5 * 5  # conv 1 -> 32, 5x5 s2 -> 14x14
-
-
-def test_layer_macs_by_hand():
-    conv = nn.Conv2d(4, 8, 3, padding=1, groups=2)
-    rows = bench.count_macs(conv, torch.zeros(2, 4, 10, 10))
-    assert rows == [("", 2 * 8 * 10 * 10 * (4 // 2) * 9)]
-    convt = nn.ConvTranspose2d(3, 5, 4, stride=2, padding=1)
-    assert bench.count_macs(convt, torch.zeros(1, 3, 7, 7)) == [("", 3 * 7 * 7 * 5 * 16)]
-    lin = nn.Linear(6, 7)
-    assert bench.count_macs(lin, torch.zeros(3, 6)) == [("", 3 * 6 * 7)]
-
-
-def test_train_flops_formula():
-    assert bench.train_flops_per_image(10.0, 1.0) == pytest.approx(6 * (10 + 3 * 1))
-    # d_steps = 2: G forward twice and backward once; D forward+backward 5 times; per 2B images.
-    assert bench.train_flops_per_image(10.0, 1.0, d_steps=2) == pytest.approx(2 * (4 * 10 + 15 * 1) / 2)
 
 
 def test_update_markdown_rewrites_only_its_own_section():
@@ -76,32 +47,31 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     """Every section end to end with tiny sizes (and a narrow dcgan-small), in well under a minute."""
     settings = bench.BenchSettings(
         model="tiny", batch_sizes=(8,), variants=("plain", "fast"), window_s=0.0, windows=1, min_steps=2,
-        n_data=64, matmul_n=64, ttq_max_s=0.5, ttq_check_every_s=0.0, ttq_samples=64, metric_samples=64,
-        use_cache=False, ttq_recipe=(("model", "tiny"), ("batch_size", 16), ("log_every", 2)), parity_steps=3,
-        sections=("throughput", "ttq", "parity", "metrics"),
+        n_data=64, matmul_n=64, samples=64, metric_samples=64, recipes=("default",), recipe_seconds=0.4,
+        recipe_check_every_s=0.2, parity_steps=3, parity_overrides=(("model", "tiny"), ("batch_size", 16),
+                                                                    ("log_every", 1)),
+        sections=bench.SECTIONS,
     )  # fmt: skip
     lines: list[str] = []
     t = time.perf_counter()
-    mnist = _tiny_mnist()
-    result = bench.run_bench(settings, torch.device("cpu"), mnist=mnist, classifier=Classifier().eval(),
-                             notes=["tiny"], log=lines.append)  # fmt: skip
+    models = {"classifier": Classifier().eval(), "extractor": DeepClassifier().eval()}
+    result = bench.run_bench(settings, torch.device("cpu"), mnist=_tiny_mnist(), models=models, log=lines.append)
     assert time.perf_counter() - t < 60
     rows = result["throughput"]["rows"]
     assert [(r["variant"], r["batch"]) for r in rows] == [("plain", 8), ("fast", 8)]
     assert all(r["finite"] and r["images_per_s"] > 0 and r["tflops"] > 0 for r in rows)
-    macs = bench.gan_macs("tiny", conditional=True)  # the TrainConfig default recipe is conditional
+    macs = flops.gan_macs("tiny", conditional=True)  # the TrainConfig default recipe is conditional
     assert result["throughput"]["flops_per_image"] == pytest.approx(6 * (macs["g"] + 3 * macs["d"]))
-    ttq = result["time_to_quality"]
-    assert ttq["checks"] and ttq["checks"][0]["step"] == 2 and np.isfinite(ttq["reference_fid"])
-    assert ttq["target_fid"] == pytest.approx(3 * ttq["reference_fid"])
-    par = result["parity"]
-    assert [r["variant"] for r in par["rows"]] == ["plain", "fast"] and par["fast_options"]["autocast"]
-    assert all(r["steps"] == 3 and np.isfinite(r["fid_g"]) and np.isfinite(r["fid_ema"]) for r in par["rows"])
-    ms = result["metric_suite"]
-    assert ms["n"] == 64 and ms["score_seconds"] > 0 and not ms["real_features_cached"]
+    par = result["parity"]["rows"]
+    assert [r["fast"] for r in par] == ["off", "on"] and all(r["steps"] == 3 for r in par)
+    # on the CPU the fast path is the plain arithmetic: the same run, the same FID and losses
+    assert par[0]["fid"] == par[1]["fid"] and par[0]["loss_d"] == par[1]["loss_d"]
+    ms = result["metrics"]
+    assert ms["n"] == 64 and ms["score_seconds"] > 0 and ms["networks"] == ["classifier", "extractor"]
+    assert len(ms["spaces"]) == 4
     md = bench.render_markdown(result, "python -m mnistgan.bench --quick")
-    assert "| plain | 8 |" in md and "| fast | 8 |" in md and "Time to quality" in md and "tiny" in md
-    assert "| plain | 3 |" in md and "| fast | 3 |" in md  # the parity table
+    assert "| plain | 8 |" in md and "| fast | 8 |" in md and "| `default` |" in md and "| on | 3 |" in md
+    assert "Metric suite" in md and "4 feature spaces" in md
     assert any("FID" in line for line in lines)
 
 
@@ -109,25 +79,26 @@ def test_throughput_one_variant_at_a_time(tiny_model):
     """The GPU mode (interleave off): each variant built, timed and freed in turn."""
     settings = bench.BenchSettings(model=tiny_model, batch_sizes=(4, 8), variants=("fast", "plain"), window_s=0.0,
                                    windows=2, n_data=32, interleave=False)  # fmt: skip
-    tp = bench.throughput(torch.device("cpu"), settings, 0.0, lambda s: None)
+    tp = throughput.throughput(torch.device("cpu"), settings, 0.0, lambda s: None)
     assert [(r["variant"], r["batch"]) for r in tp["rows"]] == [("fast", 4), ("plain", 4), ("fast", 8), ("plain", 8)]
     assert all(len(r["windows_s"]) == 2 and r["finite"] and r["matmul_share"] is None for r in tp["rows"])
-    assert "| fast | 4 |" in bench.render_markdown({"meta": bench.machine_info(torch.device("cpu")), "throughput": tp,
-                                                    "matmul": {"n": 1, "dtype": "float32", "tflops": 0.0}})  # fmt: skip
+    assert "| fast | 4 |" in bench.render_markdown({"meta": throughput.machine_info(torch.device("cpu")),
+                                                    "throughput": tp})  # fmt: skip
 
 
 def test_sections_are_skipped_without_data():
-    settings = bench.BenchSettings(sections=("ttq", "parity", "metrics"), matmul_n=32)
+    settings = bench.BenchSettings(sections=("recipes", "parity", "metrics"))
     result = bench.run_bench(settings, torch.device("cpu"), log=lambda s: None)
-    assert result["time_to_quality"] == {"skipped": "no MNIST data"}
-    assert result["parity"] == {"skipped": "no MNIST data"}
-    assert result["metric_suite"] == {"skipped": "no MNIST data"}
+    assert result["recipes"] == result["parity"] == result["metrics"] == {"skipped": "no MNIST data"}
+    assert "skipped metrics: no MNIST data" in bench.render_markdown(result)
 
 
-def test_exported_data_loads_back(tmp_path):
+def test_exported_data_loads_back(tmp_path, monkeypatch):
     mnist = _tiny_mnist()
+    monkeypatch.setattr(bench, "load_bench_data", lambda path, real=bench.load_bench_data: (mnist, "tiny")
+                        if path is None else real(path))  # fmt: skip
     path = tmp_path / "m.npz"
-    bench.export_data(mnist, str(path))
+    assert bench.main(["--export-data", str(path)]) == 0
     loaded, source = bench.load_bench_data(str(path))
     assert source == str(path)
     for name, array in mnist.arrays().items():
@@ -141,6 +112,8 @@ def test_settings_and_command_line(capsys):
     assert bench.settings_from_args(bench.build_parser().parse_args([]), torch.device("cuda")) == bench.GPU_SETTINGS
     with pytest.raises(ValueError, match="unknown 'turbo'"):
         bench.settings_from_args(bench.build_parser().parse_args(["--variants", "turbo"]), torch.device("cpu"))
+    with pytest.raises(ValueError, match="--sections: unknown 'ttq'"):
+        bench.settings_from_args(bench.build_parser().parse_args(["--sections", "ttq"]), torch.device("cpu"))
     assert "bench" in cli.COMMANDS and "score" in cli.COMMANDS
     assert cli.main(["bench", "--help"]) == 0
     assert "--markdown" in capsys.readouterr().out
@@ -148,10 +121,10 @@ def test_settings_and_command_line(capsys):
 
 def test_recipe_section_reports_rate_and_time_to_thresholds():
     """The CPU's quality-per-minute section on tiny data: one recipe, a short budget, its table row."""
-    settings = bench.BenchSettings(sections=("recipes",), matmul_n=64, ttq_samples=64, recipes=("ema-warmup",),
+    settings = bench.BenchSettings(sections=("matrix", "recipes"), matmul_n=64, samples=64, recipes=("ema-warmup",),
                                    recipe_seconds=0.6, recipe_check_every_s=0.3)  # fmt: skip
-    result = bench.run_bench(settings, torch.device("cpu"), mnist=_tiny_mnist(), classifier=Classifier().eval(),
-                             log=lambda s: None)  # fmt: skip
+    result = bench.run_bench(settings, torch.device("cpu"), mnist=_tiny_mnist(),
+                             models={"classifier": Classifier().eval()}, log=lambda s: None)  # fmt: skip
     row = result["recipes"]["rows"][0]
     assert row["recipe"] == "ema-warmup" and row["steps"] > 0 and row["checks"]
     assert row["gflops"] == pytest.approx(row["images_per_second"] * row["flops_per_image"] / 1e9)

@@ -59,6 +59,17 @@ BAD = [
     ({"sample": {"n": "many"}}, "sample.n: expected an integer"),
     ({"evaluate": {"n_reference": 100000}}, "evaluate.n_reference: 100000 is out of range"),
     ({"evaluate": {"n_reference": 500, "train_images": 500}}, "evaluate.n_reference: 500 is out of range"),
+    (
+        {"evaluate": {"train_images": 5000}, "sample": {"n": 6000}},
+        "sample.n: 6000 (evaluate.n_reference: 0 scores as many real images) is out of range",
+    ),
+    ({"evaluate": {"spaces": ["classifier/pixels"]}}, "evaluate.spaces[0]: unknown value 'classifier/pixels'"),
+    (
+        {"evaluate": {"spaces": ["extractor/blocks", "extractor/blocks"]}},
+        "evaluate.spaces: ['extractor/blocks', 'extractor/blocks'] repeats a feature space",
+    ),
+    ({"extractor": {"arch": "vit"}}, "extractor.arch: unknown value 'vit'; allowed: lenet, deep"),
+    ({"extractor": {"batch_size": 128, "train_images": 100}}, "extractor.batch_size: 128 is larger than the training"),
     ({"seed": -1}, "seed: -1 is out of range"),
 ]
 

@@ -26,6 +26,10 @@ class CountingMonitor:
         self.calls += 1
         return 1000.0 - 100.0 * self.calls
 
+    def scores(self, g):
+        fid = self(g)
+        return {"fid": fid, "precision": 0.5, "recall": 1 - fid / 1000}
+
 
 def test_curve_checks_on_schedule_and_reports_thresholds(monkeypatch):
     # A fake clock: 0.05 s per perf_counter call, so the schedule does not depend on the machine's speed.

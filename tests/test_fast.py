@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 
+from mnistgan import checkpoint as ckpts
 from mnistgan import fast, models
 from mnistgan import train as core
 from mnistgan.config import TrainConfig
@@ -38,7 +39,7 @@ def batches_for(cfg: TrainConfig, n: int, seed: int = 5, device: torch.device = 
 
 
 def assert_states_equal(a: core.GANState, b: core.GANState, atol: float = 0.0) -> None:
-    ca, cb = core.checkpoint(a), core.checkpoint(b)
+    ca, cb = ckpts.checkpoint(a), ckpts.checkpoint(b)
     for key in ("g", "d", "g_ema"):
         if ca[key] is None:
             assert cb[key] is None
@@ -122,9 +123,9 @@ def test_gpu_arithmetic_on_cpu_tracks_the_plain_step():
     assert_states_equal(plain, quick, atol=0.01)
 
 
-def test_capture_failure_warns_once_and_continues_eagerly():
-    """Asking for graphs without CUDA exercises the real capture path: it fails, warns once, and the
-    steps (warm-up, the failed capture's step, the rest) are still exactly the plain steps."""
+def test_capture_failure_warns_once_and_continues_on_the_plain_step():
+    """Asking for graphs without CUDA exercises the real capture path: it fails, warns once, and every step
+    (warm-up, the failed capture's step, the rest) is exactly the plain step."""
     cfg = TrainConfig(batch_size=8)
     plain, quick = core.build_state(cfg, 0, CPU), core.build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
@@ -133,11 +134,77 @@ def test_capture_failure_warns_once_and_continues_eagerly():
         warnings.simplefilter("always")
         for batches in batches_for(cfg, 5):
             torch.testing.assert_close(step(batches), core.train_step(plain, loss, batches), rtol=0, atol=0)
-    messages = [str(w.message) for w in caught if "graph" in str(w.message)]
+    messages = [str(w.message) for w in caught if "mnistgan.fast" in str(w.message)]
     assert len(messages) == 1 and "CUDA graph capture failed" in messages[0], messages
-    assert step.graphs_failed
+    assert "continues on the plain step" in messages[0]
+    assert step.graphs_failed and step.fell_back
     assert all(p.requires_grad for p in quick.d.parameters())  # restored after the failed capture
     assert_states_equal(plain, quick)
+
+
+def test_after_a_failed_capture_the_modules_are_back_in_the_plain_layout():
+    """With channels_last on (the CUDA default), the fallback puts the weights and the optimizer state back
+    in the contiguous layout, so the plain step that continues runs as it would from the start."""
+    cfg = TrainConfig(batch_size=8)
+    state = core.build_state(cfg, 0, CPU)
+    step = make_fast_step(state, get_loss(cfg.loss), FastOptions(graphs=True, channels_last=True, warmup=1))
+    conv = state.g.conv[0].weight
+    assert not conv.is_contiguous()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        for batches in batches_for(cfg, 3):
+            assert torch.isfinite(step(batches)).all()
+    assert step.fell_back and conv.is_contiguous()
+    for opt in (state.opt_g, state.opt_d):
+        for p in opt.param_groups[0]["params"]:
+            assert all(t.stride() == p.stride() for t in opt.state[p].values() if t.shape == p.shape)
+
+
+def test_compile_failure_warns_once_and_continues_on_the_plain_step(monkeypatch):
+    """A torch.compile that fails at its first call (forced: the compiled forward raises) costs one
+    warning; the step that hit it and every later one are the plain steps."""
+
+    def broken_compile(module):
+        def forward(*args):
+            raise RuntimeError("backend exploded\nsecond line")
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = TrainConfig(batch_size=8, conditional=True)
+    plain, quick = core.build_state(cfg, 0, CPU), core.build_state(cfg, 0, CPU)
+    loss = get_loss(cfg.loss)
+    step = make_fast_step(quick, loss, FastOptions(compile=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batches in batches_for(cfg, 3):
+            torch.testing.assert_close(step(batches), core.train_step(plain, loss, batches), rtol=0, atol=0)
+    messages = [str(w.message) for w in caught if "mnistgan.fast" in str(w.message)]
+    assert messages == ["mnistgan.fast: torch.compile failed (RuntimeError: backend exploded); training "
+                        "continues on the plain step"], messages  # fmt: skip
+    assert step.compile_failed and step.fell_back
+    assert_states_equal(plain, quick)
+
+
+def test_a_fast_path_that_cannot_be_built_trains_on_the_plain_step(monkeypatch):
+    """train.fast: on, and building the fast step raises: one warning, then the same run as fast: off."""
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no graphs here")
+
+    monkeypatch.setattr(fast, "make_fast_step", broken)
+    x, y = batches_for(TrainConfig(batch_size=64), 1)[0][0]
+    runs = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for mode in ("off", "on"):
+            cfg = TrainConfig(batch_size=8, steps=4, log_every=2, fast=mode)
+            state = core.build_state(cfg, 0, CPU)
+            runs[mode] = core.train(state, x, y, progress=False), state
+    messages = [str(w.message) for w in caught if "mnistgan.fast" in str(w.message)]
+    assert len(messages) == 1 and "no graphs here" in messages[0] and "plain step" in messages[0], messages
+    assert runs["on"][0].final == runs["off"][0].final
+    assert_states_equal(runs["off"][1], runs["on"][1])
 
 
 def _roundtrip(obj):
@@ -156,13 +223,13 @@ def test_checkpoint_of_a_channels_last_fast_run_resumes_exactly():
     step = make_fast_step(state, loss, opts)
     for batches in data[:3]:
         step(batches)
-    ckpt = core.checkpoint(state)
+    ckpt = ckpts.checkpoint(state)
     assert all(not g["capturable"] for g in ckpt["opt_g"]["param_groups"] + ckpt["opt_d"]["param_groups"])
     resumed = core.build_state(cfg, 1, CPU)  # another seed: everything must come from the checkpoint
-    core.restore(resumed, _roundtrip(ckpt))  # one copy per restore: loaded optimizer state aliases it
+    ckpts.restore(resumed, _roundtrip(ckpt))  # one copy per restore: loaded optimizer state aliases it
     step_resumed = make_fast_step(resumed, loss, opts)  # re-lays out the loaded (NCHW) optimizer state
     on_plain = core.build_state(cfg, 1, CPU)
-    core.restore(on_plain, _roundtrip(ckpt))
+    ckpts.restore(on_plain, _roundtrip(ckpt))
     for batches in data[3:]:
         a, b = step(batches), step_resumed(batches)
         torch.testing.assert_close(b, a, rtol=0, atol=0)
@@ -180,15 +247,15 @@ def test_restore_after_the_fast_step_was_made():
     source = core.build_state(cfg, 0, CPU)
     for batches in data[:2]:
         core.train_step(source, loss, batches)
-    ckpt = core.checkpoint(source)
+    ckpt = ckpts.checkpoint(source)
     opts = FastOptions(channels_last=True)
     first = core.build_state(cfg, 1, CPU)
-    core.restore(first, _roundtrip(ckpt))
+    ckpts.restore(first, _roundtrip(ckpt))
     step_first = make_fast_step(first, loss, opts)
     second = core.build_state(cfg, 1, CPU)
     step_second = make_fast_step(second, loss, opts)
     step_second(data[0])  # creates optimizer state and a slot, both replaced by the restore below
-    core.restore(second, _roundtrip(ckpt))
+    ckpts.restore(second, _roundtrip(ckpt))
     assert all(s.eager_steps == 0 and s.graph is None for s in step_second._slots.values())
     weight = second.g.conv[0].weight
     assert second.opt_g.state[weight]["exp_avg"].stride() == weight.stride()
@@ -302,7 +369,7 @@ def test_gpu_fast_default_trains_without_host_sync(cuda_flags):
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[:, :2], ref[:, :2], rtol=0.05, atol=0.05)  # bf16 vs fp32 losses
     assert torch.equal(quick.noise.get_state(), plain.noise.get_state())  # the same draws
-    ckpt = core.checkpoint(quick)
+    ckpt = ckpts.checkpoint(quick)
     assert all(not g["capturable"] for g in ckpt["opt_g"]["param_groups"])
     assert all(g["capturable"] for g in quick.opt_g.param_groups)
 
@@ -317,16 +384,16 @@ def test_gpu_restore_after_capture_recaptures(cuda_flags):
     source = core.build_state(cfg, 0, dev)
     for batches in data[:2]:
         core.train_step(source, loss, batches)
-    ckpt = core.checkpoint(source)
+    ckpt = ckpts.checkpoint(source)
     opts = FastOptions(channels_last=True, graphs=True, warmup=1)
     fresh = core.build_state(cfg, 1, dev)
-    core.restore(fresh, _roundtrip(ckpt))
+    ckpts.restore(fresh, _roundtrip(ckpt))
     step_fresh = make_fast_step(fresh, loss, opts)
     reused = core.build_state(cfg, 1, dev)
     step_reused = make_fast_step(reused, loss, opts)
     for batches in data[:4]:  # warm-up and capture on other weights
         step_reused(batches)
-    core.restore(reused, _roundtrip(ckpt))
+    ckpts.restore(reused, _roundtrip(ckpt))
     for batches in data[2:]:
         torch.testing.assert_close(step_reused(batches), step_fresh(batches), rtol=1e-4, atol=1e-4)
     assert_states_equal(fresh, reused, atol=1e-4)

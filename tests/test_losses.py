@@ -44,10 +44,11 @@ def test_gradient_penalty_zero_for_unit_slope_critic():
     w = w / w.norm()  # critic x -> <w, x> has gradient norm exactly 1 everywhere
     critic = lambda x: x.flatten(1) @ w  # noqa: E731
     real, fake = torch.randn(16, 1, 28, 28), torch.randn(16, 1, 28, 28)
-    gp = gradient_penalty(critic, real, fake, torch.Generator().manual_seed(0))
+    eps = torch.rand(16, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    gp = gradient_penalty(critic, real, fake, eps)
     assert gp.item() == pytest.approx(0.0, abs=1e-10)
     steep = lambda x: 3 * (x.flatten(1) @ w)  # noqa: E731 - gradient norm 3 -> penalty (3-1)^2 = 4
-    assert gradient_penalty(steep, real, fake, torch.Generator().manual_seed(0)).item() == pytest.approx(4.0)
+    assert gradient_penalty(steep, real, fake, eps).item() == pytest.approx(4.0)
 
 
 def test_unknown_loss_lists_known():

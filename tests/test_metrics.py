@@ -169,10 +169,14 @@ def test_class_coverage_counts_classes_and_imbalance():
     three = M.class_coverage(one_hot_probs(labels % 3))
     assert three["classes_covered"] == 3
     assert three["class_kl_uniform"] == pytest.approx(np.log(10 / 3), rel=1e-2)
-    # 1 sample of class 9 in 1000 is 0.1% = exactly 1% of the expected 10% share: still covered; 0 is not.
-    rare = np.concatenate([np.arange(999) % 9, [9]])
-    assert M.class_coverage(one_hot_probs(rare))["classes_covered"] == 10
-    assert M.class_coverage(one_hot_probs(rare), min_share=0.02)["classes_covered"] == 9
+    # A digit counts from 2.5% of the samples (a quarter of its 10% expected share) confidently that digit.
+    for n_nines, covered in ((1, 9), (24, 9), (25, 10)):
+        rare = np.concatenate([np.arange(1000 - n_nines) % 9, np.full(n_nines, 9)])
+        assert M.class_coverage(one_hot_probs(rare))["classes_covered"] == covered, n_nines
+    # Samples the classifier is unsure of count for no digit, however many there are.
+    assert M.class_coverage(one_hot_probs(labels, 0.5))["classes_covered"] == 0
+    assert M.class_coverage(one_hot_probs(labels, 0.5), confidence=0.5)["classes_covered"] == 10
+    assert M.class_coverage(one_hot_probs(rare), min_share=0.5)["classes_covered"] == 9
 
 
 def test_memorisation_share_separates_copies_new_samples_and_garbage():

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from mnistgan import checkpoint as ckpts
 from mnistgan import train as core
 from mnistgan.classifier import Classifier
 from mnistgan.config import TrainConfig
@@ -83,7 +84,7 @@ def test_training_loop_scores_on_schedule_without_changing_the_weights():
     seconds = [r["seconds"] for r in scored.fid_history]  # training seconds at each check, for the curves
     assert 0 < seconds[0] <= seconds[1]
     assert all(np.isfinite(v) and v > 0 for _, v in seen)
-    assert core.checkpoint(scored)["fid_history"] == scored.fid_history  # a resumed run keeps the curve
+    assert ckpts.checkpoint(scored)["fid_history"] == scored.fid_history  # a resumed run keeps the curve
     plain = core.build_state(cfg, 0, torch.device("cpu"))
     core.train(plain, x, y, progress=False)
     for a, b in [(scored.g, plain.g), (scored.d, plain.d)]:

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
 
+from mnistgan.config import RECORD_ENV
+
 pytestmark = pytest.mark.slow
 # FID during training (off in TINY to save time elsewhere) and two extra sample sets scored by evaluate
 # (evaluate.seeds: mean and std over them in eval.json).
@@ -21,7 +23,8 @@ FID_AND_SEEDS = {"train": {"fid_every": 60, "fid_samples": 300}, "evaluate": {"s
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo", deep_update(copy.deepcopy(TINY), FID_AND_SEEDS))
-    dvc(["repro"], root)
+    # every stage records the params keys it reads (see test_every_params_key_a_stage_reads_is_declared)
+    dvc(["repro"], root, extra_env={RECORD_ENV: str(root.parent / "reads")})
     return root
 
 
@@ -74,10 +77,26 @@ def test_every_output_is_there(repo):
     assert 0.5 < over["fid"]["mean"] / ev["generated"]["fid"] < 2
 
 
+def test_every_params_key_a_stage_reads_is_declared(repo):
+    """The keys each stage really read in the run (recorded through the config objects) are all in its
+    dvc.yaml params: a key read but not declared would not rerun the stage when it changes."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    reads_dir = repo.parent / "reads"
+    for name, stage in stages.items():
+        if name == "check":  # it declares (and validates) the whole file
+            continue
+        reads = set(json.loads((reads_dir / f"{name}.json").read_text()))
+        assert reads, f"{name}: no params read recorded"
+        declared = {p for p in stage.get("params", []) if isinstance(p, str)}
+        assert reads <= declared, f"{name} reads params keys dvc.yaml does not declare: {sorted(reads - declared)}"
+    # a key that only some branches read still shows up when it is read: the train stage read its loss
+    assert "train.loss" in json.loads((reads_dir / "train.json").read_text())
+
+
 def test_second_repro_reruns_nothing_and_status_is_clean(repo):
     out = dvc(["repro"], repo).stdout
     assert "Running stage" not in out
-    for stage in ("prepare", "classifier", "train", "sample", "evaluate"):
+    for stage in ("prepare", "classifier", "extractor", "train", "sample", "evaluate"):
         assert f"'{stage}' didn't change" in out
     status = dvc(["status"], repo).stdout
     assert "up to date" in status

@@ -234,6 +234,7 @@ def test_bad_params_fail_the_stage_with_one_line_and_write_nothing(prepared, tmp
 BAD_VALUES = [
     ({"prepare": {"source": "kaggle"}}, "prepare.source: unknown value 'kaggle'"),
     ({"classifier": {"epochs": 0}}, "classifier.epochs: 0 is out of range"),
+    ({"extractor": {"arch": "vit"}}, "extractor.arch: unknown value 'vit'"),
     ({"train": {"lr": -1}}, "train.lr: -1.0 is out of range"),
     ({"sample": {"batch_size": 0}}, "sample.batch_size: 0 is out of range"),
     ({"evaluate": {"splits": "ten"}}, "evaluate.splits"),

@@ -64,3 +64,28 @@ def test_recipe_runs_are_named_and_budgets_shown():
     label = __import__("mnistgan.report", fromlist=["recipe_label"]).recipe_label(row)
     assert label.startswith("`default`: dcgan-small, ns") and "conditional" in label and label.endswith("200 s)")
     assert "d_width 32" in label  # a key that differs from the base is shown
+
+
+def test_scores_of_different_extractors_are_never_averaged_and_the_table_says_so():
+    runs = fake_runs()
+    assert "Warning" not in results_table(runs) and "extractor" not in results_table(runs)
+    runs["tags.extractor.weights_sha256"] = "aaaa1111"
+    same = results_table(runs)
+    assert "Warning" not in same  # one extractor: nothing to say
+    runs.loc[runs.index[2], "tags.extractor.weights_sha256"] = "bbbb2222"  # the ns recipe's third seed
+    mixed = results_table(runs)
+    assert "Warning: these scores come from 2 different feature extractors (aaaa1111, bbbb2222)" in mixed
+    rows = [line for line in mixed.splitlines() if line.startswith("| dcgan-small")]
+    assert len(rows) == 3  # the odd run is its own row, not averaged into its recipe's
+    assert any(r.endswith("| bbbb2222 |") and "| 1 |" in r for r in rows)
+
+
+def test_compare_tables_name_the_extractor_and_warn_when_they_differ():
+    from mnistgan.report import compare_tables
+
+    runs = fake_runs().iloc[:2].copy()
+    runs["run_id"] = ["r1", "r2"]
+    runs["tags.extractor.weights_sha256"] = ["aaaa1111", "bbbb2222"]
+    title, header, rows = compare_tables(runs)[1]
+    assert "Warning" in title and "not comparable" in title
+    assert ["extractor (classifier sha256)", "aaaa1111", "bbbb2222", "-"] in rows

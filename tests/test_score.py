@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistgan import metrics, score
+from mnistgan import metrics, score, scoring
+from mnistgan.config import FEATURE_SPACES as SPACES
 from mnistgan.io import InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -84,7 +85,7 @@ def test_float_generator_output_matches_the_pipeline_conversion():
 def fake_pipeline(tmp_path_factory):
     """A data folder with 700 train / 300 test digit-like images and an untrained classifier file."""
     torch = pytest.importorskip("torch")
-    from mnistgan.classifier import Classifier, classifier_file
+    from mnistgan.classifier import Classifier, DeepClassifier, classifier_file
     from mnistgan.io import save_npy, save_torch
 
     root = tmp_path_factory.mktemp("pipeline")
@@ -94,9 +95,17 @@ def fake_pipeline(tmp_path_factory):
         save_npy(data / f"{name}.npy", array)
     torch.manual_seed(0)
     save_torch(root / "classifier.pt", classifier_file(Classifier().eval(), 0.0))
+    torch.manual_seed(1)
+    save_torch(root / "extractor.pt", classifier_file(DeepClassifier().eval(), 0.0))
     samples = root / "samples.npy"
     np.save(samples, digits(500, 3))
-    return {"root": root, "data": data, "classifier": root / "classifier.pt", "samples": samples}
+    return {
+        "root": root,
+        "data": data,
+        "classifier": root / "classifier.pt",
+        "extractor": root / "extractor.pt",
+        "samples": samples,
+    }
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -172,7 +181,7 @@ def test_missing_or_mismatched_pipeline_outputs(tmp_path, capsys, fake_pipeline)
     code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "nope.pt", "--data", data)
     assert_one_line_error(code, out, err, r"nope.pt: classifier file not found; run `dvc repro classifier`")
     code, out, err = run_main(capsys, samples, "--classifier", clf, "--data", tmp_path / "nodata")
-    assert_one_line_error(code, out, err, r"MNIST arrays missing \(x_train.npy, .*\); run `dvc repro prepare`")
+    assert_one_line_error(code, out, err, r"nodata/x_train.npy: file not found; rerun the prepare stage")
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "other.pt", "--data", data)
     assert_one_line_error(code, out, err, r"not a classifier file of this version")
@@ -180,7 +189,11 @@ def test_missing_or_mismatched_pipeline_outputs(tmp_path, capsys, fake_pipeline)
     obj["state_dict"]["body.0.weight"] = torch.zeros(16, 1, 3, 3)
     torch.save(obj, tmp_path / "changed.pt")
     code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "changed.pt", "--data", data)
-    assert_one_line_error(code, out, err, r"do not match the Classifier")
+    assert_one_line_error(code, out, err, r"lenet weights do not match the network in classifier.py")
+    code, out, err = run_main(capsys, samples, "--classifier", clf, "--data", data, "--extractor", tmp_path / "x.pt")
+    assert_one_line_error(code, out, err, r"x.pt: extractor file not found; run `dvc repro extractor`")
+    code, out, err = run_main(capsys, samples, "--classifier", clf, "--data", data, "--spaces", "classifier/pixels")
+    assert_one_line_error(code, out, err, r"--spaces: unknown feature space 'classifier/pixels'; known: ")
     (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
     code, out, err = run_main(capsys, samples, "--classifier", tmp_path / "corrupt.pt", "--data", data)
     assert_one_line_error(code, out, err, r"corrupt or unreadable torch file")
@@ -222,8 +235,9 @@ def test_cli_dispatcher(capsys):
 
 def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     p = fake_pipeline
-    argv = (p["samples"], "--classifier", p["classifier"], "--data", p["data"], "--n-reference", 200,
-            "--cache-dir", tmp_path / "cache", "--json", tmp_path / "out" / "score.json")  # fmt: skip
+    argv = (p["samples"], "--classifier", p["classifier"], "--extractor", p["extractor"], "--data", p["data"],
+            "--n-reference", 200, "--cache-dir", tmp_path / "cache",
+            "--json", tmp_path / "out" / "score.json")  # fmt: skip
     code, out, err = run_main(capsys, *argv)
     assert code == 0, err
     result = json.loads(out)
@@ -231,52 +245,85 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     for scores in (result, result["reference"]):
         assert set(metrics.EVALUATE_KEYS) <= set(scores)
         assert all(np.isfinite(scores[k]) for k in metrics.EVALUATE_KEYS)
-    assert result["n_samples"] == 500 and result["reference"]["n_samples"] == 200
+    assert result["n_samples"] == 500 and result["reference"]["n_samples"] == 200 == result["n_reference"]
     assert result["read_as"] == "npy, uint8 0..255"
+    # every feature space, each FID as a multiple of its own real value, and where the features came from
+    assert sorted(result["feature_spaces"]) == sorted(SPACES)
+    for space, s in result["feature_spaces"].items():
+        assert s["fid_multiple"] == pytest.approx(s["fid"] / s["fid_real"]) and s["identity"]["space"] == space
+        assert len(s["identity"]["weights_sha256"]) == 16
+    multiples = [s["fid_multiple"] for s in result["feature_spaces"].values()]
+    assert result["agreement"]["fid_multiple_spread"] == pytest.approx(max(multiples) - min(multiples))
+    assert result["extractor"] == result["feature_spaces"]["classifier/penultimate"]["identity"]
 
-    # Second run: real features and reference come from the cache, and the result is the same.
-    (cache_entry,) = (tmp_path / "cache").iterdir()
-    assert {f.name for f in cache_entry.iterdir()} == {"features.npz", "thresholds.json", "reference-200-splits10.json"}
+    # Second run: the real features come from the cache (one entry per network), and the result is the same.
+    entries = sorted((tmp_path / "cache").iterdir())
+    assert len(entries) == 2 and all({f.name for f in e.iterdir()} == {"features.npz", "thresholds.json"}
+                                      for e in entries)  # fmt: skip
     code, out, err = run_main(capsys, *argv)
     assert code == 0, err
     assert json.loads(out) == result
 
-    # The library functions the evaluate stage calls give the same numbers.
+    # The scoring core the evaluate stage calls gives the same numbers.
     from mnistgan.classifier import check_classifier_file, classifier_from_file
+    from mnistgan.data import load_mnist
     from mnistgan.io import load_torch
 
-    clf = classifier_from_file(load_torch(p["classifier"], check=check_classifier_file))
-    mnist = score.load_data(p["data"])
-    generated = score.score_images(np.load(p["samples"]), clf, mnist)
-    reference = score.reference_scores(clf, mnist, n_reference=200)
-    assert generated == pytest.approx({k: result[k] for k in metrics.EVALUATE_KEYS}, rel=1e-9)
-    assert reference == pytest.approx(result["reference"], rel=1e-9)
+    models = {
+        n: classifier_from_file(load_torch(p[n], check=check_classifier_file)) for n in ("classifier", "extractor")
+    }
+    mnist = load_mnist(p["data"])
+    reals = {n: scoring.real_features(m, mnist) for n, m in models.items()}
+    core = scoring.score_all(np.load(p["samples"]), models, reals, SPACES, n_reference=200)
+    assert core["generated"] == pytest.approx({k: result[k] for k in metrics.EVALUATE_KEYS}, rel=1e-9)
+    assert core["real_reference"] == pytest.approx(result["reference"], rel=1e-9)
+
+
+def test_the_reference_has_the_inputs_own_size(tmp_path, capsys, fake_pipeline, monkeypatch):
+    """Without --n-reference the real side has as many images as the input (FID's bias depends on N)."""
+    p = fake_pipeline
+    monkeypatch.chdir(tmp_path)  # no models/extractor.pt here
+    np.save(tmp_path / "small.npy", digits(120, 9))
+    code, out, err = run_main(capsys, tmp_path / "small.npy", "--classifier", p["classifier"], "--data", p["data"],
+                              "--extractor", p["extractor"], "--no-cache")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n_samples"] == result["n_reference"] == result["reference"]["n_samples"] == 120
+    # no extractor file at the default path: the classifier's feature spaces only
+    code, out, err = run_main(capsys, tmp_path / "small.npy", "--classifier", p["classifier"], "--data", p["data"],
+                              "--no-cache")  # fmt: skip
+    assert code == 0, err
+    assert sorted(json.loads(out)["feature_spaces"]) == ["classifier/blocks", "classifier/penultimate"]
 
 
 def test_scoring_training_images_flags_memorisation(fake_pipeline):
     torch = pytest.importorskip("torch")
     from mnistgan.classifier import Classifier
+    from mnistgan.data import load_mnist
 
     torch.manual_seed(0)
     clf = Classifier().eval()
-    mnist = score.load_data(fake_pipeline["data"])
-    copies = score.score_images(mnist.x_train[:300], clf, mnist)
-    reference = score.reference_scores(clf, mnist, n_reference=300)
+    mnist = load_mnist(fake_pipeline["data"])
+    real = scoring.real_features(clf, mnist)
+    copies = scoring.score_all(mnist.x_train[:300], {"classifier": clf}, {"classifier": real})["generated"]
+    reference = scoring.reference_scores(real, n_reference=300)
     assert copies["memorisation"] == 1.0  # every copy has distance 0 to its training image
     assert 0.2 < reference["memorisation"] < 0.8  # held-out real images: about half, by construction
-    real = score.real_features(clf, mnist)
-    assert score.real_features(clf, mnist) is real  # memoised: the evaluate stage computes it once
 
 
-def test_score_images_and_reference_check_their_inputs(fake_pipeline):
+def test_score_all_and_reference_check_their_inputs(fake_pipeline):
     pytest.importorskip("torch")
     from mnistgan.classifier import Classifier
+    from mnistgan.data import load_mnist
 
-    mnist = score.load_data(fake_pipeline["data"])
+    mnist = load_mnist(fake_pipeline["data"])
     clf = Classifier().eval()
+    models, reals = {"classifier": clf}, {"classifier": scoring.real_features(clf, mnist)}
     with pytest.raises(InputError, match=r"images: shape \(20, 28, 28\) float64"):
-        score.score_images(np.zeros((20, 28, 28)), clf, mnist)
+        scoring.score_all(np.zeros((20, 28, 28)), models, reals)
     with pytest.raises(InputError, match=r"images: 9 samples; at least 10 needed"):
-        score.score_images(np.zeros((9, 28, 28), np.uint8), clf, mnist)
+        scoring.score_all(np.zeros((9, 28, 28), np.uint8), models, reals)
     with pytest.raises(InputError, match=r"n_reference 5: must be at least 10"):
-        score.reference_scores(clf, mnist, n_reference=5)
+        scoring.reference_scores(reals["classifier"], n_reference=5)
+    with pytest.raises(InputError, match=r"need networks \['extractor'\]"):
+        scoring.score_all(mnist.x_test[:50], models, reals, ("extractor/blocks",))

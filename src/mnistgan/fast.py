@@ -1,5 +1,9 @@
 """The fast training step: `train.train_step`'s math, arranged so a GPU runs it at the speed of its kernels.
 
+The arithmetic is not restated here: the step calls `train.step_arithmetic`, the plain step's own code,
+with the noise drawn into static buffers, the autocast context and (optionally) compiled forwards. This
+module owns only those buffers, the memory layout and the graph capture.
+
 `make_fast_step(state, loss)` returns a callable with `train_step`'s contract: it takes `d_steps` pairs of
 real images (B, 1, 28, 28) and labels (B,), does the discriminator updates and one generator update
 (reusing the last fakes), updates the EMA generator, and returns a (5,) device tensor (loss_d, loss_g,
@@ -25,8 +29,11 @@ What it does on CUDA (`FastOptions.for_device`):
   parameter and optimizer objects stay the very ones in GANState, so `train.checkpoint`/`restore` work
   unchanged. The first `warmup` steps of each shape run eagerly on a side stream (as the CUDA graph docs
   require, e.g. for cuDNN autotuning and lazy optimizer state); they are real training steps, not
-  throw-away ones, so no step is lost or repeated. If capture fails, one warning is printed and the step
-  runs eagerly from then on (same math, still bf16/channels_last).
+  throw-away ones, so no step is lost or repeated.
+- Failures cost a warning, not the run: if capture or compilation fails, one warning is printed, the
+  modules and optimizers are put back as the plain path has them, and training continues on the plain
+  step (train.train_step) from that very step on; train.make_step_fn does the same when the fast step
+  cannot be built at all.
 - Checkpoints: `train.checkpoint` saves the optimizers with the `capturable` flag they were built with
   (a state-dict hook), so a checkpoint of a fast run resumes on the plain or the CPU path; an optimizer
   reloaded after capture (`train.restore` after make_fast_step) is noticed by a load hook, which re-lays
@@ -61,13 +68,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from mnistgan.losses import Loss
 from mnistgan.models import N_CLASSES
-from mnistgan.train import ema_decay
+from mnistgan.runtime import set_determinism
+from mnistgan.train import Batches, step_arithmetic, train_step, update_sampler
 
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
 _STATE_KEYS_LIKE_PARAM = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
@@ -97,8 +103,9 @@ class FastStep:
         self.device = next(state.g.parameters()).device
         self.options = options or FastOptions.for_device(self.device, state.cfg.deterministic)
         self.is_cuda = self.device.type == "cuda"
-        self.graphs_failed = False  # set once capture failed: eager from then on
-        self.compile_failed = False
+        self.graphs_failed = False  # set once capture failed
+        self.compile_failed = False  # set once compilation failed
+        self.fell_back = False  # after either: the plain step (train.train_step) from then on
         self._slots: dict[tuple, _Slot] = {}
         self._side_stream: torch.cuda.Stream | None = None  # eager warm-up steps before capture
         self._setup_determinism()
@@ -114,15 +121,10 @@ class FastStep:
     def _setup_determinism(self) -> None:
         if not self.is_cuda:
             return
-        if self.state.cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # effective if cuBLAS is not up yet
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-            if self.options.compile:
-                self.options = dataclasses.replace(self.options, compile=False)
-        else:
-            torch.backends.cudnn.benchmark = True  # autotune each conv shape once (during warm-up)
+        # deterministic: no autotuning; otherwise cuDNN autotunes each conv shape once (during warm-up)
+        set_determinism(self.state.cfg.deterministic, cuda=True)
+        if self.state.cfg.deterministic and self.options.compile:
+            self.options = dataclasses.replace(self.options, compile=False)
 
     def _prepare_modules(self) -> None:
         if not self.options.channels_last:
@@ -166,12 +168,12 @@ class FastStep:
     # ---- the step ---------------------------------------------------------------------------------
 
     def __call__(self, batches: Batches) -> torch.Tensor:
+        if self.fell_back:
+            return train_step(self.state, self.loss, batches)
         out = self._step(batches)
-        st = self.state
-        if st.g_ema is not None:
-            # Outside the captured graph: the warm-up ramp changes the decay every step, and a captured
-            # graph would replay the first one's constant.
-            _update_ema(st.g_ema, st.g, ema_decay(st.cfg.ema, st.cfg.ema_warmup, st.step))
+        # The EMA update stays outside the captured graph: the warm-up ramp changes the decay every step,
+        # and a captured graph would replay the first one's constant.
+        update_sampler(self.state)
         return out
 
     def _step(self, batches: Batches) -> torch.Tensor:
@@ -231,16 +233,13 @@ class FastStep:
         return self._body_guarded(slot)
 
     def _body_guarded(self, slot: _Slot) -> torch.Tensor:
-        if not self.options.compile or self.compile_failed:
+        if not self.options.compile:
             return self._body(slot)
         try:
             return self._body(slot)
-        except Exception as e:  # a compile error surfaces at the first call: fall back to the modules
+        except Exception as e:  # a compile error surfaces at the first call
             self.compile_failed = True
-            self._g_fwd, self._d_fwd = self.state.g, self.state.d
-            warnings.warn(f"mnistgan.fast: torch.compile failed ({_first_line(e)}); running uncompiled",
-                          RuntimeWarning, stacklevel=3)  # fmt: skip
-            return self._body(slot)
+            return self._fall_back(slot, f"torch.compile failed ({first_line(e)})")
 
     def _capture_and_replay(self, slot: _Slot) -> torch.Tensor:
         try:
@@ -250,15 +249,29 @@ class FastStep:
                 out = self._body(slot)
         except Exception as e:
             self.graphs_failed = True
-            warnings.warn(
-                f"mnistgan.fast: CUDA graph capture failed ({_first_line(e)}); the fast path runs eagerly",
-                RuntimeWarning, stacklevel=3,
-            )  # fmt: skip
             self._zero_grads()  # grads made during the failed capture are garbage
-            return self._eager(slot)  # capture ran nothing: this step's noise is still in the buffers
+            return self._fall_back(slot, f"CUDA graph capture failed ({first_line(e)})")
         slot.graph, slot.out = graph, out
         graph.replay()  # capture records kernels without running them: this is the step itself
         return out.clone()
+
+    def _fall_back(self, slot: _Slot, why: str) -> torch.Tensor:
+        """Warn once, undo the fast path's changes to the modules and optimizers, and do this step (its
+        noise is already in the buffers) and every later one with the plain step's arithmetic."""
+        warnings.warn(f"mnistgan.fast: {why}; training continues on the plain step", RuntimeWarning, stacklevel=4)
+        self.fell_back = True
+        if self.options.channels_last:
+            for m in (self.state.g, self.state.d, self.state.g_ema):
+                if m is not None:
+                    m.to(memory_format=torch.contiguous_format)
+        for opt in (self.state.opt_g, self.state.opt_d):
+            for group, capturable in zip(opt.param_groups, opt._mnistgan_saved_capturable, strict=True):
+                group["capturable"] = capturable
+            _match_state_layout(opt)
+        self.options = FastOptions()
+        self._g_fwd, self._d_fwd = self.state.g, self.state.d
+        x = [t.contiguous() for t in slot.x]
+        return step_arithmetic(self.state, self.loss, list(zip(x, slot.y, strict=True)), self._draws(slot))
 
     def _zero_grads(self) -> None:
         for opt in (self.state.opt_g, self.state.opt_d):
@@ -270,48 +283,16 @@ class FastStep:
         # cache_enabled=False: D's weights change between its uses within one step (see module doc).
         return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
+    def _draws(self, slot: _Slot) -> list:
+        conditional, gp = self.state.cfg.conditional, self.loss.gradient_penalty
+        return [(slot.z[k], slot.y_fake[k] if conditional else None, slot.eps[k] if gp else None)
+                for k in range(len(slot.z))]  # fmt: skip
+
     def _body(self, slot: _Slot) -> torch.Tensor:
-        """train.train_step's arithmetic on the static buffers; must not synchronise with the host."""
-        st, loss, cfg = self.state, self.loss, self.state.cfg
-        g, d = self._g_fwd, self._d_fwd
-        gp = slot.zero
-        for k in range(len(slot.x)):
-            real = slot.x[k]
-            y_real = slot.y[k] if cfg.conditional else None
-            y_fake = slot.y_fake[k] if cfg.conditional else None
-            with self._autocast():
-                fake = g(slot.z[k], y_fake)  # keeps its graph for the generator update
-                logit_real = d(real, y_real).float()
-                logit_fake = d(fake.detach(), y_fake).float()
-            loss_d = loss.d(logit_real, logit_fake)
-            if loss.gradient_penalty:
-                gp = self._gradient_penalty(d, real, fake, y_real, slot.eps[k])
-                loss_d = loss_d + cfg.gp_weight * gp
-            st.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            st.opt_d.step()
-
-        st.d.requires_grad_(False)  # gradients through D for G, none for D's weights
-        try:
-            with self._autocast():
-                logit_g = d(fake, y_fake).float()
-            loss_g = loss.g(logit_g)
-            st.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            st.opt_g.step()
-        finally:
-            st.d.requires_grad_(True)
-        return torch.stack([loss_d.detach(), loss_g.detach(), logit_real.detach().mean(),
-                            logit_fake.detach().mean(), gp.detach()])  # fmt: skip
-
-    def _gradient_penalty(self, d: Callable, real: torch.Tensor, fake: torch.Tensor, y_real: torch.Tensor | None,
-                          eps: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """losses.gradient_penalty with the mixing weights drawn beforehand (same draw, same order)."""
-        x_hat = (eps * real.detach() + (1 - eps) * fake.detach().float()).requires_grad_(True)
-        with self._autocast():
-            out = d(x_hat, y_real).float()
-        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-        return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        """train.step_arithmetic on the static buffers, with the fast options' forwards and autocast."""
+        batches = list(zip(slot.x, slot.y, strict=True))
+        return step_arithmetic(self.state, self.loss, batches, self._draws(slot), g=self._g_fwd, d=self._d_fwd,
+                               autocast=self._autocast)  # fmt: skip
 
 
 @dataclass
@@ -323,7 +304,6 @@ class _Slot:
     z: list[torch.Tensor]  # d_steps x (B, z_dim)
     y_fake: list[torch.Tensor]  # d_steps x (B,) fake labels (conditional only)
     eps: list[torch.Tensor]  # d_steps x (B, 1, 1, 1) GP mixing weights (gradient penalty only)
-    zero: torch.Tensor  # the gp value when there is no penalty
     graph: Any = None
     out: torch.Tensor | None = None
     eager_steps: int = 0
@@ -339,18 +319,7 @@ class _Slot:
             zs.append(torch.empty(b, z_dim, device=device))
             yfs.append(torch.empty(b, dtype=torch.int64, device=device))
             epss.append(torch.empty(b, 1, 1, 1, dtype=x.dtype, device=device))
-        return _Slot(xs, ys, zs, yfs, epss, torch.zeros((), device=device))
-
-
-@torch.no_grad()
-def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """train.update_ema with multi-tensor kernels (a handful of launches instead of one per tensor)."""
-    p_ema, p = list(ema.parameters()), list(model.parameters())
-    if p_ema:
-        torch._foreach_lerp_(p_ema, p, 1.0 - decay)
-    b_ema, b = list(ema.buffers()), list(model.buffers())
-    if b_ema:
-        torch._foreach_copy_(b_ema, b)
+        return _Slot(xs, ys, zs, yfs, epss)
 
 
 def _match_state_layout(opt: torch.optim.Optimizer) -> None:
@@ -375,7 +344,7 @@ def _restore_capturable_in_saved(opt: torch.optim.Optimizer, state_dict: dict[st
     return state_dict
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 

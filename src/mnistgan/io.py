@@ -4,6 +4,8 @@ into one clear error line that says which stage makes it."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -16,7 +18,8 @@ import numpy as np
 
 from mnistgan.errors import InputError
 
-__all__ = ["InputError", "atomic_path", "load_npy", "load_torch", "read_json", "save_npy", "save_torch", "write_json"]
+__all__ = ["InputError", "atomic_path", "load_npy", "load_torch", "read_json", "save_npy", "save_torch", "write_csv",
+           "write_json"]  # fmt: skip
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -42,6 +45,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """rows as CSV with a header; floats to 6 significant digits (so the bytes repeat across runs)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 def read_json(path: str | Path, made_by: str = "") -> Any:

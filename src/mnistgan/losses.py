@@ -7,6 +7,7 @@ needs the critic itself and lives in `gradient_penalty`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,15 +74,17 @@ def gradient_penalty(
     critic: Callable[[torch.Tensor], torch.Tensor],
     real: torch.Tensor,
     fake: torch.Tensor,
-    generator: torch.Generator,
+    eps: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """WGAN-GP penalty (Gulrajani et al. 2017): E[(||grad critic(x_hat)|| - 1)^2] on random interpolates.
 
-    real, fake: (B, 1, 28, 28); the mixing weights come from `generator` so the step stays reproducible.
+    real, fake: (B, 1, 28, 28); eps: (B, 1, 1, 1) mixing weights in [0, 1), drawn by the caller from the
+    run's noise stream so the step stays reproducible. The critic runs under `autocast`, its output in fp32.
     """
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device, dtype=real.dtype)
-    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    out = critic(x_hat)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach().float()).requires_grad_(True)
+    with autocast():
+        out = critic(x_hat).float()
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 

@@ -10,13 +10,19 @@ rows), so the monitor also scores the same number of real training images the sa
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
 
 from mnistgan.classifier import Classifier, features_and_probs
-from mnistgan.metrics import features_to_statistics, statistics_to_fid
+from mnistgan.errors import InputError
+from mnistgan.metrics import features_to_statistics, precision_recall, statistics_to_fid
 from mnistgan.sample import generate, recalibrate_batchnorm, sample_noise
+
+if TYPE_CHECKING:
+    from mnistgan.config import TrainConfig
+    from mnistgan.data import MNIST
 
 MIN_SAMPLES = 10
 
@@ -48,19 +54,40 @@ class FidMonitor:
         self.batch_size = batch_size
         test_feats, _ = features_and_probs(self.classifier, x_test, batch_size)  # (M, 128)
         self.mu, self.sigma = features_to_statistics(test_feats)
+        self.test_feats = test_feats[:n]  # the k-NN manifold of precision/recall, at the sample's own size
         self.reference = self._fid_of(x_reference[:n])
         # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
         # only because the generator does. Labels cycle through the classes for conditional models.
         self.z, self.y = sample_noise(n, z_dim, conditional, seed)  # (n, z_dim), (n,) or None
         self.z_dim, self.conditional, self.seed, self.recalibrate = z_dim, conditional, seed, recalibrate
 
+    @classmethod
+    def for_config(cls, classifier: Classifier, mnist: MNIST, cfg: TrainConfig, n: int, seed: int) -> FidMonitor:
+        """The monitor of a training run: `n` samples of the run's noise shape (the sampling generator with
+        recomputed BatchNorm statistics when EMA is on) against the test set; the last `n` training
+        images give the floor."""
+        if n > len(mnist.x_train):
+            raise InputError(f"train.fid_samples: {n} is more than the {len(mnist.x_train)} training images")
+        return cls(classifier, mnist.x_test, mnist.x_train[-n:], n, cfg.z_dim, cfg.conditional, seed=seed + 3,
+                   recalibrate=cfg.ema > 0)  # fmt: skip
+
     def _fid_of(self, images_u8: np.ndarray) -> float:
         feats, _ = features_and_probs(self.classifier, images_u8, self.batch_size)
         return statistics_to_fid(*features_to_statistics(feats), self.mu, self.sigma)
 
-    def __call__(self, g: nn.Module) -> float:
+    def _images(self, g: nn.Module) -> np.ndarray:
         if self.recalibrate:
             g = copy.deepcopy(g)
             device = next(g.parameters()).device
             recalibrate_batchnorm(g, self.z_dim, self.conditional, self.seed + 1, device, n_batches=8)
-        return self._fid_of(generate(g, self.z, self.y).numpy())
+        return generate(g, self.z, self.y).numpy()  # (n, 28, 28) uint8
+
+    def __call__(self, g: nn.Module) -> float:
+        return self._fid_of(self._images(g))
+
+    def scores(self, g: nn.Module) -> dict[str, float]:
+        """FID, and k=3 precision/recall against n test images: the fidelity/diversity split of the same check."""
+        feats, _ = features_and_probs(self.classifier, self._images(g), self.batch_size)
+        precision, recall = precision_recall(feats, self.test_feats, k=3)
+        fid = statistics_to_fid(*features_to_statistics(feats), self.mu, self.sigma)
+        return {"fid": fid, "precision": precision, "recall": recall}

@@ -39,6 +39,28 @@ IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.tr
                   "params.train.fid_every", "params.train.fid_samples")  # fmt: skip
 
 
+# The identity of the features behind a run's headline scores (mnistgan.scoring.identity, a tag of the run)
+EXTRACTOR_TAG = "tags.extractor.weights_sha256"
+UNRECORDED = "unrecorded"
+
+
+def extractors_of(runs: Any) -> list[str]:
+    """Each run's feature identity (classifier weights sha256), 'unrecorded' for runs of older code."""
+    if EXTRACTOR_TAG not in runs:
+        return [UNRECORDED] * len(runs)
+    return [v if isinstance(v, str) and v else UNRECORDED for v in runs[EXTRACTOR_TAG]]
+
+
+def mixed_extractors_note(ids: list[str]) -> str:
+    """'' when every score comes from the same features; else a warning naming them."""
+    distinct = sorted(set(ids))
+    if len(distinct) < 2:
+        return ""
+    return (f"**Warning: these scores come from {len(distinct)} different feature extractors "
+            f"({', '.join(distinct)}); scores of different extractors are not comparable, even in one "
+            "column.**")  # fmt: skip
+
+
 def recipe_label(row: Any) -> str:
     """`name`: what it is (budget), the name from mnistgan.recipes when the run's params match one."""
     from mnistgan.recipes import BASE, recipe_name
@@ -76,20 +98,24 @@ def results_table(runs: Any) -> str:
     groups = recipe_groups(runs)
     if not groups:
         return "_No finished, evaluated runs in the MLflow store yet._\n"
-    lines = ["| recipe | seeds | " + " | ".join(t for t, _, _ in SCORES) + " | device |",
-             "| --- | --- | " + " | ".join("---" for _ in SCORES) + " | --- |"]  # fmt: skip
+    note = mixed_extractors_note([e for _, g in groups for e in extractors_of(g)])
+    extra = " extractor |" if note else ""
+    lines = ["| recipe | seeds | " + " | ".join(t for t, _, _ in SCORES) + " | device |" + extra,
+             "| --- | --- | " + " | ".join("---" for _ in SCORES) + " | --- |"
+             + (" --- |" if note else "")]  # fmt: skip
     rows = []
     for label, group in groups:
         cells = [mean_std(group.get(col, []), fmt) for _, col, fmt in SCORES]
         devices = ", ".join(sorted(set(group.get("tags.device", ["?"]))))
         fid = float(group["metrics.generated.fid"].mean())
-        rows.append((fid, f"| {label} | {len(group)} | " + " | ".join(cells) + f" | {devices} |"))
+        ext = f" {extractors_of(group)[0]} |" if note else ""
+        rows.append((fid, f"| {label} | {len(group)} | " + " | ".join(cells) + f" | {devices} |" + ext))
     lines += [r for _, r in sorted(rows)]
     ref = groups[0][1].iloc[0]
     lines.append("| *real MNIST training images (reference)* | - | "
                  + " | ".join(mean_std([ref.get(c.replace("generated", "real_reference"))], f)
                               if "generated" in c else "-" for _, c, f in SCORES) + " | - |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def fid_against_seconds(fid: list[tuple[int, float]], seconds: list[tuple[int, float]]) -> list[tuple[float, float]]:
@@ -102,6 +128,8 @@ def recipe_groups(runs: Any) -> list[tuple[str, Any]]:
     """(recipe label, its runs) for finished, evaluated runs: every param but the seed and bookkeeping."""
     runs = runs[(runs["status"] == "FINISHED") & runs["metrics.generated.fid"].notna()].copy()
     group_cols = sorted(c for c in runs.columns if c.startswith("params.") and not c.startswith(IGNORED_PARAMS))
+    runs[EXTRACTOR_TAG] = extractors_of(runs)  # runs scored by different features are never averaged together
+    group_cols.append(EXTRACTOR_TAG)
     runs[group_cols] = runs[group_cols].fillna("")
     return [(recipe_label(g.iloc[0]), g) for _, g in runs.groupby(group_cols, dropna=False)]
 
@@ -197,8 +225,11 @@ def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
         if gen in runs:
             refs = {_fmt(v) for v in runs.get(ref, [])}
             score_rows.append([key, *[_fmt(v) for v in runs[gen]], " / ".join(sorted(refs)) or "-"])
-    t_scores = ("Final scores (generated samples; real-data reference in the last column)",
-                ["score", *labels, "real reference"], score_rows)  # fmt: skip
+    ids = extractors_of(runs)
+    score_rows.append(["extractor (classifier sha256)", *ids, "-"])
+    note = mixed_extractors_note(ids)
+    title = "Final scores (generated samples; real-data reference in the last column)"
+    t_scores = (title + (f". {note.strip('*')}" if note else ""), ["score", *labels, "real reference"], score_rows)
     t_time = ("Training", ["", *labels], [
         ["train seconds", *[_fmt(v) for v in runs.get("metrics.train_seconds", [None] * len(runs))]],
         ["images/s", *[_fmt(v) for v in runs.get("metrics.images_per_second", [None] * len(runs))]],

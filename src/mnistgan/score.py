@@ -2,14 +2,15 @@
 
 PATH is an .npy/.npz array (uint8 0..255, float in [0, 1] or float in [-1, 1]; (N, 28, 28) or
 (N, 1, 28, 28)) or a folder of 28x28 grayscale PNGs. The images go through the pipeline's classifier and
-are scored against the MNIST test set (metrics.evaluate_samples); the last `n_reference` training images
-are scored the same way as the reference (their memorisation pool: the other training images). One JSON
-object goes to stdout. The pipeline's evaluate stage calls score_images and reference_scores directly.
+its second feature network (the extractor stage) and are scored against the MNIST test set by
+mnistgan.scoring, the core the evaluate stage uses too: every metric on the classifier's features, FID and
+KID in each feature space as multiples of their real-data values, and the spread of those multiples. The
+reference is as many real training images as the input holds (their memorisation pool: the other
+training images), so both sides of every comparison have the same N. One JSON object goes to stdout.
 
-The real images' features (70,000 classifier passes, about a minute on two CPU cores) and the reference
-scores are cached on disk (--cache-dir, default ~/.cache/mnistgan), keyed by the classifier's weights, the
-data bytes and the source of the code that computes them, so a second run only scores the new images.
-"""
+The real images' features (70,000 passes per network, about a minute on two CPU cores) are cached on
+disk (--cache-dir, default ~/.cache/mnistgan), keyed by the network's weights, the data bytes and the
+source of the code that computes them, so a second run only scores the new images."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,12 +28,14 @@ import numpy as np
 
 from mnistgan import metrics
 from mnistgan.io import InputError, atomic_path, write_json
+from mnistgan.scoring import SPACES, RealFeatures, min_samples, real_features, score_all
 
 if TYPE_CHECKING:  # torch is imported only when a classifier is needed
     from mnistgan.classifier import Classifier
     from mnistgan.data import MNIST
 
 PROG = "mnistgan score"
+DEFAULT_SPACES = SPACES  # every feature space: the CLI is the place to look at them all
 EXIT_BAD_INPUT = 2
 ARRAY_KEYS = ("x", "images", "samples")  # the array taken from an .npz holding several
 FLOAT_TOLERANCE = 1e-3  # float pixels may overshoot their range by this much (rounding in a generator)
@@ -139,156 +142,16 @@ def load_images(path: str | Path) -> tuple[np.ndarray, str]:
 # --- inputs of the pipeline ---------------------------------------------------------------------------
 
 
-def load_classifier(path: str | Path) -> Classifier:
-    """The pipeline's classifier, in eval mode; one-line InputError when it is missing or does not fit."""
+def load_network(path: str | Path, option: str) -> Classifier:
+    """A feature network file, in eval mode; one-line InputError when it is missing or does not fit."""
     from mnistgan.classifier import check_classifier_file, classifier_from_file
     from mnistgan.io import load_torch
 
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: classifier file not found; run `dvc repro classifier` (or pass --classifier)")
-    return classifier_from_file(load_torch(path, made_by="classifier", check=check_classifier_file))
-
-
-def load_data(folder: str | Path) -> MNIST:
-    """The four MNIST arrays of the prepare stage (any number of images, for tests), uint8."""
-    from mnistgan.data import MNIST
-    from mnistgan.io import load_npy
-
-    folder = Path(folder)
-    names = ("x_train", "y_train", "x_test", "y_test")
-    missing = [f"{n}.npy" for n in names if not (folder / f"{n}.npy").exists()]
-    if missing:
-        raise InputError(
-            f"{folder}: MNIST arrays missing ({', '.join(missing)}); run `dvc repro prepare` (or pass --data)"
-        )
-    arrays = {n: load_npy(folder / f"{n}.npy", made_by="prepare") for n in names}
-    for n in ("x_train", "x_test"):
-        a = arrays[n]
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[1:] != (28, 28):
-            problem = f"shape {a.shape} {a.dtype}, expected (N, 28, 28) uint8"
-            raise InputError(f"{folder / n}.npy: {problem}; run `dvc repro prepare`")
-    return MNIST(**arrays)
-
-
-# --- real-image features ------------------------------------------------------------------------------
-
-
-@dataclass
-class RealFeatures:
-    """Classifier outputs for all training and test images, and memorisation thresholds by pool size."""
-
-    train_feats: np.ndarray  # (n_train, 128) float64
-    train_probs: np.ndarray  # (n_train, 10)
-    test_feats: np.ndarray  # (n_test, 128)
-    test_probs: np.ndarray  # (n_test, 10)
-    thresholds: dict[int, float] = field(default_factory=dict)  # pool size -> threshold
-
-    def threshold(self, pool_size: int) -> float:
-        """metrics.features_to_memorisation_threshold against the first `pool_size` training images."""
-        if pool_size not in self.thresholds:
-            pool = self.train_feats[:pool_size]
-            self.thresholds[pool_size] = metrics.features_to_memorisation_threshold(self.test_feats, pool)
-        return self.thresholds[pool_size]
-
-
-_memo: dict[str, RealFeatures] = {}  # one entry: the evaluate stage scores samples, then the reference
-
-
-def _fingerprint(classifier: Classifier, mnist: MNIST, batch_size: int) -> str:
-    """sha256 of the classifier weights, the real images and the batch size."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(classifier.state_dict().items()):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).tobytes())
-    for a in (mnist.x_train, mnist.x_test):
-        h.update(str(a.shape).encode())
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
-    h.update(f"batch {batch_size}".encode())
-    return h.hexdigest()
-
-
-def real_features(
-    classifier: Classifier, mnist: MNIST, *, batch_size: int = 500, progress: bool = False
-) -> RealFeatures:
-    """Features and probabilities of every training and test image (memoised for the last inputs)."""
-    from mnistgan.classifier import features_and_probs
-
-    key = _fingerprint(classifier, mnist, batch_size)
-    if key not in _memo:
-        train = features_and_probs(classifier, mnist.x_train, batch_size, progress, desc="train features")
-        test = features_and_probs(classifier, mnist.x_test, batch_size, progress, desc="test features")
-        _memo.clear()
-        _memo[key] = RealFeatures(*train, *test)
-    return _memo[key]
-
-
-# --- scores -------------------------------------------------------------------------------------------
-
-
-def _min_samples(splits: int, k: int) -> int:
-    return max(splits, k + 1, 2)
-
-
-def _check_n_reference(n_reference: int, n_train: int, splits: int, k: int) -> None:
-    need = _min_samples(splits, k)
-    if not need <= n_reference < n_train:
-        raise InputError(f"n_reference {n_reference}: must be at least {need} and below the {n_train} training images")
-
-
-def score_images(
-    images_u8: np.ndarray,
-    classifier: Classifier,
-    mnist: MNIST,
-    *,
-    splits: int = 10,
-    batch_size: int = 500,
-    progress: bool = False,
-    k: int = 3,
-    seed: int = 0,
-    real: RealFeatures | None = None,
-) -> dict[str, float]:
-    """Every metric of uint8 (N, 28, 28) images against the MNIST test set (metrics.evaluate_samples);
-    all training images are the memorisation pool."""
-    from mnistgan.classifier import features_and_probs
-
-    images = np.asarray(images_u8)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise InputError(f"images: shape {images.shape} {images.dtype}; expected (N, 28, 28) uint8")
-    need = _min_samples(splits, k)
-    if len(images) < need:
-        raise InputError(f"images: {len(images)} samples; at least {need} needed ({splits} IS splits, k={k})")
-    if real is None:
-        real = real_features(classifier, mnist, batch_size=batch_size, progress=progress)
-    feats, probs = features_and_probs(classifier, images, batch_size, progress, desc="sample features")
-    pool = real.train_feats
-    return metrics.evaluate_samples(feats, probs, real.test_feats, pool, splits=splits, k=k, seed=seed,
-                                    memorisation_threshold=real.threshold(len(pool)))  # fmt: skip
-
-
-def reference_scores(
-    classifier: Classifier,
-    mnist: MNIST,
-    n_reference: int = 10000,
-    *,
-    splits: int = 10,
-    batch_size: int = 500,
-    progress: bool = False,
-    k: int = 3,
-    seed: int = 0,
-    real: RealFeatures | None = None,
-) -> dict[str, float]:
-    """The same metrics for the last `n_reference` real training images (by default 50000:60000), with
-    the other training images as their memorisation pool: what a perfect generator would score."""
-    _check_n_reference(n_reference, len(mnist.x_train), splits, k)
-    n_train = len(mnist.x_train)
-    if real is None:
-        real = real_features(classifier, mnist, batch_size=batch_size, progress=progress)
-    split = n_train - n_reference
-    return metrics.evaluate_samples(
-        real.train_feats[split:], real.train_probs[split:], real.test_feats, real.train_feats[:split],
-        splits=splits, k=k, seed=seed, memorisation_threshold=real.threshold(split),
-    )  # fmt: skip
+        stage = option.removeprefix("--")
+        raise InputError(f"{path}: {stage} file not found; run `dvc repro {stage}` (or pass {option})")
+    return classifier_from_file(load_torch(path, made_by=option.removeprefix("--"), check=check_classifier_file))
 
 
 # --- disk cache (CLI only) ----------------------------------------------------------------------------
@@ -298,37 +161,48 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistgan"
 
 
+def _fingerprint(model: Classifier, mnist: MNIST, batch_size: int) -> str:
+    """sha256 of the network's weights, the real images and the batch size."""
+    from mnistgan.classifier import weights_sha256
+
+    h = hashlib.sha256(weights_sha256(model).encode())
+    for a in (mnist.x_train, mnist.x_test):
+        h.update(str(a.shape).encode())
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    h.update(f"batch {batch_size}".encode())
+    return h.hexdigest()
+
+
 def _code_digest() -> str:
     """sha256 of the source that turns images into features and features into scores, and the versions."""
     import scipy
     import torch
 
-    from mnistgan import classifier as clf
+    from mnistgan import classifier, scoring, tensors
 
     h = hashlib.sha256(f"{np.__version__} {scipy.__version__} {torch.__version__}".encode())
-    objects = [clf.features_and_probs, clf.Classifier, getattr(clf, "to_unit_range", None), metrics]
-    files = {Path(inspect.getfile(inspect.getmodule(o))) for o in objects if o is not None} | {Path(__file__)}
-    for path in sorted(files):
-        h.update(path.read_bytes())
+    for module in sorted((classifier, metrics, scoring, tensors), key=lambda m: m.__name__):
+        h.update(Path(inspect.getfile(module)).read_bytes())
     return h.hexdigest()
 
 
 class DiskCache:
-    """Real features, thresholds and reference scores under root/<key>/, where the key hashes the
-    classifier weights, the real images, the batch size and the code; an unreadable entry is recomputed."""
+    """One network's real features and thresholds, and reference scores, under root/<key>/, where the key
+    hashes the weights, the real images, the batch size and the code; an unreadable entry is recomputed."""
 
     FEATURES = ("train_feats", "train_probs", "test_feats", "test_probs")
 
-    def __init__(self, root: Path, classifier: Classifier, mnist: MNIST, batch_size: int):
-        key = _fingerprint(classifier, mnist, batch_size) + _code_digest()
+    def __init__(self, root: Path, model: Classifier, mnist: MNIST, batch_size: int):
+        key = _fingerprint(model, mnist, batch_size) + _code_digest()
         self.dir = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:32]
+        self.width = model.FEATURES
 
     def load_features(self) -> RealFeatures | None:
         try:
             with np.load(self.dir / "features.npz", allow_pickle=False) as z:
                 arrays = [z[name].astype(np.float64) for name in self.FEATURES]
             thresholds = json.loads((self.dir / "thresholds.json").read_text())
-            return RealFeatures(*arrays, thresholds={int(k): float(v) for k, v in thresholds.items()})
+            return RealFeatures(*arrays, width=self.width, thresholds={int(k): float(v) for k, v in thresholds.items()})
         except (OSError, ValueError, KeyError):
             return None
 
@@ -343,25 +217,24 @@ class DiskCache:
                 np.savez(f, **arrays)
             write_json(self.dir / "thresholds.json", thresholds)
         except OSError as e:
-            self._warn(e)
+            print(f"{PROG}: warning: cannot write the cache in {self.dir} ({e})", file=sys.stderr)
 
-    def load_reference(self, name: str) -> dict[str, float] | None:
-        try:
-            reference = json.loads((self.dir / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(reference, dict) or set(reference) != set(metrics.EVALUATE_KEYS):
-            return None
-        return {key: reference[key] for key in metrics.EVALUATE_KEYS}
 
-    def save_reference(self, name: str, reference: dict[str, float]) -> None:
-        try:
-            write_json(self.dir / f"{name}.json", reference)
-        except OSError as e:
-            self._warn(e)
+def cached_real_features(model: Classifier, mnist: MNIST, name: str, args: argparse.Namespace,
+                         progress: bool) -> tuple[RealFeatures, Callable[[], None]]:  # fmt: skip
+    """The network's real features from the disk cache, else computed; and a function that saves them
+    (with any memorisation threshold computed meanwhile) when the cache lacks them."""
+    cache = None if args.no_cache else DiskCache(args.cache_dir, model, mnist, args.batch_size)
+    real = cache.load_features() if cache else None
+    saved = None if real is None else dict(real.thresholds)
+    if real is None:
+        real = real_features(model, mnist, batch_size=args.batch_size, progress=progress, name=name)
 
-    def _warn(self, e: OSError) -> None:
-        print(f"{PROG}: warning: cannot write the cache in {self.dir} ({e})", file=sys.stderr)
+    def save() -> None:
+        if cache and real.thresholds != saved:
+            cache.save_features(real)
+
+    return real, save
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -376,46 +249,65 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("path", metavar="PATH", help=".npy/.npz array of digits or a folder of 28x28 PNGs")
     p.add_argument("--classifier", default="models/classifier.pt", help="default: %(default)s")
+    p.add_argument(
+        "--extractor",
+        default="models/extractor.pt",
+        help="the second feature network (default: %(default)s; skipped when the default is absent)",
+    )
+    p.add_argument(
+        "--spaces",
+        default=",".join(DEFAULT_SPACES),
+        help=f"feature spaces for FID/KID and their agreement (default: %(default)s; known: {', '.join(SPACES)})",
+    )
     p.add_argument("--data", default="data/mnist", help="folder of the MNIST arrays (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
-    p.add_argument("--n-reference", type=int, default=10000, help="real training images scored as the reference")
+    p.add_argument(
+        "--n-reference",
+        type=int,
+        default=0,
+        help="real training images scored as the reference (default: as many as the input's images)",
+    )
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=500, help="classifier batch size (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="default: %(default)s")
-    p.add_argument("--no-cache", action="store_true", help="recompute the real-image features and reference")
+    p.add_argument("--no-cache", action="store_true", help="recompute the real-image features")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
-    return p
+    return p  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    for name in ("n_reference", "splits", "batch_size"):
+    from mnistgan.data import load_mnist
+
+    for name in ("splits", "batch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')}: must be a positive integer")
+    if args.n_reference < 0:
+        raise InputError("--n-reference: must be 0 (as many as the images) or a positive integer")
+    spaces = tuple(s.strip() for s in args.spaces.split(",") if s.strip())
+    unknown = [s for s in spaces if s not in SPACES]
+    if unknown:
+        raise InputError(f"--spaces: unknown feature space {unknown[0]!r}; known: {', '.join(SPACES)}")
     images, read_as = load_images(args.path)
-    need = _min_samples(args.splits, 3)
+    need = min_samples(args.splits, 3)
     if len(images) < need:
         raise InputError(f"{args.path}: {len(images)} images; at least {need} needed")
-    classifier = load_classifier(args.classifier)
-    mnist = load_data(args.data)
-    _check_n_reference(args.n_reference, len(mnist.x_train), args.splits, 3)
+    models = {"classifier": load_network(args.classifier, "--classifier")}
+    if Path(args.extractor).exists() or args.extractor != build_parser().get_default("extractor"):
+        models["extractor"] = load_network(args.extractor, "--extractor")
+    else:  # a pipeline without the extractor stage: the classifier's spaces only
+        spaces = tuple(s for s in spaces if s.startswith("classifier/"))
+    mnist = load_mnist(args.data)
     progress = not args.quiet and sys.stderr.isatty()
-    cache = None if args.no_cache else DiskCache(args.cache_dir, classifier, mnist, args.batch_size)
-    real = cache.load_features() if cache else None
-    saved_thresholds = None if real is None else dict(real.thresholds)
-    if real is None:
-        real = real_features(classifier, mnist, batch_size=args.batch_size, progress=progress)
-    common = {"splits": args.splits, "batch_size": args.batch_size, "progress": progress, "real": real}
-    generated = score_images(images, classifier, mnist, **common)
-    ref_name = f"reference-{args.n_reference}-splits{args.splits}"
-    reference = cache.load_reference(ref_name) if cache else None
-    if reference is None:
-        reference = reference_scores(classifier, mnist, args.n_reference, **common)
-        if cache:
-            cache.save_reference(ref_name, reference)
-    if cache and real.thresholds != saved_thresholds:
-        cache.save_features(real)
-    return {**generated, "input": str(args.path), "read_as": read_as, "n_reference": args.n_reference,
-            "reference": reference}  # fmt: skip
+    reals, saves = {}, []
+    for name, model in models.items():
+        reals[name], save = cached_real_features(model, mnist, name, args, progress)
+        saves.append(save)
+    result = score_all(images, models, reals, spaces, n_reference=args.n_reference, splits=args.splits,
+                       batch_size=args.batch_size, progress=progress)  # fmt: skip
+    for save in saves:
+        save()
+    return {**result.pop("generated"), "input": str(args.path), "read_as": read_as,
+            "reference": result.pop("real_reference"), **result}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

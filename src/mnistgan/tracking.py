@@ -240,6 +240,32 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
     return Run(mlflow, active.info.run_id)
 
 
+def open_training_run(params: Any, mnist: Any, run_id: str | None, device: str, world: int) -> NullRun:
+    """The train stage's run: a new one (with every param and MNIST as its dataset input, name, source and
+    sha256 digest), or the run of the checkpoint it resumes; tagged with the machine and the commit."""
+    from mnistgan.config import flatten
+
+    run = open_run(params.tracking.experiment, params.tracking.required, run_id=run_id)
+    if not run_id:
+        run.log_params(flatten(params))
+        run.log_dataset("mnist", mnist.x_train, mnist.y_train, source=os.path.abspath(params.paths.mnist),
+                        digest=mnist.train_digest()[:32], context="training")  # fmt: skip
+    run.set_tags(run_tags(device) | ({"nproc": str(world)} if world > 1 else {}))
+    return run
+
+
+def training_callbacks(run: NullRun, state: Any) -> dict[str, Any]:
+    """train.train's logging callbacks for `run`: loss rows, sample grids, FID during training."""
+    from mnistgan.pictures import image_grid
+
+    return {
+        "on_log": lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step),
+        "on_images": lambda step, imgs: run.log_image(image_grid(imgs.numpy()), key="samples", step=step),
+        "on_fid": lambda step, value: run.log_metrics(
+            {"fid_during_training": value, "fid_seconds": state.fid_history[-1]["seconds"]}, step=step),
+    }  # fmt: skip
+
+
 def reopen_run(cfg: Any, run_id: str | None) -> NullRun:
     """The train stage's run, for the later stages; NullRun when train ran untracked."""
     if not run_id:
@@ -279,11 +305,13 @@ def last_image(run_id: str, key: str, dest: Path) -> Path | None:
 
 def log_scores(run: NullRun, scores: dict[str, Any], classifier_metrics: dict[str, Any], eval_path: str) -> None:
     """What the evaluate stage logs: every score (flattened, `generated.fid`, ...), the classifier's
-    metrics and the eval JSON file."""
+    metrics, the identity of every feature space (tags) and the eval JSON file."""
     from mnistgan.config import flatten
 
-    run.log_metrics({k: v for k, v in flatten(scores).items() if not k.endswith(".seeds")})
-    run.log_metrics(flatten({"classifier": classifier_metrics}))
+    flat = flatten(scores) | flatten({"classifier": classifier_metrics})
+    run.log_metrics({k: v for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    # where the scores' features came from (network, weights sha256, version): tags, searchable in the UI
+    run.set_tags({k: v for k, v in flat.items() if isinstance(v, str)})
     run.log_artifact(eval_path)
 
 

