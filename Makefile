@@ -47,8 +47,8 @@ calibrate: venv
 compare: venv
 	$(VENV)/bin/python -m mnistgan.report compare
 
-# The README's recipes over seeds, each trained for the same wall-clock seconds (one at a time), then the table.
-SWEEP_SECONDS ?= 200
+# The README's recipes over seeds, each trained for the default run's wall-clock seconds (one at a time), then the table.
+SWEEP_SECONDS ?= 290
 sweep: venv
 	$(VENV)/bin/python -m mnistgan.recipes --seconds $(SWEEP_SECONDS) --run
 	$(MAKE) results

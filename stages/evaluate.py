@@ -13,7 +13,7 @@ from mnistgan.data import load_mnist
 from mnistgan.io import load_npy, load_torch, read_json, save_png, write_json
 from mnistgan.metrics import mean_std_over_sets
 from mnistgan.pictures import nearest_training_grid
-from mnistgan.scoring import in_mode, network_features, real_features, score_all
+from mnistgan.scoring import network_features, real_features, score_all
 
 
 def main(params: Params) -> None:
@@ -34,7 +34,7 @@ def main(params: Params) -> None:
         result["generated_over_seeds"] = scores_over_seeds(params, models, reals, common)
     write_json(paths.metrics_eval, result)
     clf, real = models["classifier"], reals["classifier"]
-    sample_feats = in_mode(network_features(clf, samples[:10])[0], "penultimate", real.width)
+    sample_feats = real.view(network_features(clf, samples[:10])[0], "penultimate")
     save_png(paths.nearest_png, nearest_training_grid(samples, sample_feats, mnist.x_train, real.train("penultimate")),
              scale=3)  # fmt: skip
     run = tracking.reopen_run(params.tracking, read_json(paths.metrics_train, made_by="train").get("mlflow_run_id"))

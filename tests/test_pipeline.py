@@ -119,7 +119,11 @@ def test_mlflow_run_holds_params_losses_images_scores_and_tags(repo):
     for key, value in ev.items():
         if key == "generated_over_seeds.seeds":  # a list: the params hold it (evaluate.seeds)
             continue
+        if isinstance(value, str):  # where the features came from: tags
+            assert run[f"tags.{key}"] == value, key
+            continue
         assert run[f"metrics.{key}"] == pytest.approx(value, rel=1e-9), key
+    assert len(run["tags.extractor.weights_sha256"]) == 16  # the headline scores' classifier, by its weights
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
     assert {"images", "model", "samples.png", "eval.json", "train_losses.csv", "train_fid.csv"} <= artifacts
     images = {a.path.split("/")[-1].split("+")[0] + "@" + a.path.split("+")[2]

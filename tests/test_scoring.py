@@ -36,7 +36,14 @@ def trained(mnist):
     cfg = ClassifierConfig(epochs=1, train_images=20000)
     result = train_classifier(cfg, 0, mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test, progress=False)
     assert result.test_accuracy > 0.97
-    return result.model, scoring.real_features(result.model, mnist)
+    return result.model, scoring.real_features(result.model, small(mnist, 6000))
+
+
+def small(mnist, n_train: int, n_test: int = 10000):
+    """The last n_train training images and the first n_test test images: real features in seconds."""
+    from mnistgan.data import MNIST
+
+    return MNIST(mnist.x_train[-n_train:], mnist.y_train[-n_train:], mnist.x_test[:n_test], mnist.y_test[:n_test])
 
 
 @pytest.mark.parametrize("digits", [(3,), (0, 1), (0, 2, 4, 6, 8), tuple(range(10))])
@@ -67,7 +74,7 @@ def test_feature_spaces_agreement_and_identity(mnist, trained):
     torch.manual_seed(1)
     deep = DeepClassifier().eval()
     models = {"classifier": model, "extractor": deep}
-    reals = {"classifier": real, "extractor": scoring.real_features(deep, mnist)}
+    reals = {"classifier": real, "extractor": scoring.real_features(deep, small(mnist, 6000))}
     noisy = np.clip(mnist.x_train[-500:].astype(int) + np.random.default_rng(0).integers(-48, 49, (500, 28, 28)),
                     0, 255).astype(np.uint8)  # fmt: skip
     spaces = ("classifier/penultimate", "classifier/blocks", "extractor/blocks")
@@ -84,9 +91,13 @@ def test_feature_spaces_agreement_and_identity(mnist, trained):
     # the identity is the weights: another seed, another hash
     torch.manual_seed(2)
     assert scoring.identity(DeepClassifier(), "extractor", "blocks")["weights_sha256"] != ident["weights_sha256"]
-    # the real images' blocks features: the penultimate ones are their last columns
-    assert real.train("blocks").shape[1] == 32 + 64 + Classifier.FEATURES
-    np.testing.assert_array_equal(real.train("penultimate"), real.train("blocks")[:, -Classifier.FEATURES :])
+    # the real images' blocks features: the penultimate ones are their last columns; in the blocks space
+    # every block (conv 32, conv 64, penultimate 128) carries the same total variance, 1
+    assert real.block_widths == (32, 64, Classifier.FEATURES)
+    np.testing.assert_array_equal(real.train("penultimate"), real.train_feats[:, -Classifier.FEATURES :])
+    blocks = real.train("blocks")
+    for a, b in ((0, 32), (32, 96), (96, 224)):
+        assert blocks[:, a:b].var(axis=0).sum() == pytest.approx(1.0)
 
 
 # Golden values: 1,000 real test images (the first 500 of the test set and 500 zeros and ones, so the set

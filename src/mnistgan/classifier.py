@@ -82,6 +82,11 @@ class DeepClassifier(Classifier):
 ARCHS: dict[str, type[Classifier]] = {"lenet": Classifier, "deep": DeepClassifier}
 
 
+def block_widths(model: Classifier) -> tuple[int, ...]:
+    """The column widths of block_features: each conv block's channels, then the penultimate features."""
+    return (*(m.num_features for m in model.body if isinstance(m, nn.BatchNorm2d)), model.FEATURES)
+
+
 def block_features(model: Classifier, x: torch.Tensor) -> torch.Tensor:
     """(B, 1, 28, 28) -> (B, sum of conv widths + penultimate width): the spatial mean of every conv
     block's output (after its ReLU) and the penultimate features, concatenated."""

@@ -61,15 +61,20 @@ class _Section:
 
     def __getattribute__(self, name: str) -> Any:
         reads = _reads
-        if reads is not None and not name.startswith("_"):
+        own = object.__getattribute__(self, "__dict__")
+        if reads is not None and not name.startswith("_") and "_from_params" in own:
             section = _SECTION_OF.get(type(self))
             if section is not None and name in _SCALAR_FIELDS[type(self)]:
                 reads.add(f"{section}.{name}" if section else name)
         return object.__getattribute__(self, name)
 
 
-def start_recording() -> None:
+def start_recording(params: Params) -> None:
+    """Record reads of `params` and its sections from now on (not of configs rebuilt from files, such as the
+    train config inside a generator file: those keys come with the file, a dependency of its own)."""
     global _reads
+    for obj in (params, *(getattr(params, f.name) for f in dataclasses.fields(params))):
+        object.__setattr__(obj, "_from_params", True)
     _reads = set()
 
 
@@ -329,7 +334,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     import os
 
     if os.environ.get(RECORD_ENV):  # from here on: the reads of the stage, not of the validation above
-        start_recording()
+        start_recording(params)
     return params
 
 

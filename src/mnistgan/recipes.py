@@ -65,8 +65,6 @@ def recipe_name(train_params: dict[str, Any]) -> str | None:
 README_RECIPES: dict[str, tuple[int, ...]] = {
     "default": (0, 1, 2),
     "unconditional": (0, 1),
-    "baseline": (0, 1),
-    "conditional": (0, 1),
     "seed-literal": (0, 1),
 }
 

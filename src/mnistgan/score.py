@@ -195,14 +195,17 @@ class DiskCache:
     def __init__(self, root: Path, model: Classifier, mnist: MNIST, batch_size: int):
         key = _fingerprint(model, mnist, batch_size) + _code_digest()
         self.dir = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:32]
-        self.width = model.FEATURES
+        from mnistgan.classifier import block_widths
+
+        self.block_widths = block_widths(model)
 
     def load_features(self) -> RealFeatures | None:
         try:
             with np.load(self.dir / "features.npz", allow_pickle=False) as z:
                 arrays = [z[name].astype(np.float64) for name in self.FEATURES]
             thresholds = json.loads((self.dir / "thresholds.json").read_text())
-            return RealFeatures(*arrays, width=self.width, thresholds={int(k): float(v) for k, v in thresholds.items()})
+            return RealFeatures(*arrays, block_widths=self.block_widths,
+                                thresholds={int(k): float(v) for k, v in thresholds.items()})  # fmt: skip
         except (OSError, ValueError, KeyError):
             return None
 

@@ -34,20 +34,42 @@ SPACES = FEATURE_SPACES
 @dataclass
 class RealFeatures:
     """One network's outputs for every training and test image, in blocks mode (the penultimate features
-    are its last `width` columns), and memorisation thresholds (penultimate) by pool size."""
+    are its last columns), and memorisation thresholds (penultimate) by pool size."""
 
     train_feats: np.ndarray  # (n_train, D) float64
     train_probs: np.ndarray  # (n_train, 10)
     test_feats: np.ndarray  # (n_test, D)
     test_probs: np.ndarray  # (n_test, 10)
-    width: int  # penultimate features: the last `width` columns
+    block_widths: tuple[int, ...]  # columns of each conv block's means, then of the penultimate features
     thresholds: dict[int, float] = field(default_factory=dict)  # pool size -> threshold
+    _scale: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def width(self) -> int:
+        return self.block_widths[-1]
+
+    def view(self, feats: np.ndarray, mode: str) -> np.ndarray:
+        """Blocks-mode features (N, D) -> the features of `mode`.
+
+        penultimate: the last columns. blocks: every block scaled so its total variance over the real
+        training images is 1, so each conv block weighs as much as the penultimate layer (unscaled, the
+        small spatial means of the conv blocks would vanish next to the penultimate features, and FID in
+        this space would be the penultimate FID again).
+        """
+        if mode == "penultimate":
+            return feats[:, -self.width :]
+        if self._scale is None:
+            var = self.train_feats.var(axis=0)
+            edges = np.cumsum((0, *self.block_widths))
+            self._scale = np.concatenate([np.full(b - a, 1 / np.sqrt(max(var[a:b].sum(), 1e-12)))
+                                          for a, b in zip(edges[:-1], edges[1:], strict=True)])  # fmt: skip
+        return feats * self._scale
 
     def train(self, mode: str) -> np.ndarray:
-        return in_mode(self.train_feats, mode, self.width)
+        return self.view(self.train_feats, mode)
 
     def test(self, mode: str) -> np.ndarray:
-        return in_mode(self.test_feats, mode, self.width)
+        return self.view(self.test_feats, mode)
 
     def threshold(self, pool_size: int) -> float:
         """metrics.features_to_memorisation_threshold against the first `pool_size` training images."""
@@ -55,11 +77,6 @@ class RealFeatures:
             pool = self.train("penultimate")[:pool_size]
             self.thresholds[pool_size] = metrics.features_to_memorisation_threshold(self.test("penultimate"), pool)
         return self.thresholds[pool_size]
-
-
-def in_mode(feats: np.ndarray, mode: str, width: int) -> np.ndarray:
-    """Blocks-mode features (N, D) -> the features of `mode` (the penultimate ones are the last columns)."""
-    return feats if mode == "blocks" else feats[:, -width:]
 
 
 def network_features(model: Classifier, images_u8: np.ndarray, *, batch_size: int = 500, progress: bool = False,
@@ -75,7 +92,9 @@ def real_features(model: Classifier, mnist: MNIST, *, batch_size: int = 500, pro
     """`model`'s features and probabilities of every training and test image."""
     train = network_features(model, mnist.x_train, batch_size=batch_size, progress=progress, desc=f"{name}: train")
     test = network_features(model, mnist.x_test, batch_size=batch_size, progress=progress, desc=f"{name}: test")
-    return RealFeatures(*train, *test, width=model.FEATURES)
+    from mnistgan.classifier import block_widths
+
+    return RealFeatures(*train, *test, block_widths=block_widths(model))
 
 
 def identity(model: Classifier, network: str, mode: str) -> dict[str, str]:
@@ -113,7 +132,7 @@ def score_features(feats: np.ndarray, probs: np.ndarray, real: RealFeatures, *, 
     """Every metric (metrics.evaluate_samples, on penultimate features) of samples whose blocks-mode
     features and probabilities are given, against the test set; all training images are the pool."""
     pool = real.train("penultimate")
-    return metrics.evaluate_samples(in_mode(feats, "penultimate", real.width), probs, real.test("penultimate"), pool,
+    return metrics.evaluate_samples(real.view(feats, "penultimate"), probs, real.test("penultimate"), pool,
                                     splits=splits, k=k, seed=seed,
                                     memorisation_threshold=real.threshold(len(pool)))  # fmt: skip
 
@@ -130,13 +149,14 @@ def reference_scores(real: RealFeatures, n_reference: int, *, splits: int = 10, 
                                     seed=seed, memorisation_threshold=real.threshold(split))  # fmt: skip
 
 
-def space_scores(feats: np.ndarray, real: RealFeatures, mode: str, n_reference: int, seed: int = 0) -> dict[str, float]:
+def space_scores(feats: np.ndarray, real: RealFeatures, mode: str, n_reference: int, seed: int = 0,
+                 kid_subsets: int = 100) -> dict[str, float]:  # fmt: skip
     """FID and KID of samples (blocks-mode features) in one feature space, and of the last `n_reference`
     real training images: the multiple is the distance in units of its real-data floor."""
     test = real.test(mode)
-    gen, ref = in_mode(feats, mode, real.width), real.train(mode)[-n_reference:]
+    gen, ref = real.view(feats, mode), real.train(mode)[-n_reference:]
     fid, fid_real = metrics.fid(gen, test), metrics.fid(ref, test)
-    kid, kid_real = metrics.features_to_kid(gen, test, seed=seed)[0], metrics.features_to_kid(ref, test, seed=seed)[0]
+    kid, kid_real = (metrics.features_to_kid(x, test, subsets=kid_subsets, seed=seed)[0] for x in (gen, ref))
     return {"fid": fid, "fid_real": fid_real, "fid_multiple": fid / fid_real, "kid": kid, "kid_real": kid_real}
 
 
@@ -168,6 +188,7 @@ def score_all(
     seed: int = 0,
     batch_size: int = 500,
     progress: bool = False,
+    kid_subsets: int = 100,
 ) -> dict[str, Any]:
     """Every score of uint8 (N, 28, 28) images, beside the real-data reference at the same N.
 
@@ -186,7 +207,7 @@ def score_all(
     per_space = {}
     for space in spaces:
         network, mode = space.split("/")
-        per_space[space] = space_scores(outputs[network][0], reals[network], mode, n_ref, seed) | {
+        per_space[space] = space_scores(outputs[network][0], reals[network], mode, n_ref, seed, kid_subsets) | {
             "identity": identity(models[network], network, mode)}  # fmt: skip
     return {
         "generated": score_features(feats, probs, reals["classifier"], splits=splits, k=k, seed=seed),
