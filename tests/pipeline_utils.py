@@ -29,7 +29,9 @@ TINY = {
     "train": {"train_images": 2000, "steps": 120, "batch_size": 32, "log_every": 10, "image_every": 60,
               "checkpoint_every": 40, "threads": 1, "fid_every": 0},
     "sample": {"n": 600, "batch_size": 300},
-    "evaluate": {"n_reference": 600, "splits": 3, "batch_size": 300, "train_images": 3000},
+    # the classifier's features only (the quick path); test_pipeline adds the other feature spaces
+    "evaluate": {"n_reference": 600, "splits": 3, "batch_size": 300, "train_images": 3000,
+                 "spaces": ["classifier/penultimate"]},
 }  # fmt: skip
 
 

@@ -17,7 +17,9 @@ from mnistgan.config import RECORD_ENV
 pytestmark = pytest.mark.slow
 # FID during training (off in TINY to save time elsewhere) and two extra sample sets scored by evaluate
 # (evaluate.seeds: mean and std over them in eval.json).
-FID_AND_SEEDS = {"train": {"fid_every": 60, "fid_samples": 300}, "evaluate": {"seeds": [5, 6]}}
+FID_AND_SEEDS = {"train": {"fid_every": 60, "fid_samples": 300},
+                 "evaluate": {"seeds": [5, 6], "spaces": ["classifier/penultimate", "classifier/blocks",
+                                                          "extractor/blocks"]}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,11 @@ def test_every_output_is_there(repo):
             assert np.isfinite(ev[part][key])
     # The real reference is far better than a 120-step GAN: the reference gives the scale.
     assert ev["real_reference"]["fid"] < ev["generated"]["fid"]
+    assert ev["n_reference"] == ev["real_reference"]["n_samples"] == TINY["sample"]["n"] == 600
+    spaces = ev["feature_spaces"]
+    assert list(spaces) == FID_AND_SEEDS["evaluate"]["spaces"] and all(v["fid_multiple"] > 1 for v in spaces.values())
+    assert ev["agreement"]["n_spaces"] == 3 and ev["agreement"]["fid_multiple_spread"] >= 0
+    assert spaces["extractor/blocks"]["identity"]["arch"] == "deep" and ev["extractor"]["arch"] == "lenet"
     over = ev["generated_over_seeds"]
     assert over["seeds"] == [5, 6] and over["n_samples"] == TINY["sample"]["n"]
     for key in ("fid", "inception_score", "precision", "recall", "classes_covered"):

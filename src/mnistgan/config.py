@@ -74,7 +74,8 @@ def start_recording(params: Params) -> None:
     train config inside a generator file: those keys come with the file, a dependency of its own)."""
     global _reads
     for obj in (params, *(getattr(params, f.name) for f in dataclasses.fields(params))):
-        object.__setattr__(obj, "_from_params", True)
+        if dataclasses.is_dataclass(obj):  # the sections (not the top-level seed)
+            object.__setattr__(obj, "_from_params", True)
     _reads = set()
 
 
