@@ -55,7 +55,7 @@ class FidMonitor:
         test_feats, _ = features_and_probs(self.classifier, x_test, batch_size)  # (M, 128)
         self.mu, self.sigma = features_to_statistics(test_feats)
         self.test_feats = test_feats[:n]  # the k-NN manifold of precision/recall, at the sample's own size
-        self.reference = self._fid_of(x_reference[:n])
+        self.reference = self._fid(self._features(x_reference[:n]))
         # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
         # only because the generator does. Labels cycle through the classes for conditional models.
         self.z, self.y = sample_noise(n, z_dim, conditional, seed)  # (n, z_dim), (n,) or None
@@ -71,8 +71,10 @@ class FidMonitor:
         return cls(classifier, mnist.x_test, mnist.x_train[-n:], n, cfg.z_dim, cfg.conditional, seed=seed + 3,
                    recalibrate=cfg.ema > 0)  # fmt: skip
 
-    def _fid_of(self, images_u8: np.ndarray) -> float:
-        feats, _ = features_and_probs(self.classifier, images_u8, self.batch_size)
+    def _features(self, images_u8: np.ndarray) -> np.ndarray:
+        return features_and_probs(self.classifier, images_u8, self.batch_size)[0]  # (n, 128)
+
+    def _fid(self, feats: np.ndarray) -> float:
         return statistics_to_fid(*features_to_statistics(feats), self.mu, self.sigma)
 
     def _images(self, g: nn.Module) -> np.ndarray:
@@ -83,11 +85,10 @@ class FidMonitor:
         return generate(g, self.z, self.y).numpy()  # (n, 28, 28) uint8
 
     def __call__(self, g: nn.Module) -> float:
-        return self._fid_of(self._images(g))
+        return self._fid(self._features(self._images(g)))
 
     def scores(self, g: nn.Module) -> dict[str, float]:
         """FID, and k=3 precision/recall against n test images: the fidelity/diversity split of the same check."""
-        feats, _ = features_and_probs(self.classifier, self._images(g), self.batch_size)
+        feats = self._features(self._images(g))
         precision, recall = precision_recall(feats, self.test_feats, k=3)
-        fid = statistics_to_fid(*features_to_statistics(feats), self.mu, self.sigma)
-        return {"fid": fid, "precision": precision, "recall": recall}
+        return {"fid": self._fid(feats), "precision": precision, "recall": recall}

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch is imported only when a classifier is needed
     from mnistgan.data import MNIST
 
 PROG = "mnistgan score"
+DEFAULT_EXTRACTOR = "models/extractor.pt"  # optional: without it, the classifier's feature spaces only
 DEFAULT_SPACES = SPACES  # every feature space: the CLI is the place to look at them all
 EXIT_BAD_INPUT = 2
 ARRAY_KEYS = ("x", "images", "samples")  # the array taken from an .npz holding several
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if len(images) < need:
         raise InputError(f"{args.path}: {len(images)} images; at least {need} needed")
     models = {"classifier": load_network(args.classifier, "--classifier")}
-    if Path(args.extractor).exists() or args.extractor != build_parser().get_default("extractor"):
+    if Path(args.extractor).exists() or args.extractor != DEFAULT_EXTRACTOR:
         models["extractor"] = load_network(args.extractor, "--extractor")
     else:  # a pipeline without the extractor stage: the classifier's spaces only
         spaces = tuple(s for s in spaces if s.startswith("classifier/"))

@@ -201,8 +201,9 @@ def score_all(
     if missing or any(s not in SPACES for s in spaces):
         raise InputError(f"feature spaces {list(spaces)}: need networks {missing}; known spaces: {', '.join(SPACES)}")
     n_ref = reference_size(len(images), n_reference, len(reals["classifier"].train_feats), splits, k)
+    needed = {"classifier"} | {space.split("/")[0] for space in spaces}  # networks nothing asks for stay idle
     outputs = {name: network_features(models[name], images, batch_size=batch_size, progress=progress,
-                                      desc=f"{name}: samples") for name in models}  # fmt: skip
+                                      desc=f"{name}: samples") for name in sorted(needed)}  # fmt: skip
     feats, probs = outputs["classifier"]
     per_space = {}
     for space in spaces:
