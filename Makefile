@@ -30,12 +30,13 @@ repro: venv
 
 # Two pytest workers (pytest-xdist): most tests run single-threaded subprocesses. --dist loadfile sends a
 # whole file to one worker in order, so a module fixture (one tiny pipeline run) is built once and the
-# tests that build on each other's state (exp run, then compare) see the same repo.
+# tests that build on each other's state (exp run, then compare) see the same repo. --no-loadscope-reorder
+# keeps tests/conftest.py's order: the longest files first.
 test: venv
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: venv
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m "not slow"
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 bench: venv
 	$(VENV)/bin/python -m mnistgan.bench --markdown BENCHMARKS.md --out reports/bench.json
@@ -54,7 +55,7 @@ sweep: venv
 	$(MAKE) results
 
 results: venv
-	$(VENV)/bin/python -m mnistgan.report results --readme README.md --plot docs/results_fid.png
+	$(VENV)/bin/python -m mnistgan.report results --seconds $(SWEEP_SECONDS) --readme README.md --plot docs/results_fid.png
 
 ui: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

@@ -3,9 +3,9 @@
 The tiny pipeline runs twice in one temporary copy of this checkout (`dvc repro`, then `dvc repro --force`)
 and every output is compared byte for byte. Afterwards `dvc status` is clean and `dvc repro` reruns nothing.
 
-The first run is shared with tests/test_recovery.py (`reproduced_repo`): its generator is the reference an
-interrupted and resumed run must match, and the queued-experiments test starts from a copy of it. Tests
-never change the shared repo: they work in copies of it.
+The first run is shared with tests/test_recovery.py and tests/test_scaling.py (`reproduced_repo`): its
+generator is the reference an interrupted and resumed run must match, and the queued-experiments, bad-value
+and remote tests start from copies of it. Tests never change the shared repo: they work in copies of it.
 """
 
 from __future__ import annotations

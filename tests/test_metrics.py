@@ -93,6 +93,23 @@ def test_kid_agrees_with_torch_fidelity():
     assert rel_err(ours[1], ref["kernel_inception_distance_std"]) < 1e-5
 
 
+@pytest.mark.parametrize("n_b", [300, 700])
+def test_kid_of_a_whole_set_reuses_its_kernel_and_agrees_with_torch_fidelity(n_b):
+    # subset size = the size of set a (and of b when n_b = 300): every round draws that set whole in another
+    # order, so its kernel matrix is computed once, and with both sets whole one round is the answer (std 0)
+    torch = pytest.importorskip("torch")
+    tf_kid = pytest.importorskip("torch_fidelity.metric_kid")
+    a, b = gaussian_feats(20, 300, 16), gaussian_feats(21, n_b, 16, shift=0.2)
+    mean, std = M.features_to_kid(a, b, subsets=8, subset_size=1000, seed=4)
+    ref = tf_kid.kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=8, kid_subset_size=300,
+                                        rng_seed=4, verbose=False)  # fmt: skip
+    assert rel_err(mean, ref["kernel_inception_distance_mean"]) < 1e-9 and mean > 0
+    if n_b == 300:
+        assert std == 0.0 and ref["kernel_inception_distance_std"] < 1e-9 * mean
+    else:
+        assert std > 0 and rel_err(std, ref["kernel_inception_distance_std"]) < 1e-6
+
+
 def test_kid_is_near_zero_for_the_same_distribution_and_caps_subset_size():
     a, b = gaussian_feats(12, 400, 16), gaussian_feats(13, 300, 16)
     same, _ = M.features_to_kid(a, b, subsets=10, subset_size=1000)  # capped at 300

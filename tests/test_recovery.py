@@ -243,14 +243,24 @@ BAD_VALUES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def reproduced_copy(tmp_path_factory) -> Path:
+    """One private copy of the shared tiny run for the bad-value tests: each puts params.yaml back after."""
+    return copy_reproduced(tmp_path_factory, tmp_path_factory.mktemp("bad-values") / "repo")[0]
+
+
 @pytest.mark.parametrize(("overrides", "message"), BAD_VALUES, ids=[next(iter(b[0])) for b in BAD_VALUES])
-def test_a_bad_value_in_params_leaves_every_output_byte_identical(tmp_path, tmp_path_factory, overrides, message):
+def test_a_bad_value_in_params_leaves_every_output_byte_identical(reproduced_copy, overrides, message):
     # DVC clears a stage's outputs before running it; the check stage runs first and stops the run.
-    root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
+    root = reproduced_copy
+    params = (root / "params.yaml").read_text()
     before = output_hashes(root)
     assert "data/params.ok" in before
     set_params(root, overrides)
-    p = dvc(["repro"], root, check=False)
+    try:
+        p = dvc(["repro"], root, check=False)
+    finally:
+        (root / "params.yaml").write_text(params)
     assert p.returncode != 0
     assert f"check: error: {message}" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
     assert "Running stage 'prepare'" not in p.stdout
@@ -427,7 +437,7 @@ def test_a_queued_sweep_runs_two_at_a_time_and_every_experiment_logs_a_complete_
     # A copy of the reproduced repo (prepare and classifier done, in the DVC cache) with an empty store.
     root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
     overrides = ["-S", "train.steps=40", "-S", "sample.n=300", "-S", "evaluate.n_reference=300"]
-    losses = ["ns", "hinge", "wgan-gp"]
+    losses = ["ns", "hinge"]
     # README's sweep: one command queues one experiment per value.
     dvc(["exp", "run", "--queue", "-S", f"train.loss={','.join(losses)}", *overrides], root)
     try:
@@ -444,7 +454,8 @@ def test_a_queued_sweep_runs_two_at_a_time_and_every_experiment_logs_a_complete_
         dvc(["queue", "stop", "--kill"], root, check=False)
     names = re.findall(r"^[0-9a-f]{7}\s+(\S+)\s", status, re.M)  # Task, Name, Created, Status
     logs = {name: dvc(["queue", "logs", name], root, check=False).stdout for name in names}
-    assert len(names) == 3 and status.count("Success") == 3, status + "\n".join(log[-3000:] for log in logs.values())
+    failed = status + "\n".join(log[-3000:] for log in logs.values())
+    assert len(names) == len(losses) and status.count("Success") == len(losses), failed
     assert not any("database is locked" in log for log in logs.values())
 
     mlflow, runs = mlflow_runs(root)  # the original repo's store, not the queue's temporary copies

@@ -7,7 +7,8 @@ import time
 import urllib.request
 
 import pytest
-from pipeline_utils import BIN, copy_repo, dvc, env, free_port, run
+from pipeline_utils import BIN, dvc, env, free_port, run
+from test_determinism import copy_reproduced
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,12 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, server):
-    root = copy_repo(tmp_path_factory.mktemp("scaling") / "repo")
-    dvc(["repro"], root, extra_env={"MLFLOW_TRACKING_URI": server})
+    # A copy of the shared tiny run (tests/test_determinism.py), whose stages that log to MLflow (train,
+    # sample, evaluate) run again here against the server.
+    root, _ = copy_reproduced(tmp_path_factory, tmp_path_factory.mktemp("scaling") / "repo")
+    (root / "models/checkpoint.pt").unlink()  # persisted by DVC: left in place, train would resume at its end
+    dvc(["repro", "--force", "--single-item", "train", "sample", "evaluate"], root,
+        extra_env={"MLFLOW_TRACKING_URI": server})  # fmt: skip
     return root
 
 

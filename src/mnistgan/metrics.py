@@ -216,8 +216,9 @@ def features_to_kid(
     `subsets` random pairs of subsets drawn without replacement; returns (mean, std with ddof=0).
 
     Same draws as torch-fidelity's kid_features_to_metric with rng_seed=seed (RandomState.choice for
-    set a, then set b, in each round). `subset_size` is capped at the smaller set. Can be slightly
-    negative when the sets come from the same distribution.
+    set a, then set b, in each round). `subset_size` is capped at the smaller set; when that takes the
+    whole of both sets, one round is computed (std 0). Can be slightly negative when the sets come from
+    the same distribution.
     """
     a = _as_2d("feats_a", feats_a, 2, " for KID")
     b = _as_2d("feats_b", feats_b, 2, " for KID")
@@ -226,16 +227,21 @@ def features_to_kid(
         raise ValueError(f"KID: needs subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
     m = min(subset_size, len(a), len(b))
     gamma = 1.0 / a.shape[1] if gamma is None else gamma
+    k = lambda x, y: _polynomial_kernel(x, y, degree, gamma, coef0)  # noqa: E731
+    # A set of exactly m points is drawn whole every round, only reordered, and the MMD^2 estimate does
+    # not depend on the order: its kernel matrix is computed once; with both sets whole, one round is the
+    # answer (all rounds are equal up to rounding).
+    k_aa = k(a, a) if m == len(a) else None
+    k_bb = k(b, b) if m == len(b) else None
+    if k_aa is not None and k_bb is not None:
+        return kernels_to_mmd2(k_aa, k(a, b), k_bb), 0.0
     rng = np.random.RandomState(seed)
     mmds = np.empty(subsets)
     for i in range(subsets):
-        x = a[rng.choice(len(a), m, replace=False)]
-        y = b[rng.choice(len(b), m, replace=False)]
-        mmds[i] = kernels_to_mmd2(
-            _polynomial_kernel(x, x, degree, gamma, coef0),
-            _polynomial_kernel(x, y, degree, gamma, coef0),
-            _polynomial_kernel(y, y, degree, gamma, coef0),
-        )
+        ia, ib = rng.choice(len(a), m, replace=False), rng.choice(len(b), m, replace=False)
+        x = a if k_aa is not None else a[ia]
+        y = b if k_bb is not None else b[ib]
+        mmds[i] = kernels_to_mmd2(k(x, x) if k_aa is None else k_aa, k(x, y), k(y, y) if k_bb is None else k_bb)
     return float(mmds.mean()), float(mmds.std())
 
 
