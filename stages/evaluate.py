@@ -61,7 +61,7 @@ def scores_over_seeds(params: Params, models: dict, reals: dict, common: dict) -
     n, bs = params.sample.n, params.sample.batch_size
     scores = []
     for seed in cfg.seeds:
-        images = sample_images(g, n, train_cfg.z_dim, train_cfg.conditional, seed, bs)  # (n, 28, 28) uint8
+        images = sample_images(g, n, train_cfg.z_dim, train_cfg.conditional, seed, bs, params.sample.truncation)
         scores.append(score_all(images, models, reals, (), **common)["generated"])
     return {**mean_std_over_sets(scores), "seeds": list(cfg.seeds), "n_samples": params.sample.n}
 

@@ -15,7 +15,8 @@ def main(params: Params) -> None:
     cfg, paths = params.sample, params.paths
     gen_file = load_torch(paths.generator, made_by="train", check=check_generator_file)
     g, train_cfg = generator_from_file(gen_file)
-    images = sample_images(g, cfg.n, train_cfg.z_dim, train_cfg.conditional, cfg.seed, cfg.batch_size)
+    images = sample_images(g, cfg.n, train_cfg.z_dim, train_cfg.conditional, cfg.seed, cfg.batch_size,
+                           cfg.truncation)  # fmt: skip
     save_npy(paths.samples, images)  # (n, 28, 28) uint8
     # Conditional samples cycle through labels 0..9 (sample_noise), so row r of the grid is digit r.
     grid = by_class_grid(images, np.arange(cfg.n) % 10) if train_cfg.conditional else image_grid(images[:100])

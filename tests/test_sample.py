@@ -45,3 +45,23 @@ def test_slerp_endpoints_and_norm():
 def test_interpolation_strip_shape():
     g, _ = build_gan("dcgan-small", 16, "none", False)
     assert interpolation_images(g, 16, False, seed=0, rows=2, steps=4).shape == (8, 28, 28)
+
+
+def test_truncation_zero_is_the_plain_normal_draw():
+    z, _ = sample_noise(50, 16, False, 7)
+    torch.testing.assert_close(z, torch.randn(50, 16, generator=torch.Generator().manual_seed(7)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("t", "std"), [(0.5, 0.2839), (1.0, 0.5396), (2.0, 0.8796)])
+def test_truncated_noise_stays_inside_and_has_the_truncated_normal_spread(t, std):
+    # std of N(0, 1) cut to [-t, t]: sqrt(1 - 2 t pdf(t) / (2 cdf(t) - 1))
+    z, _ = sample_noise(20000, 64, False, 3, truncation=t)
+    assert z.dtype == torch.float32 and z.abs().max() <= t
+    assert abs(z.std().item() - std) < 0.005 and abs(z.mean().item()) < 0.005
+    again, _ = sample_noise(20000, 64, False, 3, truncation=t)
+    assert torch.equal(z, again)  # seeded
+
+
+def test_a_large_truncation_is_the_normal_distribution_and_finite():
+    z, _ = sample_noise(2000, 64, False, 0, truncation=40.0)
+    assert torch.isfinite(z).all() and abs(z.std().item() - 1) < 0.01

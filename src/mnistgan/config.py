@@ -158,6 +158,7 @@ class SampleConfig(_Section):
     n: int = _opt(10000, lo=1)
     seed: int = _opt(1234, lo=0)
     batch_size: int = _opt(1000, lo=1)
+    truncation: float = _opt(0.0, lo=0, doc="noise cut to ±truncation (the truncation trick; 0 = the full normal)")
 
 
 @dataclass(frozen=True)

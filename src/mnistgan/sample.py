@@ -100,16 +100,30 @@ def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
 # ---- sample sets ---------------------------------------------------------------------------------------
 
 
-def sample_noise(n: int, z_dim: int, conditional: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Noise (n, z_dim) from `seed`; with labels, a balanced 0..9 cycle so every class gets n/10 samples."""
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+def sample_noise(n: int, z_dim: int, conditional: bool, seed: int,
+                 truncation: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """Noise (n, z_dim) from `seed`; with labels, a balanced 0..9 cycle so every class gets n/10 samples.
+
+    truncation > 0 draws each noise value from the standard normal cut to [-truncation, truncation] (the
+    "truncation trick": samples from nearer the middle of the noise, so more of them look like the
+    generator's best work and fewer cover the rare styles; precision up, recall down). 0 = the full normal.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    if truncation > 0:
+        # inverse CDF of the truncated normal: one uniform draw per value, exact, no rejection loop
+        lo = torch.special.ndtr(torch.tensor(-truncation, dtype=torch.float64))
+        u = torch.rand(n, z_dim, generator=rng, dtype=torch.float64)
+        z = torch.special.ndtri(lo + u * (1 - 2 * lo)).clamp(-truncation, truncation).float()
+    else:
+        z = torch.randn(n, z_dim, generator=rng)
     y = torch.arange(n) % N_CLASSES if conditional else None
     return z, y
 
 
-def sample_images(g: nn.Module, n: int, z_dim: int, conditional: bool, seed: int, batch_size: int = 1000) -> np.ndarray:
-    """n eval-mode samples -> uint8 (n, 28, 28)."""
-    z, y = sample_noise(n, z_dim, conditional, seed)
+def sample_images(g: nn.Module, n: int, z_dim: int, conditional: bool, seed: int, batch_size: int = 1000,
+                  truncation: float = 0.0) -> np.ndarray:  # fmt: skip
+    """n eval-mode samples -> uint8 (n, 28, 28); `truncation` as in sample_noise."""
+    z, y = sample_noise(n, z_dim, conditional, seed, truncation)
     return generate(g, z, y, batch_size).numpy()
 
 
