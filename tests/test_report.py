@@ -89,3 +89,14 @@ def test_compare_tables_name_the_extractor_and_warn_when_they_differ():
     title, header, rows = compare_tables(runs)[1]
     assert "Warning" in title and "not comparable" in title
     assert ["extractor (classifier sha256)", "aaaa1111", "bbbb2222", "-"] in rows
+
+
+def test_at_budget_keeps_only_runs_of_that_many_seconds():
+    from mnistgan.report import at_budget
+
+    runs = fake_runs()
+    runs["params.train.max_seconds"] = ["290.0", "290.0", "200.0", "290.0", "0.0", "290.0", "290.0"]
+    kept = at_budget(runs, 290)
+    assert len(kept) == 5 and set(kept["params.train.max_seconds"]) == {"290.0"}
+    assert at_budget(runs, None) is runs
+    assert len(at_budget(fake_runs(), 290)) == 0  # runs without a seconds budget: none at this budget

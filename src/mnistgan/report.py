@@ -124,6 +124,19 @@ def fid_against_seconds(fid: list[tuple[int, float]], seconds: list[tuple[int, f
     return [(at[step], value) for step, value in fid if step in at]
 
 
+def at_budget(runs: Any, seconds: float | None) -> Any:
+    """The runs trained for `seconds` wall-clock seconds (train.max_seconds), so a table compares recipes at
+    one budget; all runs when `seconds` is None."""
+    if seconds is None or runs is None or len(runs) == 0:
+        return runs
+    if "params.train.max_seconds" not in runs:
+        return runs.iloc[0:0]
+    import pandas as pd
+
+    budget = pd.to_numeric(runs["params.train.max_seconds"], errors="coerce")
+    return runs[(budget - seconds).abs() < 1e-6]
+
+
 def recipe_groups(runs: Any) -> list[tuple[str, Any]]:
     """(recipe label, its runs) for finished, evaluated runs: every param but the seed and bookkeeping."""
     runs = runs[(runs["status"] == "FINISHED") & runs["metrics.generated.fid"].notna()].copy()
@@ -354,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--experiment", default="mnistgan")
     res.add_argument("--readme", help="rewrite the table between the results markers of this file")
     res.add_argument("--plot", help="also draw FID during training against seconds for every run (PNG)")
+    res.add_argument(
+        "--seconds",
+        type=float,
+        help="only runs trained for this many wall-clock seconds (train.max_seconds): one budget per table",
+    )
     cmp = sub.add_parser("compare", help="reports/compare.md and a self-contained reports/compare.html")
     cmp.add_argument("--experiment", default="mnistgan")
     cmp.add_argument("--runs", help="comma-separated run ids (default: the most recent finished runs)")
@@ -366,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from mnistgan.tracking import search_runs
 
-    runs = search_runs(args.experiment)
+    runs = at_budget(search_runs(args.experiment), args.seconds)
     table = results_table(runs)
     if args.plot and results_plot(runs, Path(args.plot)):
         print(f"wrote {args.plot}", file=sys.stderr)
