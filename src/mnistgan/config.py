@@ -61,8 +61,9 @@ class _Section:
 
     def __getattribute__(self, name: str) -> Any:
         reads = _reads
-        own = object.__getattribute__(self, "__dict__")
-        if reads is not None and not name.startswith("_") and "_from_params" in own:
+        # recording off (every stage run but the end-to-end test's): one global read, nothing else
+        if (reads is not None and not name.startswith("_")
+                and "_from_params" in object.__getattribute__(self, "__dict__")):  # fmt: skip
             section = _SECTION_OF.get(type(self))
             if section is not None and name in _SCALAR_FIELDS[type(self)]:
                 reads.add(f"{section}.{name}" if section else name)
