@@ -75,6 +75,7 @@ def main(params: Params) -> int:
     run.log_metrics({"train_seconds": result.seconds, "images_per_second": result.images_per_second,
                      "train_steps": result.steps})  # fmt: skip
     run.log_artifact(paths.generator, "model")
+    run.log_generator_model(paths.generator)  # an MLflow Model, registered as mnistgan-generator
     run.log_artifact(paths.train_losses)
     run.log_artifact(paths.train_fid)
     run.end()

@@ -137,16 +137,25 @@ def test_mlflow_run_holds_params_losses_images_scores_and_tags(repo):
     images = {a.path.split("/")[-1].split("+")[0] + "@" + a.path.split("+")[2]
               for a in client.list_artifacts(run["run_id"], "images") if a.path.endswith(".png")}  # fmt: skip
     assert {"samples@60", "samples@120", "final_samples@120"} <= images
+    # The description the UI shows, and the generator as a registered model tagged with the run's scores
+    note = run["tags.mlflow.note.content"]
+    assert "the commit's params.yaml, unchanged" in note and f"FID {ev['generated.fid']:.2f}" in note, note
+    (version,) = client.search_model_versions("name='mnistgan-generator'")
+    assert version.run_id == run["run_id"] and float(version.tags["fid"]) == pytest.approx(ev["generated.fid"], 1e-3)
 
 
 def test_dvc_exp_run_logs_a_second_tagged_run(repo):
     out = dvc(["exp", "run", "-n", "lr-test", "-S", "train.lr=0.0005"], repo).stdout
     assert "Running stage 'train'" in out and "Running stage 'classifier'" not in out
-    _, runs = mlflow_runs(repo)
+    mlflow, runs = mlflow_runs(repo)
     assert len(runs) == 2
     tagged = runs[runs["tags.dvc_exp_name"] == "lr-test"]
     assert len(tagged) == 1 and float(tagged.iloc[0]["params.train.lr"]) == 0.0005
     assert tagged.iloc[0]["status"] == "FINISHED"
+    assert "changed train.lr=0.0005" in tagged.iloc[0]["tags.mlflow.note.content"]
+    client = mlflow.MlflowClient()
+    latest = max(client.search_model_versions("name='mnistgan-generator'"), key=lambda v: int(v.version))
+    assert int(latest.version) == 2 and latest.run_id == tagged.iloc[0]["run_id"] and "fid" in latest.tags
     shown = dvc(["exp", "show", "--json"], repo).stdout
     assert "lr-test" in shown
 

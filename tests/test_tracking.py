@@ -114,3 +114,85 @@ def test_sync_gives_a_run_without_scores_those_of_eval_json_once(tmp_path, monke
     assert "has its scores" in tracking.sync_scores()  # the second time there is nothing to add
     (tmp_path / "metrics/train.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
     assert "is not in" in tracking.sync_scores()  # a run of another machine's store: left alone
+
+
+# ---- the generator as a registered MLflow Model ------------------------------------------------------
+
+# Run in a fresh interpreter: the package's source folder is taken off sys.path (with the editable
+# install's finder), so the model can only load through the code MLflow stored beside the weights.
+LOAD_WITHOUT_REPO = """
+import importlib.util, json, sys
+src = sys.argv[1]
+sys.path[:] = [p for p in sys.path if p.rstrip('/') != src and p not in ('', '.')]
+sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]
+assert importlib.util.find_spec('mnistgan') is None, 'mnistgan still importable'
+import mlflow, numpy as np, pandas as pd
+model = mlflow.pyfunc.load_model('models:/mnistgan-generator/latest')
+out = model.predict(pd.DataFrame({'digit': [7, 7, 7, -1], 'seed': [0, 1, 2, 3]}))
+np.save(sys.argv[2], out)
+print(json.dumps({'module': sys.modules['mnistgan'].__file__, 'dtype': str(out.dtype), 'shape': list(out.shape)}))
+"""
+
+
+def test_generator_is_logged_registered_described_and_loads_without_the_repo(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from mlflow import MlflowClient
+    from pipeline_utils import ROOT
+    from test_generate import make_generator
+
+    from mnistgan.config import Params
+    from mnistgan.sample import digits_from_seeds
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    g, cfg = make_generator(tmp_path / "generator.pt")
+    run = tracking.open_run("mnistgan", required=True)
+    run.describe(changed=tracking.params_changes(Params(), cwd=tmp_path))  # not a git repo: says so
+    run.log_generator_model(tmp_path / "generator.pt")
+    scores = {"generated": {"fid": 27.8, "inception_score": 9.51, "precision": 0.672, "recall": 0.67,
+                            "classes_covered": 10, "n_samples": 10000},
+              "real_reference": {"fid": 5.56, "inception_score": 9.68}}  # fmt: skip
+    run.describe(scores=scores)
+    run.end()
+
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    assert version.run_id == run.run_id and version.tags["fid"] == "27.8" and version.tags["fid_real"] == "5.56"
+    assert version.tags["fid_multiple_of_real"] == "5" and version.tags["classes_covered"] == "10"
+    assert client.get_registered_model(tracking.REGISTERED_MODEL).description.startswith("GAN generators")
+    note = client.get_run(run.run_id).data.tags[tracking.NOTE_TAG]
+    assert "no committed version" in note and "FID 27.80 (5.0x real 5.56)" in note and "10 of 10 digits" in note
+    (logged,) = client.search_logged_models(experiment_ids=[client.get_run(run.run_id).info.experiment_id])
+    assert logged.source_run_id == run.run_id and logged.name == "generator"
+
+    p = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_REPO, str(ROOT / "src"), str(tmp_path / "out.npy")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    assert str(tmp_path / "mlartifacts") in info["module"]  # the stored copy of the code, not the repo's
+    assert info["dtype"] == "uint8" and info["shape"] == [4, 28, 28]
+    expected = digits_from_seeds(g, cfg.z_dim, True, np.array([7, 7, 7, -1]), np.arange(4))
+    assert np.load(tmp_path / "out.npy").tobytes() == expected.tobytes()  # the same bytes as `mnistgan generate`
+
+
+def test_params_changes_names_what_differs_from_the_commit(tmp_path):
+    import subprocess
+
+    import yaml
+    from pipeline_utils import ROOT, env
+
+    from mnistgan.config import load_params, params_from_dict
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    for cmd in (["git", "init", "-q"], ["git", "add", "params.yaml"], ["git", "commit", "-q", "-m", "p"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env(), check=True)
+    assert tracking.params_changes(load_params(tmp_path / "params.yaml"), cwd=tmp_path) == (
+        "the commit's params.yaml, unchanged")  # fmt: skip
+    raw["train"]["lr"], raw["seed"], raw["tracking"]["required"] = 0.0002, 3, False
+    assert tracking.params_changes(params_from_dict(raw), cwd=tmp_path) == "changed seed=3, train.lr=0.0002"

@@ -6,13 +6,28 @@ Each subcommand is a module with `main(argv: list[str] | None) -> int`, imported
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+
+EXIT_BAD_INPUT = 2  # every command: bad arguments or input files -> one line on stderr and this code
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line with EXIT_BAD_INPUT (it prints the whole usage
+    otherwise). Subcommands build their parsers from it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
 
 # name -> (module with main(argv) -> int, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("mnistgan.score", "score generated digits (.npy/.npz or PNG folder) against MNIST"),
+    "generate": ("mnistgan.generate", "digits from a trained generator: --digit 7 --n 64 --out sevens.png"),
     "bench": ("mnistgan.bench", "time training (plain vs fast path), time to quality and the metric suite"),
+    "verify": ("mnistgan.verify", "rerun the pipeline of HEAD in a temporary clone; compare outputs with dvc.lock"),
+    "ui": ("mnistgan.ui", "MLflow UI on this project's runs table (model-training view); --port"),
 }
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistgan import metrics
+from mnistgan.cli import EXIT_BAD_INPUT, OneLineParser
 from mnistgan.io import InputError, atomic_path, write_json
 from mnistgan.scoring import SPACES, RealFeatures, min_samples, real_features, score_all
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:  # torch is imported only when a classifier is needed
 PROG = "mnistgan score"
 DEFAULT_EXTRACTOR = "models/extractor.pt"  # optional: without it, the classifier's feature spaces only
 DEFAULT_SPACES = SPACES  # every feature space: the CLI is the place to look at them all
-EXIT_BAD_INPUT = 2
 ARRAY_KEYS = ("x", "images", "samples")  # the array taken from an .npz holding several
 FLOAT_TOLERANCE = 1e-3  # float pixels may overshoot their range by this much (rounding in a generator)
 
@@ -244,13 +244,8 @@ def cached_real_features(model: Classifier, mnist: MNIST, name: str, args: argpa
 # --- command line -------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage otherwise)
-        self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("path", metavar="PATH", help=".npy/.npz array of digits or a folder of 28x28 PNGs")
     p.add_argument("--classifier", default="models/classifier.pt", help="default: %(default)s")
     p.add_argument(

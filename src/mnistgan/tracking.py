@@ -142,6 +142,8 @@ class NullRun:
     def log_dataset(self, name: str, features: np.ndarray, targets: np.ndarray, source: str, digest: str,
                     context: str) -> None: ...  # fmt: skip
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_generator_model(self, generator_path: str | Path) -> None: ...
+    def describe(self, changed: str | None = None, scores: dict[str, Any] | None = None) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -174,8 +176,151 @@ class Run(NullRun):
     def set_tags(self, tags: dict[str, str]) -> None:
         with_retry(self.mlflow.set_tags, tags)
 
+    def log_generator_model(self, generator_path: str | Path) -> None:
+        """The sampling generator as an MLflow Model (pyfunc: (digit, seed) rows -> uint8 images), shown
+        under the run's logged models and registered as a new version of REGISTERED_MODEL."""
+        with _quiet_mlflow_logs():
+            info = with_retry(
+                self.mlflow.pyfunc.log_model, name="generator", python_model=str(GENERATOR_MODEL_CODE),
+                artifacts={GENERATOR_ARTIFACT: str(generator_path)},
+                code_paths=[str(GENERATOR_MODEL_CODE.parent)],  # the package's source: loads without this repo
+                signature=generator_signature(self.mlflow), input_example=GENERATOR_INPUT_EXAMPLE,
+                pip_requirements=generator_requirements(), registered_model_name=REGISTERED_MODEL,
+            )  # fmt: skip
+        if not self.client.get_registered_model(REGISTERED_MODEL).description:
+            with_retry(self.client.update_registered_model, REGISTERED_MODEL, description=REGISTERED_MODEL_NOTE)
+        version = info.registered_model_version
+        if version is not None:
+            note = f"Generator of run {self.run_id} (run name {self.run_name()}); its scores: this version's tags"
+            with_retry(self.client.update_model_version, REGISTERED_MODEL, str(version), description=note)
+
+    def run_name(self) -> str:
+        return with_retry(self.client.get_run, self.run_id).info.run_name
+
+    def describe(self, changed: str | None = None, scores: dict[str, Any] | None = None) -> None:
+        """The run's description in the UI (`mlflow.note.content`): what it changed against the commit's
+        params.yaml (given by the train stage) and, once evaluate has them, what it scored. With scores,
+        the registered generator version of this run is tagged with them too."""
+        tags = with_retry(self.client.get_run, self.run_id).data.tags
+        changed = changed if changed is not None else tags.get(CHANGED_TAG, "")
+        note = run_note(changed, scores)
+        with_retry(self.mlflow.set_tags, {CHANGED_TAG: changed, NOTE_TAG: note})
+        if scores:
+            versions = with_retry(self.client.search_model_versions,
+                                  f"name='{REGISTERED_MODEL}' and run_id='{self.run_id}'")  # fmt: skip
+            for v in versions:
+                for key, value in version_tags(scores).items():
+                    with_retry(self.client.set_model_version_tag, REGISTERED_MODEL, v.version, key, value)
+
     def end(self, status: str = "FINISHED") -> None:
         with_retry(self.mlflow.end_run, status=status)
+
+
+# ---- the generator as an MLflow Model, its registry entry, and run descriptions -------------------------
+
+REGISTERED_MODEL = "mnistgan-generator"
+REGISTERED_MODEL_NOTE = (
+    "GAN generators of the mnistgan pipeline, one version per training run, tagged with the run's scores. "
+    "Load with mlflow.pyfunc.load_model('models:/mnistgan-generator/latest'); predict takes a DataFrame with "
+    "int columns digit (0-9, -1 = any) and seed, one image per row, and returns uint8 (rows, 28, 28)."
+)
+# The model's code (models-from-code: MLflow stores the file and runs it at logging, to check the input example,
+# and at loading). Named by path, not imported: only the train stage logs the model (dvc.yaml lists the file
+# among its deps), and the other stages that import this module do not depend on it.
+GENERATOR_MODEL_CODE = Path(__file__).with_name("pyfunc_generator.py")
+GENERATOR_ARTIFACT = "generator"  # the key of the generator file among the model's artifacts
+GENERATOR_INPUT_EXAMPLE = {"digit": [7, 7, -1], "seed": [0, 1, 2]}
+NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows for a run (and for an experiment)
+CHANGED_TAG = "params_changed"  # what the run changed against the commit's params.yaml
+
+
+def generator_signature(mlflow: Any) -> Any:
+    """DataFrame (digit: long, seed: long) -> uint8 (rows, 28, 28); param truncation (0 = off)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "digit"), ColSpec("long", "seed")]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28))]),
+        params=ParamSchema([ParamSpec("truncation", "double", 0.0)]),
+    )
+
+
+def generator_requirements() -> list[str]:
+    """What loading the generator model needs, pinned to this environment's versions (stated, not
+    inferred: MLflow's inference imports the model in a subprocess and takes seconds)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "torch", "numpy", "pandas", "pyyaml")]
+
+
+@contextmanager
+def _quiet_mlflow_logs() -> Iterator[None]:
+    """MLflow logs INFO lines while saving a model (environment notes, 'Created version'): keep stderr for
+    the pipeline's own progress."""
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def params_changes(params: Any, cwd: Path | None = None) -> str:
+    """The keys where `params` differ from the params.yaml of the commit (HEAD), as one line: what a
+    `dvc exp run -S ...` changed. Paths and tracking settings are left out."""
+    import yaml
+
+    from mnistgan.config import flatten
+
+    try:
+        out = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10)  # fmt: skip
+        committed = flatten(yaml.safe_load(out.stdout) or {}) if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, yaml.YAMLError):
+        committed = None
+    if committed is None:
+        return "params.yaml (no committed version to compare with)"
+    now = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()}  # yaml lists: tuples
+    changed = [f"{k}={v}" for k, v in now.items()
+               if not k.startswith(("paths.", "tracking.")) and committed.get(k, _MISSING) != v]  # fmt: skip
+    return "changed " + ", ".join(changed) if changed else "the commit's params.yaml, unchanged"
+
+
+_MISSING = object()
+
+
+def run_note(changed: str, scores: dict[str, Any] | None) -> str:
+    """Markdown for the run's description: what it changed and, when known, its headline scores (those of
+    them that `scores` holds)."""
+    lines = [f"**Params**: {changed}."]
+    if scores:
+        g, r = scores.get("generated", {}), scores.get("real_reference", {})
+        parts = []
+        if "fid" in g and r.get("fid"):
+            parts.append(f"FID {g['fid']:.2f} ({g['fid'] / r['fid']:.1f}x real {r['fid']:.2f})")
+        if "inception_score" in g:
+            parts.append(f"score {g['inception_score']:.2f} (real {r.get('inception_score', float('nan')):.2f})")
+        if "precision" in g and "recall" in g:
+            parts.append(f"precision/recall {g['precision']:.3f}/{g['recall']:.3f}")
+        if "classes_covered" in g:
+            parts.append(f"{g['classes_covered']} of 10 digits")
+        lines.append(f"**Scored** ({g.get('n_samples', 'all')} samples): {', '.join(parts)}.")
+    else:
+        lines.append("**Scored**: not yet (the evaluate stage logs the scores).")
+    return "\n\n".join(lines)
+
+
+def version_tags(scores: dict[str, Any]) -> dict[str, str]:
+    """The registered generator version's tags: its run's headline scores, with the real reference's FID."""
+    g, r = scores.get("generated", {}), scores.get("real_reference", {})
+    tags = {k: f"{g[k]:.4g}" for k in ("fid", "inception_score", "precision", "recall", "classes_covered") if k in g}
+    if "fid" in g and r.get("fid"):
+        tags |= {"fid_real": f"{r['fid']:.4g}", "fid_multiple_of_real": f"{g['fid'] / r['fid']:.3g}"}
+    return tags
 
 
 def _import_mlflow(required: bool) -> Any:
@@ -190,9 +335,17 @@ def _import_mlflow(required: bool) -> Any:
     return mlflow
 
 
-# MLflow 3's UI opens an experiment by its kind; without this tag it may show the GenAI views (traces,
-# prompts) instead of the runs table of a model-training experiment.
+# The experiment's kind for MLflow 3 ("Machine learning", not GenAI). MLflow 3.17's UI no longer picks its view
+# by this tag but by the address's `workflowType` (else the browser's last choice, GenAI at first: traces, token
+# usage); `mnistgan ui` (`make ui`) prints an address with `workflowType=machine_learning`.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# The experiment's description: MLflow shows the tag `mlflow.note.content` on the experiment's page.
+EXPERIMENT_NOTE = (
+    "GAN runs of the mnistgan pipeline (MNIST digits): one run per training, with its params, loss curves, "
+    "sample grids during training (images, key `samples`), final scores (`generated.*`) beside the same "
+    "scores for real MNIST images (`real_reference.*`), and tags naming the git commit (`git_commit`) and "
+    "the DVC experiment (`dvc_exp_name`)."
+)
 
 
 def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
@@ -201,14 +354,15 @@ def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
         try:
             # Absolute artifact root so queued experiments (temporary copies) store artifacts here too.
             exp_id = mlflow.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri(),
-                                              tags=dict([EXPERIMENT_KIND]))  # fmt: skip
+                                              tags=dict([EXPERIMENT_KIND, (NOTE_TAG, EXPERIMENT_NOTE)]))  # fmt: skip
             return exp_id
         except Exception:  # another process created it first
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:
                 raise
-    if exp.tags.get(EXPERIMENT_KIND[0]) is None:  # an experiment made by older code
-        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    for key, value in (EXPERIMENT_KIND, (NOTE_TAG, EXPERIMENT_NOTE)):
+        if exp.tags.get(key) is None:  # an experiment made by older code
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 
@@ -248,6 +402,7 @@ def open_training_run(params: Any, mnist: Any, run_id: str | None, device: str, 
     run = open_run(params.tracking.experiment, params.tracking.required, run_id=run_id)
     if not run_id:
         run.log_params(flatten(params))
+        run.describe(changed=params_changes(params))
         run.log_dataset("mnist", mnist.x_train, mnist.y_train, source=os.path.abspath(params.paths.mnist),
                         digest=mnist.train_digest()[:32], context="training")  # fmt: skip
     run.set_tags(run_tags(device) | ({"nproc": str(world)} if world > 1 else {}))
@@ -300,6 +455,34 @@ def last_image(run_id: str, key: str, dest: Path) -> Path | None:
     return Path(client.download_artifacts(run_id, max(steps)[1], str(dest)))
 
 
+def load_generator_model(uri: str) -> Any:
+    """An MLflow generator model (`models:/mnistgan-generator/latest`, `runs:/ID/generator`, ...) from this
+    project's store, as a function (digits, seeds, truncation) -> uint8 (rows, 28, 28)."""
+    from mnistgan.errors import InputError
+
+    mlflow = _import_mlflow(True)
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        with _quiet_mlflow_logs():
+            model = mlflow.pyfunc.load_model(uri)
+    except Exception as e:  # MlflowException (no such model or version), OSError, a model of another kind...
+        raise InputError(f"--model-uri {uri}: cannot load ({_first_line(e)})") from None
+
+    def predict(digits: np.ndarray, seeds: np.ndarray, truncation: float) -> np.ndarray:
+        import pandas as pd
+
+        try:
+            return model.predict(pd.DataFrame({"digit": digits, "seed": seeds}), params={"truncation": truncation})
+        except Exception as e:  # the model's own ValueError (a digit of an unconditional generator), wrapped
+            raise InputError(f"--model-uri {uri}: {_first_line(e)}") from None
+
+    return predict
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 # ---- scores of a run whose evaluate stage DVC skipped -------------------------------------------------
 
 
@@ -313,6 +496,7 @@ def log_scores(run: NullRun, scores: dict[str, Any], classifier_metrics: dict[st
     # where the scores' features came from (network, weights sha256, version): tags, searchable in the UI
     run.set_tags({k: v for k, v in flat.items() if isinstance(v, str)})
     run.log_artifact(eval_path)
+    run.describe(scores=scores)  # the run's description and its registered generator's tags
 
 
 def sync_scores(params_path: str = "params.yaml") -> str:
