@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 # Stage commands call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test test-fast bench calibrate ui compare sweep results lint format clean
+.PHONY: venv repro verify test test-fast bench calibrate ui compare sweep results lint format clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ $(STAMP): requirements.txt pyproject.toml
 repro: venv
 	dvc repro
 	$(VENV)/bin/python -m mnistgan.tracking sync
+
+# Reproducibility check for CI: the whole pipeline of HEAD rerun in a temporary clone, outputs against dvc.lock.
+BASE ?= HEAD~1
+verify: venv
+	$(VENV)/bin/python -m mnistgan.verify --base $(BASE)
 
 # Two pytest workers (pytest-xdist): most tests run single-threaded subprocesses. --dist loadfile sends a
 # whole file to one worker in order, so a module fixture (one tiny pipeline run) is built once and the
@@ -57,8 +62,10 @@ sweep: venv
 results: venv
 	$(VENV)/bin/python -m mnistgan.report results --seconds $(SWEEP_SECONDS) --readme README.md --plot docs/results_fid.png
 
+# The MLflow UI (store: ./mlflow.db or MLFLOW_TRACKING_URI) on 127.0.0.1:$(PORT), opened on the runs table.
+PORT ?= 5000
 ui: venv
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	$(VENV)/bin/python -m mnistgan.ui --port $(PORT)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -19,18 +19,20 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from pipeline_utils import TINY, copy_repo, copy_tree, deep_update, dvc
+from pipeline_utils import ROOT, TINY, copy_repo, copy_tree, deep_update, dvc
+
+from mnistgan.verify import varying_outputs
 
 pytestmark = pytest.mark.slow
 
 # TINY with a checkpoint every 20 of the 120 steps, so test_recovery can kill training between checkpoints.
 PARAMS = deep_update(copy.deepcopy(TINY), {"train": {"checkpoint_every": 20}})
 
-# Outputs that are meant to differ between two runs of the same params, so are not compared:
-NOT_COMPARED = {
-    "metrics/train.json",  # wall-clock seconds, images per second and the MLflow run id (a new run each time)
-    "models/checkpoint.pt",  # deleted before the second run (see below); it also holds the MLflow run id
-}
+# Outputs that are meant to differ between two runs of the same params, so are not compared: the ones dvc.yaml
+# declares with `meta: {varies: ...}` (metrics/train.json: wall-clock seconds, images per second and the MLflow
+# run id; models/checkpoint.pt: the MLflow run id, and it is deleted before the second run, see below), the
+# same list `mnistgan verify` skips.
+NOT_COMPARED = set(varying_outputs(ROOT))
 # Must be among the compared files (the pipeline's outputs listed by the issue).
 REQUIRED = {
     "models/generator.pt",
