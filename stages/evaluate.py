@@ -47,6 +47,9 @@ def main(params: Params) -> None:
         print(f"evaluate: FID over {len(cfg.seeds)} sample sets {fid['mean']:.3f} ± {fid['std']:.3f}")
     print(f"evaluate: score {g['inception_score']:.3f} (real {r['inception_score']:.3f}), FID {g['fid']:.3f} "
           f"(real {r['fid']:.3f} at N={result['n_reference']}), classes {g['classes_covered']}/10")  # fmt: skip
+    lo, hi = g["fid_inf_ci95"]
+    print(f"evaluate: fid_inf {g['fid_inf']:.2f} [{lo:.2f}, {hi:.2f}] (real {r['fid_inf']:.2f}): "
+          f"{g['fid_inf'] / r['fid_inf']:.1f}x real, for any number of samples")  # fmt: skip
     if a:
         print(f"evaluate: FID multiples of real over {a['n_spaces']} feature spaces {a['fid_multiple_min']:.1f} to "
               f"{a['fid_multiple_max']:.1f} (spread {a['fid_multiple_spread']:.1f})")  # fmt: skip
@@ -62,7 +65,7 @@ def scores_over_seeds(params: Params, models: dict, reals: dict, common: dict) -
     scores = []
     for seed in cfg.seeds:
         images = sample_images(g, n, train_cfg.z_dim, train_cfg.conditional, seed, bs, params.sample.truncation)
-        scores.append(score_all(images, models, reals, (), **common)["generated"])
+        scores.append(score_all(images, models, reals, (), intervals=False, **common)["generated"])
     return {**mean_std_over_sets(scores), "seeds": list(cfg.seeds), "n_samples": params.sample.n}
 
 

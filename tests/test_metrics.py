@@ -391,3 +391,59 @@ def test_mean_std_over_sets():
     assert mean_std_over_sets([{"fid": 2.0}])["fid"] == {"mean": 2.0, "std": 0.0}
     with pytest.raises(ValueError, match="no results"):
         mean_std_over_sets([])
+
+
+# --- fid_inf and the 95% intervals --------------------------------------------------------------------
+
+
+def _gaussians(n_gen: int, seed: int, d: int = 64, shift: float = 0.3):
+    rng = np.random.default_rng(seed)
+    return rng.normal(shift, 1, (n_gen, d)), rng.normal(0, 1, (20000, d))
+
+
+def test_fid_inf_does_not_depend_on_the_sample_count_where_fid_does():
+    small_gen, ref = _gaussians(300, 0)
+    large_gen, _ = _gaussians(5000, 1)
+    fid_small, fid_large = M.fid(small_gen, ref), M.fid(large_gen, ref)
+    inf_small, inf_large = M.fid_inf(small_gen, ref), M.fid_inf(large_gen, ref)
+    truth = 64 * 0.3**2  # |mu1 - mu2|^2 of the two Gaussians (their covariances are equal)
+    assert fid_small > 1.15 * fid_large  # FID's bias: higher at 300 samples
+    assert abs(inf_small - inf_large) < 0.12 * truth  # the extrapolation removes it
+    assert abs(inf_large - truth) < abs(fid_large - truth)
+    assert M.fid_inf(small_gen, ref, seed=3) == M.fid_inf(small_gen, ref, seed=3)  # seeded
+
+
+def test_fid_inf_sizes_are_even_in_one_over_n():
+    sizes = M.fid_inf_sizes(2000)
+    assert sizes[0] == 2000 * M.FID_INF_SMALLEST and sizes[-1] == 2000 and len(sizes) == M.FID_INF_POINTS
+    assert np.allclose(np.diff(1 / sizes), np.diff(1 / sizes).mean(), rtol=0.05)
+
+
+def test_bootstrap_mean_interval_covers_the_true_share_at_the_binomial_width():
+    x = (np.random.default_rng(0).random(4000) < 0.7).astype(float)
+    lo, hi = M.bootstrap_mean_interval(x, seed=1)
+    assert lo < x.mean() < hi and lo < 0.7 < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.21 / 4000), rel=0.2)  # the analytic binomial width
+    assert M.bootstrap_mean_interval(x, seed=1) == [lo, hi]
+
+
+def test_fid_intervals_hold_the_estimate_and_narrow_with_more_samples():
+    gen, ref = _gaussians(4000, 2)
+    small = M.bootstrap_fid_intervals(gen[:800], ref, rounds=40)
+    large = M.bootstrap_fid_intervals(gen, ref, rounds=40)
+    for key, estimate in (("fid", M.fid(gen, ref)), ("fid_inf", M.fid_inf(gen, ref))):
+        assert large[key][0] < estimate < large[key][1], key
+        assert large[key][1] - large[key][0] < small[key][1] - small[key][0], key
+    assert large["fid_inf"][0] < 64 * 0.3**2 < large["fid_inf"][1]  # the truth inside
+
+
+def test_evaluate_samples_intervals_bracket_their_scores():
+    rng = np.random.default_rng(4)
+    gen, test, pool = rng.normal(0.2, 1, (600, 8)), rng.normal(0, 1, (800, 8)), rng.normal(0, 1, (300, 8))
+    probs = rng.dirichlet(np.ones(10) * 0.3, 600)
+    out = M.evaluate_samples(gen, probs, test, pool, intervals=True)
+    assert set(M.INTERVAL_METHODS) == {k.removesuffix("_ci95") for k in out if k.endswith("_ci95")}
+    for key in M.INTERVAL_METHODS:
+        lo, hi = out[f"{key}_ci95"]
+        assert lo <= out[key] <= hi, key
+    assert not any(k.endswith("_ci95") for k in M.evaluate_samples(gen, probs, test, pool))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
+from schema_utils import schema_problems
 
 from mnistgan.config import RECORD_ENV
 
@@ -65,6 +66,7 @@ def test_every_output_is_there(repo):
     assert all(0 < float(r["fid_real"]) < float(r["fid"]) for r in fid_rows)  # a tiny GAN is above the floor
     assert train["fid_during_training"] == pytest.approx(float(fid_rows[-1]["fid"]), rel=1e-4)
     ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert schema_problems(ev) == []  # every key as docs/scores.md describes it
     for part in ("generated", "real_reference"):
         for key in ("inception_score", "inception_score_std", "fid"):
             assert np.isfinite(ev[part][key])
@@ -75,7 +77,7 @@ def test_every_output_is_there(repo):
     assert sorted(spaces) == sorted(FID_AND_SEEDS["evaluate"]["spaces"])
     assert all(v["fid_multiple"] > 1 for v in spaces.values())
     assert ev["agreement"]["n_spaces"] == 3 and ev["agreement"]["fid_multiple_spread"] >= 0
-    assert spaces["extractor/blocks"]["identity"]["arch"] == "deep" and ev["extractor"]["arch"] == "lenet"
+    assert spaces["extractor/blocks"]["identity"]["arch"] == "deep" and ev["headline_features"]["arch"] == "lenet"
     over = ev["generated_over_seeds"]
     assert over["seeds"] == [5, 6] and over["n_samples"] == TINY["sample"]["n"]
     for key in ("fid", "inception_score", "precision", "recall", "classes_covered"):
@@ -131,7 +133,7 @@ def test_mlflow_run_holds_params_losses_images_scores_and_tags(repo):
             assert run[f"tags.{key}"] == value, key
             continue
         assert run[f"metrics.{key}"] == pytest.approx(value, rel=1e-9), key
-    assert len(run["tags.extractor.weights_sha256"]) == 16  # the headline scores' classifier, by its weights
+    assert len(run["tags.headline_features.weights_sha256"]) == 16  # the headline scores' classifier, by its weights
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
     assert {"images", "model", "samples.png", "eval.json", "train_losses.csv", "train_fid.csv"} <= artifacts
     images = {a.path.split("/")[-1].split("+")[0] + "@" + a.path.split("+")[2]

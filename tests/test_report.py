@@ -100,3 +100,53 @@ def test_at_budget_keeps_only_runs_of_that_many_seconds():
     assert len(kept) == 5 and set(kept["params.train.max_seconds"]) == {"290.0"}
     assert at_budget(runs, None) is runs
     assert len(at_budget(fake_runs(), 290)) == 0  # runs without a seconds budget: none at this budget
+
+
+def test_welch_verdict_says_better_worse_or_within_noise():
+    from mnistgan.report import welch_verdict
+
+    # FID: lower is better. Far apart with small spreads: real; overlapping spreads: noise.
+    assert welch_verdict([5.0, 5.2, 4.9], [28.0, 28.5, 27.9], "fid").startswith("better (p=")
+    assert welch_verdict([28.0, 28.5, 27.9], [5.0, 5.2, 4.9], "fid").startswith("worse (p=")
+    assert welch_verdict([0.70, 0.72, 0.71], [0.60, 0.61, 0.62], "precision").startswith("better")
+    assert welch_verdict([27.0, 30.0, 28.0], [28.0, 29.5, 27.0], "fid").startswith("within noise")
+    assert welch_verdict([27.0], [28.0, 29.5], "fid") == ""  # one seed: no spread to test against
+    from scipy.stats import ttest_ind
+
+    p = ttest_ind([10.0, 12.0, 14.0], [5.0, 7.0, 9.0], equal_var=False).pvalue
+    assert welch_verdict([10.0, 12.0, 14.0], [5.0, 7.0, 9.0], "fid") == f"worse (p={p:.2g})"  # Welch's p-value
+
+
+def test_interval_verdict_uses_both_widths():
+    from mnistgan.report import interval_verdict
+
+    assert interval_verdict(27.8, (26.8, 29.1), 28.5, (27.4, 29.7), "fid") == "within noise"
+    assert interval_verdict(27.8, (26.8, 29.1), 46.6, (45.0, 48.3), "fid") == "better"
+    assert interval_verdict(0.60, (0.59, 0.61), 0.67, (0.66, 0.68), "recall") == "worse"
+
+
+def test_results_table_marks_each_recipe_against_the_default(monkeypatch):
+    from mnistgan import report
+
+    monkeypatch.setattr(report, "recipe_label", lambda row: "`default`: ns" if row["params.train.loss"] == "ns"
+                        else "`hinge`: hinge")  # fmt: skip
+    table = results_table(fake_runs())
+    hinge = next(line for line in table.splitlines() if line.startswith("| `hinge`"))
+    default = next(line for line in table.splitlines() if line.startswith("| `default`"))
+    assert "7.00 ± 2.00 (better, p=0.038)" in hinge  # 7 +- 2 against 12 +- 2, 3 seeds each: Welch p = 0.038
+    assert "9.000 (" not in hinge  # the same score in both: no verdict is claimed
+    assert "(" not in default.split("|")[3]  # the default itself has no verdict
+    assert "Welch's t-test" in table
+
+
+def test_compare_verdict_table_from_the_runs_intervals():
+    from mnistgan.report import verdict_table
+
+    g = "metrics.generated.fid"
+    runs = pd.DataFrame([{g: 27.8, f"{g}_ci95_low": 26.8, f"{g}_ci95_high": 29.1},
+                         {g: 46.6, f"{g}_ci95_low": 45.0, f"{g}_ci95_high": 48.3},
+                         {g: 28.5, f"{g}_ci95_low": 27.4, f"{g}_ci95_high": 29.7}])  # fmt: skip
+    title, header, rows = verdict_table(runs, ["a", "b", "c"])
+    assert header == ["score", "a vs b", "a vs c", "b vs c"]
+    assert rows == [["fid", "better", "within noise", "worse"]]
+    assert verdict_table(runs[[g]], ["a", "b", "c"]) is None  # runs of older code

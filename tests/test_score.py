@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from schema_utils import schema_problems
 
 from mnistgan import metrics, score, scoring
 from mnistgan.config import FEATURE_SPACES as SPACES
@@ -244,10 +245,14 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     assert code == 0, err
     result = json.loads(out)
     assert json.loads((tmp_path / "out" / "score.json").read_text()) == result
-    for scores in (result, result["reference"]):
+    assert schema_problems(result) == []  # every key as docs/scores.md describes it, the same as eval.json's
+    for scores in (result["generated"], result["real_reference"]):
         assert set(metrics.EVALUATE_KEYS) <= set(scores)
         assert all(np.isfinite(scores[k]) for k in metrics.EVALUATE_KEYS)
-    assert result["n_samples"] == 500 and result["reference"]["n_samples"] == 200 == result["n_reference"]
+    gen = result["generated"]
+    assert gen["n_samples"] == 500 and result["real_reference"]["n_samples"] == 200 == result["n_reference"]
+    for key in metrics.INTERVAL_METHODS:  # every headline score's 95% interval
+        assert len(gen[f"{key}_ci95"]) == 2 and gen[f"{key}_ci95"][0] <= gen[f"{key}_ci95"][1], key
     assert result["read_as"] == "npy, uint8 0..255"
     # every feature space, each FID as a multiple of its own real value, and where the features came from
     assert sorted(result["feature_spaces"]) == sorted(SPACES)
@@ -256,7 +261,7 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
         assert len(s["identity"]["weights_sha256"]) == 16
     multiples = [s["fid_multiple"] for s in result["feature_spaces"].values()]
     assert result["agreement"]["fid_multiple_spread"] == pytest.approx(max(multiples) - min(multiples))
-    assert result["extractor"] == result["feature_spaces"]["classifier/penultimate"]["identity"]
+    assert result["headline_features"] == result["feature_spaces"]["classifier/penultimate"]["identity"]
 
     # Second run: the real features come from the cache (one entry per network), and the result is the same.
     entries = sorted((tmp_path / "cache").iterdir())
@@ -277,8 +282,11 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     mnist = load_mnist(p["data"])
     reals = {n: scoring.real_features(m, mnist) for n, m in models.items()}
     core = scoring.score_all(np.load(p["samples"]), models, reals, SPACES, n_reference=200)
-    assert core["generated"] == pytest.approx({k: result[k] for k in metrics.EVALUATE_KEYS}, rel=1e-9)
-    assert core["real_reference"] == pytest.approx(result["reference"], rel=1e-9)
+    for part in ("generated", "real_reference"):
+        assert {k: v for k, v in core[part].items() if not k.endswith("_ci95")} == pytest.approx(
+            {k: v for k, v in result[part].items() if not k.endswith("_ci95")}, rel=1e-9)  # fmt: skip
+        assert {k: v for k, v in core[part].items() if k.endswith("_ci95")} == {
+            k: v for k, v in result[part].items() if k.endswith("_ci95")}  # fmt: skip
 
 
 def test_the_reference_has_the_inputs_own_size(tmp_path, capsys, fake_pipeline, monkeypatch):
@@ -290,7 +298,7 @@ def test_the_reference_has_the_inputs_own_size(tmp_path, capsys, fake_pipeline, 
                               "--extractor", p["extractor"], "--no-cache")  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
-    assert result["n_samples"] == result["n_reference"] == result["reference"]["n_samples"] == 120
+    assert result["generated"]["n_samples"] == result["n_reference"] == result["real_reference"]["n_samples"] == 120
     # no extractor file at the default path: the classifier's feature spaces only
     code, out, err = run_main(capsys, tmp_path / "small.npy", "--classifier", p["classifier"], "--data", p["data"],
                               "--no-cache")  # fmt: skip

@@ -92,7 +92,8 @@ def test_feature_spaces_agreement_and_identity(mnist, trained):
     assert a["fid_multiple_min"] <= a["fid_multiple_mean"] <= a["fid_multiple_max"] and a["n_spaces"] == 3
     ident = result["feature_spaces"]["extractor/blocks"]["identity"]
     assert ident["arch"] == "deep" and ident["version"].endswith("/deep/blocks")
-    assert result["extractor"]["arch"] == "lenet" and result["extractor"]["space"] == "classifier/penultimate"
+    assert result["headline_features"]["arch"] == "lenet"
+    assert result["headline_features"]["space"] == "classifier/penultimate"
     # the identity is the weights: another seed, another hash
     torch.manual_seed(2)
     assert scoring.identity(DeepClassifier(), "extractor", "blocks")["weights_sha256"] != ident["weights_sha256"]
@@ -130,3 +131,47 @@ def test_golden_values_of_the_metric_chain(mnist):
     got = scoring.score_all(images, {"classifier": model}, {"classifier": real}, n_reference=1000)["generated"]
     assert {k: got[k] for k in GOLDEN_CONTINUOUS} == pytest.approx(GOLDEN_CONTINUOUS, rel=1e-4)
     assert {k: got[k] for k in GOLDEN_KNN} == pytest.approx(GOLDEN_KNN, abs=0.002)
+
+
+def test_fid_inf_of_noisy_real_digits_does_not_depend_on_how_many_are_scored(mnist, trained):
+    """Real digits with +-48 pixel noise stand in for a generator with a fixed distance to MNIST: its FID
+    falls as more are scored, its fid_inf does not, and the larger set's value lies in the smaller's interval."""
+    from mnistgan import metrics
+
+    model, real = trained
+    rng = np.random.default_rng(0)
+    noisy = np.clip(mnist.x_train[:8000].astype(int) + rng.integers(-48, 49, (8000, 28, 28)), 0, 255).astype(np.uint8)
+    feats = real.view(scoring.network_features(model, noisy)[0], "penultimate")
+    test = real.test("penultimate")
+    inf_large, fid_large = metrics.fid_inf(feats, test), metrics.fid(feats, test)
+    inside, fids = 0, []
+    for part in range(4):  # four disjoint sets of 2,000
+        small = feats[part * 2000 : (part + 1) * 2000]
+        fids.append(metrics.fid(small, test))
+        assert abs(metrics.fid_inf(small, test) / inf_large - 1) < 0.15
+        lo, hi = metrics.bootstrap_fid_intervals(small, test)["fid_inf"]
+        inside += lo < inf_large < hi
+    assert np.mean(fids) > fid_large  # FID's bias: higher at 2,000 on average
+    assert inside >= 3  # 95% intervals: about 1 in 20 misses
+
+
+TRAINED = [scoring.__file__.rsplit("/src/", 1)[0] + f"/{p}" for p in ("models/classifier.pt", "data/samples.npy")]
+
+
+@pytest.mark.skipif(not all(__import__("os").path.exists(p) for p in TRAINED),
+                    reason="needs the default run's classifier and samples (make repro)")  # fmt: skip
+def test_the_default_runs_fid_inf_from_2000_and_10000_samples_agree(mnist):
+    """After `make repro`: fid_inf of the first 2,000 and of all 10,000 samples within 15%, and the
+    10,000-sample value inside the 2,000-sample interval."""
+    from mnistgan import metrics
+    from mnistgan.classifier import check_classifier_file, classifier_from_file
+    from mnistgan.io import load_torch
+
+    model = classifier_from_file(load_torch(TRAINED[0], check=check_classifier_file))
+    samples = np.load(TRAINED[1])
+    feats = scoring.network_features(model, samples)[0][:, -model.FEATURES :]
+    test = scoring.network_features(model, mnist.x_test)[0][:, -model.FEATURES :]
+    inf_2k, inf_10k = metrics.fid_inf(feats[:2000], test), metrics.fid_inf(feats, test)
+    assert abs(inf_2k / inf_10k - 1) < 0.15
+    lo, hi = metrics.bootstrap_fid_intervals(feats[:2000], test)["fid_inf"]
+    assert lo < inf_10k < hi

@@ -13,6 +13,7 @@ ndim, mismatched feature sizes, too few samples for the metric).
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -29,7 +30,7 @@ _BLOCK = 1 << 23
 _DIST_DTYPE = np.float32
 
 EVALUATE_KEYS = (
-    "inception_score", "inception_score_std", "fid", "kid", "kid_std", "precision", "recall", "density",
+    "inception_score", "inception_score_std", "fid", "fid_inf", "kid", "kid_std", "precision", "recall", "density",
     "coverage", "classes_covered", "class_kl_uniform", "mean_confidence", "memorisation", "n_samples",
 )  # fmt: skip
 
@@ -178,6 +179,114 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return statistics_to_fid(*features_to_statistics(a), *features_to_statistics(b))
 
 
+# --- FID without its sample-count bias ----------------------------------------------------------------
+
+FID_INF_POINTS = 15  # sample counts on the fitted line
+FID_INF_SMALLEST = 0.3  # the smallest count, as a share of the set (measured: docs/scores.md)
+
+
+def fid_inf_sizes(n: int, points: int = FID_INF_POINTS, smallest: float = FID_INF_SMALLEST, dim: int = 0) -> np.ndarray:
+    """The sample counts fid_inf fits: `points` counts evenly spaced in 1/N from n*smallest up to n, and
+    none below twice the feature dimension `dim` (a covariance of fewer points than dimensions is singular
+    and its FID leaves the 1/N line), unless that leaves less than n/2 to n."""
+    lo = max(int(n * smallest), min(2 * dim, n // 2), 2)
+    return np.unique(np.round(1 / np.linspace(1 / lo, 1 / n, points)).astype(int))
+
+
+def fid_curve(feats: np.ndarray, stats_ref: tuple[np.ndarray, np.ndarray], sizes: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """FID against fixed reference statistics (mean, covariance) of a random subset of `feats` (drawn
+    without replacement) of each size in `sizes` -> (len(sizes),); the whole set where the size is N."""
+    out = np.empty(len(sizes))
+    for i, n in enumerate(sizes):
+        rows = rng.choice(len(feats), int(n), replace=False) if n < len(feats) else slice(None)
+        out[i] = statistics_to_fid(*features_to_statistics(feats[rows]), *stats_ref)
+    return out
+
+
+def curve_to_fid_inf(sizes: np.ndarray, fids: np.ndarray) -> float:
+    """The least-squares line fids = a + b / sizes, at 1/N = 0: its intercept a."""
+    _slope, intercept = np.polyfit(1.0 / np.asarray(sizes, np.float64), np.asarray(fids, np.float64), 1)
+    return float(intercept)
+
+
+def fid_inf(feats: np.ndarray, feats_ref: np.ndarray, *, seed: int = 0, points: int = FID_INF_POINTS,
+            smallest: float = FID_INF_SMALLEST) -> float:  # fmt: skip
+    """FID extrapolated to infinitely many samples (Chong & Forsyth 2020, "Effectively Unbiased FID and
+    Inception Score and Where to Find Them", CVPR). FID's bias falls as 1/N, so FID is computed at `points`
+    sample counts from N*`smallest` to N (random subsets of `feats`, seeded) and a least-squares line
+    FID = a + b / N is fitted; its intercept a is the score. The reference set is used whole: its own
+    finite-size term is the same for every set scored against it, so it stays in (the real reference's
+    fid_inf is not 0). Unlike FID, it does not depend on how many samples were scored."""
+    ref = _as_2d("feats_ref", feats_ref, 2, " for FID")
+    return statistics_to_fid_inf(feats, features_to_statistics(ref), seed=seed, points=points, smallest=smallest)
+
+
+def statistics_to_fid_inf(feats: np.ndarray, stats_ref: tuple[np.ndarray, np.ndarray], *, seed: int = 0,
+                          points: int = FID_INF_POINTS, smallest: float = FID_INF_SMALLEST) -> float:  # fmt: skip
+    """fid_inf of `feats` against reference statistics (mean, covariance) computed once (FID during training)."""
+    x = _as_2d("feats", feats, 20, " for fid_inf (a line through FIDs of subsets)")
+    if x.shape[1] != len(stats_ref[0]):
+        raise ValueError(f"fid_inf: features have {x.shape[1]} columns, the reference {len(stats_ref[0])}")
+    sizes = fid_inf_sizes(len(x), points, smallest, x.shape[1])
+    return curve_to_fid_inf(sizes, fid_curve(x, stats_ref, sizes, np.random.default_rng(seed)))
+
+
+# --- 95% intervals -------------------------------------------------------------------------------------
+
+BOOTSTRAP_ROUNDS = 200  # resamples for the intervals of averages (cheap)
+FID_BOOTSTRAP_ROUNDS = 100  # resamples for FID and fid_inf (each round: a fid_inf line, ~15 FIDs)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """[low, high]: the central `level` share of bootstrap values (the percentile bootstrap)."""
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(np.asarray(values, np.float64), [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_mean_interval(per_point: np.ndarray, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> list[float]:
+    """95% interval of the mean of per-point values (precision's 0/1 per sample, density's sphere counts,
+    ...) by resampling the points with replacement (percentile bootstrap, seeded)."""
+    x = np.asarray(per_point, np.float64).reshape(-1)
+    counts = np.random.default_rng(seed).multinomial(len(x), np.full(len(x), 1 / len(x)), size=rounds)
+    return percentile_interval(counts @ x / len(x))  # (rounds, n) @ (n,): every round's mean at once
+
+
+def bootstrap_inception_score_interval(probs: np.ndarray, splits: int = 10, *, rounds: int = BOOTSTRAP_ROUNDS,
+                                       seed: int = 0) -> list[float]:  # fmt: skip
+    """95% interval of the Inception Score by resampling the samples with replacement."""
+    p = _check_probs("probs", probs)
+    rng = np.random.default_rng(seed)
+    scores = [probs_to_inception_score(p[rng.integers(0, len(p), len(p))], splits, seed=seed)[0] for _ in range(rounds)]
+    return percentile_interval(np.array(scores))
+
+
+def bootstrap_fid_intervals(feats: np.ndarray, feats_ref: np.ndarray, *, rounds: int = FID_BOOTSTRAP_ROUNDS,
+                            seed: int = 0) -> dict[str, list[float]]:  # fmt: skip
+    """95% intervals of FID and fid_inf by resampling the samples with replacement (the reference fixed).
+
+    A resample repeats about a third of its points, which narrows its covariance and raises its FID: the
+    bootstrap values sit above the estimate by that bias. So the percentile interval is moved by the
+    bootstrap's mean bias (the bias-corrected percentile interval): [q2.5 - bias, q97.5 - bias]."""
+    x = _as_2d("feats", feats, 20, " for FID intervals")
+    ref = _as_2d("feats_ref", feats_ref, 2, " for FID")
+    _same_width("feats", x, "feats_ref", ref)
+    stats_ref = features_to_statistics(ref)
+    sizes = fid_inf_sizes(len(x), dim=x.shape[1])
+    rng = np.random.default_rng(seed)
+    estimate = {"fid": statistics_to_fid(*features_to_statistics(x), *stats_ref), "fid_inf": fid_inf(x, ref, seed=seed)}
+    boot = {"fid": np.empty(rounds), "fid_inf": np.empty(rounds)}
+    for r in range(rounds):
+        curve = fid_curve(x[rng.integers(0, len(x), len(x))], stats_ref, sizes, rng)  # last size: the whole resample
+        boot["fid"][r], boot["fid_inf"][r] = curve[-1], curve_to_fid_inf(sizes, curve)
+    out = {}
+    for key, values in boot.items():
+        bias = values.mean() - estimate[key]
+        out[key] = [v - float(bias) for v in percentile_interval(values)]
+    return out
+
+
 # --- Kernel distance ----------------------------------------------------------------------------------
 
 
@@ -210,6 +319,7 @@ def features_to_kid(
     gamma: float | None = None,
     coef0: float = 1,
     seed: int = 0,
+    rounds_out: list[float] | None = None,
 ) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs", ICLR): the unbiased
     MMD^2 with kernel k(x, y) = (gamma x.y + coef0)^degree, gamma = 1/D by default, averaged over
@@ -234,7 +344,10 @@ def features_to_kid(
     k_aa = k(a, a) if m == len(a) else None
     k_bb = k(b, b) if m == len(b) else None
     if k_aa is not None and k_bb is not None:
-        return kernels_to_mmd2(k_aa, k(a, b), k_bb), 0.0
+        whole = kernels_to_mmd2(k_aa, k(a, b), k_bb)
+        if rounds_out is not None:  # the caller's list gets each round's estimate (one here)
+            rounds_out.append(whole)
+        return whole, 0.0
     rng = np.random.RandomState(seed)
     mmds = np.empty(subsets)
     for i in range(subsets):
@@ -242,6 +355,8 @@ def features_to_kid(
         x = a if k_aa is not None else a[ia]
         y = b if k_bb is not None else b[ib]
         mmds[i] = kernels_to_mmd2(k(x, x) if k_aa is None else k_aa, k(x, y), k(y, y) if k_bb is None else k_bb)
+    if rounds_out is not None:
+        rounds_out.extend(mmds.tolist())
     return float(mmds.mean()), float(mmds.std())
 
 
@@ -298,6 +413,14 @@ def features_to_knn_radii(feats: np.ndarray, k: int = 3) -> np.ndarray:
 def precision_recall_density_coverage(generated: np.ndarray, real: np.ndarray, k: int = 3) -> dict[str, float]:
     """precision_recall and density_coverage together, from one blocked pass over the generated x real
     distance matrix (float32, centred) after the k-NN radii of both sets."""
+    return {key: float(values.mean()) for key, values in prdc_per_point(generated, real, k).items()}
+
+
+def prdc_per_point(generated: np.ndarray, real: np.ndarray, k: int = 3) -> dict[str, np.ndarray]:
+    """What precision, recall, density and coverage average, point by point: precision and density per
+    GENERATED point (inside some real sphere: 0/1; how many real spheres hold it / k), recall and coverage
+    per REAL point (inside some generated sphere; its nearest generated point inside its own sphere).
+    Their bootstrap gives the intervals (bootstrap_mean_interval)."""
     _check_k(k)
     why = f" for k={k} nearest neighbours (k + 1)"
     gen = _as_2d("generated", generated, k + 1, why)
@@ -310,20 +433,16 @@ def precision_recall_density_coverage(generated: np.ndarray, real: np.ndarray, k
     in_real = np.zeros(len(gen), bool)  # generated point inside some real sphere (precision)
     real_in_gen = np.zeros(len(ref), bool)  # real point inside some generated sphere (recall)
     nn_gen = np.full(len(ref), np.inf, _DIST_DTYPE)  # squared distance to the nearest generated
-    spheres_hit = 0  # sum over generated points of how many real spheres contain it (density)
+    spheres_hit = np.zeros(len(gen), np.int64)  # how many real spheres contain each generated point (density)
     for rows in _row_blocks(len(gen), len(ref)):
         d = _sq_dists(gen, rows, ref)  # (b, M)
         inside = d <= r_ref[None, :]
         in_real[rows] = inside.any(axis=1)
-        spheres_hit += int(np.count_nonzero(inside))
+        spheres_hit[rows] = np.count_nonzero(inside, axis=1)
         real_in_gen |= (d <= r_gen[rows, None]).any(axis=0)
         np.minimum(nn_gen, d.min(axis=0), out=nn_gen)
-    return {
-        "precision": float(in_real.mean()),
-        "recall": float(real_in_gen.mean()),
-        "density": spheres_hit / (k * len(gen)),
-        "coverage": float((nn_gen <= r_ref).mean()),
-    }
+    return {"precision": in_real.astype(np.float64), "recall": real_in_gen.astype(np.float64),
+            "density": spheres_hit / k, "coverage": (nn_gen <= r_ref).astype(np.float64)}  # fmt: skip
 
 
 def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tuple[float, float]:
@@ -456,13 +575,16 @@ def evaluate_samples(
     k: int = 3,
     seed: int = 0,
     memorisation_threshold: float | None = None,
-) -> dict[str, float]:
+    intervals: bool = False,
+) -> dict[str, Any]:
     """All metrics of a generated set against the MNIST test set, as one flat dict (keys EVALUATE_KEYS).
 
     gen_feats (N, D), gen_probs (N, C): the samples; test_feats (M, D): the reference distribution for
     FID, KID, precision/recall and density/coverage; train_pool_feats (P, D): training images for the
     memorisation check only (they must not include the samples themselves). `seed` drives the IS shuffle
     and the KID subsets. `memorisation_threshold` may be passed precomputed (see memorisation_share).
+    intervals: also `<score>_ci95` [low, high] for fid, fid_inf, kid, inception_score, precision, recall,
+    density and coverage (seeded; methods in INTERVAL_METHODS). About 10 s for 10,000 samples on 2 cores.
     """
     need = max(k + 1, 2, splits)
     gen = _as_2d("gen_feats", gen_feats, need, f" (k + 1 = {k + 1} for k-NN, {splits} IS splits)")
@@ -477,19 +599,46 @@ def evaluate_samples(
     out: dict[str, float] = {}
     out["inception_score"], out["inception_score_std"] = probs_to_inception_score(probs, splits, seed=seed)
     out["fid"] = fid(gen, test)
-    out["kid"], out["kid_std"] = features_to_kid(gen, test, seed=seed)
-    out.update(precision_recall_density_coverage(gen, test, k))
+    out["fid_inf"] = fid_inf(gen, test, seed=seed)
+    out["kid"], out["kid_std"], kid_rounds = _kid_and_rounds(gen, test, seed)
+    per_point = prdc_per_point(gen, test, k)
+    out.update({key: float(values.mean()) for key, values in per_point.items()})
     out.update(class_coverage(probs))
     out["memorisation"] = memorisation_share(gen, pool, test, threshold=memorisation_threshold)
     out["n_samples"] = len(gen)
-    return {key: out[key] for key in EVALUATE_KEYS}
+    result = {key: out[key] for key in EVALUATE_KEYS}
+    if intervals:
+        result |= {f"{key}_ci95": value for key, value in bootstrap_fid_intervals(gen, test, seed=seed).items()}
+        result["kid_ci95"] = bootstrap_mean_interval(kid_rounds, seed=seed)
+        result["inception_score_ci95"] = bootstrap_inception_score_interval(probs, splits, seed=seed)
+        result |= {f"{key}_ci95": bootstrap_mean_interval(values, seed=seed) for key, values in per_point.items()}
+    return result
+
+
+# How each interval is made (docs/scores.md says the same).
+INTERVAL_METHODS = {
+    "fid": "bootstrap over the samples (bias-corrected percentile, FID_BOOTSTRAP_ROUNDS resamples)",
+    "fid_inf": "bootstrap over the samples, a fid_inf line per resample (bias-corrected percentile)",
+    "kid": "percentile bootstrap over KID's subset estimates (the subsets' spread, not the samples')",
+    "inception_score": "percentile bootstrap over the samples",
+    "precision": "percentile bootstrap over the samples", "density": "percentile bootstrap over the samples",
+    "recall": "percentile bootstrap over the real images (the samples held fixed)",
+    "coverage": "percentile bootstrap over the real images (the samples held fixed)",
+}  # fmt: skip
+
+
+def _kid_and_rounds(gen: np.ndarray, test: np.ndarray, seed: int) -> tuple[float, float, np.ndarray]:
+    """features_to_kid's mean and std, and its per-subset estimates (for kid_ci95)."""
+    rounds: list[float] = []
+    mean, std = features_to_kid(gen, test, seed=seed, rounds_out=rounds)
+    return mean, std, np.array(rounds)
 
 
 def mean_std_over_sets(results: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per metric, the mean and std (ddof=1; 0 for one set) over the scores of several sample sets."""
     if not results:
         raise ValueError("mean_std_over_sets: no results")
-    keys = [k for k in results[0] if all(k in r for r in results)]
+    keys = [k for k, v in results[0].items() if not isinstance(v, list | tuple) and all(k in r for r in results)]
     out = {}
     for k in keys:
         values = np.array([float(r[k]) for r in results], np.float64)

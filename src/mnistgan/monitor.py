@@ -2,9 +2,10 @@
 on the classifier's features, so a run shows when it stopped improving, or collapsed, without waiting
 for the evaluate stage. Pure logic: the caller passes the classifier and the arrays.
 
-FID on a few thousand images is biased upwards (the covariance of 128 features is estimated from few
-rows), so the monitor also scores the same number of real training images the same way: that
-`reference` is the floor the curve can reach at this sample size, and the two are plotted together.
+The score is fid_inf (metrics.fid_inf: FID extrapolated to infinitely many samples), not the FID of the
+few thousand images themselves, which is biased upwards by their number: so a number during training and
+the evaluate stage's fid_inf of 10,000 samples are on one scale. The monitor also scores as many real
+training images the same way: that `reference` is the real-data value the curve is plotted against.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from mnistgan.classifier import Classifier, features_and_probs
 from mnistgan.errors import InputError
-from mnistgan.metrics import features_to_statistics, precision_recall, statistics_to_fid
+from mnistgan.metrics import features_to_statistics, precision_recall, statistics_to_fid_inf
 from mnistgan.sample import generate, recalibrate_batchnorm, sample_noise
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ MIN_SAMPLES = 10
 
 
 class FidMonitor:
-    """Callable: generator -> FID of its `n` samples of fixed noise against the real test set."""
+    """Callable: generator -> fid_inf of its `n` samples of fixed noise against the real test set."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class FidMonitor:
         test_feats, _ = features_and_probs(self.classifier, x_test, batch_size)  # (M, 128)
         self.mu, self.sigma = features_to_statistics(test_feats)
         self.test_feats = test_feats[:n]  # the k-NN manifold of precision/recall, at the sample's own size
+        self.fid_seed = seed  # the subsets of fid_inf's line: the same at every check
         self.reference = self._fid(self._features(x_reference[:n]))
         # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
         # only because the generator does. Labels cycle through the classes for conditional models.
@@ -75,7 +77,7 @@ class FidMonitor:
         return features_and_probs(self.classifier, images_u8, self.batch_size)[0]  # (n, 128)
 
     def _fid(self, feats: np.ndarray) -> float:
-        return statistics_to_fid(*features_to_statistics(feats), self.mu, self.sigma)
+        return statistics_to_fid_inf(feats, (self.mu, self.sigma), seed=self.fid_seed)
 
     def _images(self, g: nn.Module) -> np.ndarray:
         if self.recalibrate:
@@ -88,7 +90,8 @@ class FidMonitor:
         return self._fid(self._features(self._images(g)))
 
     def scores(self, g: nn.Module) -> dict[str, float]:
-        """FID, and k=3 precision/recall against n test images: the fidelity/diversity split of the same check."""
+        """fid_inf (key "fid"), and k=3 precision/recall against n test images: the fidelity/diversity split of
+        the same check."""
         feats = self._features(self._images(g))
         precision, recall = precision_recall(feats, self.test_feats, k=3)
         return {"fid": self._fid(feats), "precision": precision, "recall": recall}

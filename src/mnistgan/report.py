@@ -40,15 +40,18 @@ IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.tr
 
 
 # The identity of the features behind a run's headline scores (mnistgan.scoring.identity, a tag of the run)
-EXTRACTOR_TAG = "tags.extractor.weights_sha256"
+EXTRACTOR_TAG = "tags.headline_features.weights_sha256"
+OLD_EXTRACTOR_TAG = "tags.extractor.weights_sha256"  # the same identity, as runs of older code tagged it
 UNRECORDED = "unrecorded"
 
 
 def extractors_of(runs: Any) -> list[str]:
     """Each run's feature identity (classifier weights sha256), 'unrecorded' for runs of older code."""
-    if EXTRACTOR_TAG not in runs:
-        return [UNRECORDED] * len(runs)
-    return [v if isinstance(v, str) and v else UNRECORDED for v in runs[EXTRACTOR_TAG]]
+    ids = [UNRECORDED] * len(runs)
+    for tag in (OLD_EXTRACTOR_TAG, EXTRACTOR_TAG):  # the new tag wins where a run has both
+        if tag in runs:
+            ids = [v if isinstance(v, str) and v else old for v, old in zip(runs[tag], ids, strict=True)]
+    return ids
 
 
 def mixed_extractors_note(ids: list[str]) -> str:
@@ -91,6 +94,49 @@ def mean_std(values: Any, fmt: str) -> str:
     return f"{fmt.format(mean)} ± {fmt.format(std)}"
 
 
+# ---- verdicts: is a difference larger than its uncertainty? ---------------------------------------------
+
+LOWER_IS_BETTER = {"fid", "fid_inf", "kid"}
+VERDICT_LEVEL = 0.05  # two-sided: a difference is called real when p < 0.05
+
+
+def score_key(column: str) -> str:
+    """metrics.generated.fid -> fid"""
+    return column.rsplit(".", 1)[-1]
+
+
+def welch_verdict(a: list[float], b: list[float], key: str) -> str:
+    """`a` against `b` (one value per seed of each recipe) by Welch's t-test (unequal variances):
+    'better (p=..)', 'worse (p=..)' or 'within noise (p=..)' for a; '' when either has fewer than 2 seeds."""
+    from scipy.stats import ttest_ind_from_stats
+
+    a = [float(v) for v in a if v == v]
+    b = [float(v) for v in b if v == v]
+    if len(a) < 2 or len(b) < 2:
+        return ""
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    std = lambda x, m: (sum((v - m) ** 2 for v in x) / (len(x) - 1)) ** 0.5  # noqa: E731
+    sa, sb = std(a, mean_a), std(b, mean_b)
+    if sa == 0 and sb == 0:
+        p = 0.0 if mean_a != mean_b else 1.0  # no spread at all: any difference is exact
+    else:
+        p = float(ttest_ind_from_stats(mean_a, sa, len(a), mean_b, sb, len(b), equal_var=False).pvalue)
+    return _verdict(mean_a - mean_b, p < VERDICT_LEVEL, key) + f" (p={p:.2g})"
+
+
+def interval_verdict(a: float, a_ci: tuple[float, float], b: float, b_ci: tuple[float, float], key: str) -> str:
+    """One run's score against another's from their 95% intervals (normal approximation: standard error
+    = interval width / 3.92; the difference is real when |a - b| > 1.96 x its standard error)."""
+    se = (((a_ci[1] - a_ci[0]) / 3.92) ** 2 + ((b_ci[1] - b_ci[0]) / 3.92) ** 2) ** 0.5
+    return _verdict(a - b, abs(a - b) > 1.96 * se, key)
+
+
+def _verdict(difference: float, real: bool, key: str) -> str:
+    if not real:
+        return "within noise"
+    return "better" if (difference < 0) == (key in LOWER_IS_BETTER) else "worse"
+
+
 def results_table(runs: Any) -> str:
     """Markdown table of finished, evaluated runs grouped by recipe (all params but the seed)."""
     if runs is None or len(runs) == 0 or "metrics.generated.fid" not in runs:
@@ -104,18 +150,27 @@ def results_table(runs: Any) -> str:
              "| --- | --- | " + " | ".join("---" for _ in SCORES) + " | --- |"
              + (" --- |" if note else "")]  # fmt: skip
     rows = []
+    base = next((g for label, g in groups if label.startswith("`default`")), None)
     for label, group in groups:
         cells = [mean_std(group.get(col, []), fmt) for _, col, fmt in SCORES]
+        if base is not None and group is not base:  # each score against the default recipe's, over seeds
+            for i, (_, col, _) in enumerate(SCORES):
+                verdict = welch_verdict(list(group.get(col, [])), list(base.get(col, [])), score_key(col)) \
+                    if col.startswith("metrics.generated.") else ""  # fmt: skip
+                cells[i] += f" ({verdict.replace(' (', ', ')}" if verdict else ""
         devices = ", ".join(sorted(set(group.get("tags.device", ["?"]))))
         fid = float(group["metrics.generated.fid"].mean())
         ext = f" {extractors_of(group)[0]} |" if note else ""
         rows.append((fid, f"| {label} | {len(group)} | " + " | ".join(cells) + f" | {devices} |" + ext))
     lines += [r for _, r in sorted(rows)]
+    if base is not None and len(groups) > 1:
+        note += ("\n_In brackets: each recipe's score against the `default` recipe's over their seeds (Welch's "
+                 f"t-test; better or worse when p < {VERDICT_LEVEL}, else within noise)._\n")  # fmt: skip
     ref = groups[0][1].iloc[0]
     lines.append("| *real MNIST training images (reference)* | - | "
                  + " | ".join(mean_std([ref.get(c.replace("generated", "real_reference"))], f)
                               if "generated" in c else "-" for _, c, f in SCORES) + " | - |")  # fmt: skip
-    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+    return "\n".join(lines) + "\n" + (f"\n{note.strip()}\n" if note else "")
 
 
 def fid_against_seconds(fid: list[tuple[int, float]], seconds: list[tuple[int, float]]) -> list[tuple[float, float]]:
@@ -201,7 +256,17 @@ def replace_section(text: str, body: str) -> str:
 
 # ---- compare: several runs side by side ----------------------------------------------------------------
 
-COMPARE_SCORES = ["fid", "inception_score", "precision", "recall", "density", "coverage", "classes_covered", "kid"]
+COMPARE_SCORES = [
+    "fid",
+    "fid_inf",
+    "inception_score",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "classes_covered",
+    "kid",
+]
 
 
 def run_label(row: Any) -> str:
@@ -243,6 +308,7 @@ def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
     note = mixed_extractors_note(ids)
     title = "Final scores (generated samples; real-data reference in the last column)"
     t_scores = (title + (f". {note.strip('*')}" if note else ""), ["score", *labels, "real reference"], score_rows)
+    t_verdicts = verdict_table(runs, labels)
     t_time = ("Training", ["", *labels], [
         ["train seconds", *[_fmt(v) for v in runs.get("metrics.train_seconds", [None] * len(runs))]],
         ["images/s", *[_fmt(v) for v in runs.get("metrics.images_per_second", [None] * len(runs))]],
@@ -250,7 +316,30 @@ def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
         ["status", *[_fmt(v) for v in runs["status"]]],
         ["git commit", *[_fmt(v)[:10] for v in runs.get("tags.git_commit", [None] * len(runs))]],
     ])  # fmt: skip
-    return [t_params, t_scores, t_time]
+    return [t_params, t_scores, *([t_verdicts] if t_verdicts else []), t_time]
+
+
+def verdict_table(runs: Any, labels: list[str]) -> tuple[str, list[str], list[list[str]]] | None:
+    """For every pair of runs and every score with a 95% interval: is the difference real?"""
+    from itertools import combinations
+
+    keys = [k for k in COMPARE_SCORES if f"metrics.generated.{k}_ci95_low" in runs]
+    if len(runs) < 2 or not keys:
+        return None
+    pairs = list(combinations(range(len(runs)), 2))
+    rows = []
+    for key in keys:
+        value, lo, hi = (runs[f"metrics.generated.{key}{s}"].tolist() for s in ("", "_ci95_low", "_ci95_high"))
+        cells = []
+        for i, j in pairs:
+            if any(v != v for v in (value[i], value[j], lo[i], lo[j], hi[i], hi[j])):  # a run without intervals
+                cells.append("no interval")
+            else:
+                cells.append(interval_verdict(value[i], (lo[i], hi[i]), value[j], (lo[j], hi[j]), key))
+        rows.append([key, *cells])
+    title = ("Is the difference real? The first run of each pair against the second, from their 95% intervals "
+             "(normal approximation)")  # fmt: skip
+    return title, ["score", *[f"{labels[i]} vs {labels[j]}" for i, j in pairs]], rows
 
 
 CURVE_EXTRAS = {"fid_during_training": "FID during training (small sample, log scale) against seconds"}

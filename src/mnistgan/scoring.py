@@ -128,13 +128,14 @@ def check_n_reference(n_reference: int, n_train: int, splits: int, k: int) -> No
 
 
 def score_features(feats: np.ndarray, probs: np.ndarray, real: RealFeatures, *, splits: int = 10, k: int = 3,
-                   seed: int = 0) -> dict[str, float]:  # fmt: skip
+                   seed: int = 0, intervals: bool = True) -> dict[str, Any]:  # fmt: skip
     """Every metric (metrics.evaluate_samples, on penultimate features) of samples whose blocks-mode
-    features and probabilities are given, against the test set; all training images are the pool."""
+    features and probabilities are given, against the test set; all training images are the pool. With
+    `intervals`, the headline scores' 95% intervals (`<score>_ci95`) too."""
     pool = real.train("penultimate")
     return metrics.evaluate_samples(real.view(feats, "penultimate"), probs, real.test("penultimate"), pool,
-                                    splits=splits, k=k, seed=seed,
-                                    memorisation_threshold=real.threshold(len(pool)))  # fmt: skip
+                                    splits=splits, k=k, seed=seed, memorisation_threshold=real.threshold(len(pool)),
+                                    intervals=intervals)  # fmt: skip
 
 
 def reference_scores(real: RealFeatures, n_reference: int, *, splits: int = 10, k: int = 3,
@@ -151,13 +152,17 @@ def reference_scores(real: RealFeatures, n_reference: int, *, splits: int = 10, 
 
 def space_scores(feats: np.ndarray, real: RealFeatures, mode: str, n_reference: int, seed: int = 0,
                  kid_subsets: int = 100) -> dict[str, float]:  # fmt: skip
-    """FID and KID of samples (blocks-mode features) in one feature space, and of the last `n_reference`
-    real training images: the multiple is the distance in units of its real-data floor."""
+    """FID, fid_inf and KID of samples (blocks-mode features) in one feature space, and of the last
+    `n_reference` real training images: a multiple is the distance in units of its real-data value (fid at
+    the same N; fid_inf: both extrapolated to infinitely many samples, so the multiple does not depend on N)."""
     test = real.test(mode)
     gen, ref = real.view(feats, mode), real.train(mode)[-n_reference:]
     fid, fid_real = metrics.fid(gen, test), metrics.fid(ref, test)
+    fid_inf, fid_inf_real = (metrics.fid_inf(x, test, seed=seed) for x in (gen, ref))
     kid, kid_real = (metrics.features_to_kid(x, test, subsets=kid_subsets, seed=seed)[0] for x in (gen, ref))
-    return {"fid": fid, "fid_real": fid_real, "fid_multiple": fid / fid_real, "kid": kid, "kid_real": kid_real}
+    return {"fid": fid, "fid_real": fid_real, "fid_multiple": fid / fid_real, "fid_inf": fid_inf,
+            "fid_inf_real": fid_inf_real, "fid_inf_multiple": fid_inf / fid_inf_real, "kid": kid,
+            "kid_real": kid_real}  # fmt: skip
 
 
 def agreement(spaces: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -189,12 +194,15 @@ def score_all(
     batch_size: int = 500,
     progress: bool = False,
     kid_subsets: int = 100,
+    intervals: bool = True,
 ) -> dict[str, Any]:
-    """Every score of uint8 (N, 28, 28) images, beside the real-data reference at the same N.
+    """Every score of uint8 (N, 28, 28) images, beside the real-data reference at the same N; with
+    `intervals`, the generated headline scores' 95% intervals (`<score>_ci95`).
 
     models/reals: by network name ("classifier" required); spaces: the feature spaces for FID/KID and
     their agreement. Returns {"generated", "real_reference", "n_reference", "feature_spaces", "agreement",
-    "extractor"}; "extractor" is the identity of the headline scores' features.
+    "headline_features"}; "headline_features" is the identity of the network whose features give the headline
+    scores (the classifier's penultimate layer).
     """
     images = check_images(images_u8, splits, k)
     missing = sorted({s.split("/")[0] for s in (PRIMARY, *spaces)} - set(models))
@@ -211,10 +219,12 @@ def score_all(
         per_space[space] = space_scores(outputs[network][0], reals[network], mode, n_ref, seed, kid_subsets) | {
             "identity": identity(models[network], network, mode)}  # fmt: skip
     return {
-        "generated": score_features(feats, probs, reals["classifier"], splits=splits, k=k, seed=seed),
+        "generated": score_features(
+            feats, probs, reals["classifier"], splits=splits, k=k, seed=seed, intervals=intervals
+        ),
         "real_reference": reference_scores(reals["classifier"], n_ref, splits=splits, k=k, seed=seed),
         "n_reference": n_ref,
         "feature_spaces": per_space,
         "agreement": agreement(per_space) if per_space else {},
-        "extractor": identity(models["classifier"], "classifier", "penultimate"),
+        "headline_features": identity(models["classifier"], "classifier", "penultimate"),
     }

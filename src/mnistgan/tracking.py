@@ -492,6 +492,9 @@ def log_scores(run: NullRun, scores: dict[str, Any], classifier_metrics: dict[st
     from mnistgan.config import flatten
 
     flat = flatten(scores) | flatten({"classifier": classifier_metrics})
+    for key, value in list(flat.items()):  # an interval [low, high] -> two metrics, <key>_low and <key>_high
+        if key.endswith("_ci95") and isinstance(value, list) and len(value) == 2:
+            flat |= {f"{key}_low": value[0], f"{key}_high": value[1]}
     run.log_metrics({k: v for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)})
     # where the scores' features came from (network, weights sha256, version): tags, searchable in the UI
     run.set_tags({k: v for k, v in flat.items() if isinstance(v, str)})
