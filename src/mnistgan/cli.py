@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 EXIT_BAD_INPUT = 2  # every command: bad arguments or input files -> one line on stderr and this code
 
@@ -19,6 +20,27 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
+                argv: list[str] | None, errors: tuple[type[BaseException], ...] = ()) -> int:  # fmt: skip
+    """A subcommand's main: parse `argv`, run `body(args)`, and turn a user's error (UserError, or one of
+    `errors`) into one line on stderr with EXIT_BAD_INPUT, and Ctrl-C into 'interrupted' and 130."""
+    from mnistgan.errors import UserError
+
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return int(e.code or 0)
+    try:
+        return int(body(args) or 0)
+    except (UserError, *errors) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 # name -> (module with main(argv) -> int, one-line description)

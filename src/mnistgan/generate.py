@@ -12,12 +12,11 @@ mlflow.db).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from mnistgan.cli import EXIT_BAD_INPUT, OneLineParser
+from mnistgan.cli import OneLineParser, run_command
 from mnistgan.errors import UserError
 from mnistgan.pictures import N_CLASSES, image_grid
 
@@ -89,26 +88,18 @@ def write_images(images: np.ndarray, out: Path, nrow: int, scale: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), generate_command, argv)
+
+
+def generate_command(args) -> None:  # noqa: ANN001
+    check_args(args)
+    images = generate_images(args)
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already printed as one line
-        return int(e.code or 0)
-    try:
-        check_args(args)
-        images = generate_images(args)
-        try:
-            write_images(images, args.out, args.nrow, args.scale)
-        except OSError as e:
-            raise UserError(f"--out {args.out}: cannot write ({e.strerror or e})") from None
-    except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        write_images(images, args.out, args.nrow, args.scale)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot write ({e.strerror or e})") from None
     which = "any digit" if args.digit < 0 else f"digit {args.digit}"
     print(f"{PROG}: {args.n} images of {which} (seeds {args.seed}-{args.seed + args.n - 1}) -> {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

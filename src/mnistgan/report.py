@@ -221,7 +221,7 @@ def fid_seconds_png(lines: dict[str, list[list[tuple[float, float]]]], path: Pat
             ax.text(0, f * floor, f" {f}x real ({f * floor:.0f})", va="bottom", fontsize=8, color="grey")
     ax.set_yscale("log")
     ax.set_xlabel("training seconds")
-    ax.set_ylabel("FID during training (small sample)")
+    ax.set_ylabel("fid_inf during training")
     ax.set_title("FID during training against seconds, every run (one colour per recipe)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -342,7 +342,7 @@ def verdict_table(runs: Any, labels: list[str]) -> tuple[str, list[str], list[li
     return title, ["score", *[f"{labels[i]} vs {labels[j]}" for i, j in pairs]], rows
 
 
-CURVE_EXTRAS = {"fid_during_training": "FID during training (small sample, log scale) against seconds"}
+CURVE_EXTRAS = {"fid_during_training": "fid_inf during training (log scale) against seconds"}
 
 
 def loss_curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:

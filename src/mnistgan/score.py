@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistgan import metrics
-from mnistgan.cli import EXIT_BAD_INPUT, OneLineParser
+from mnistgan.cli import OneLineParser, run_command
 from mnistgan.io import InputError, atomic_path, write_json
 from mnistgan.scoring import SPACES, RealFeatures, min_samples, real_features, score_all
 
@@ -309,26 +309,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already printed as one line
-        return int(e.code or 0)
-    try:
-        result = run(args)
-        text = json.dumps(result, indent=2, sort_keys=True)
-        if args.json:
-            try:
-                write_json(args.json, result)
-            except OSError as e:
-                raise InputError(f"--json {args.json}: cannot write ({e.strerror or e})") from None
-    except (InputError, ValueError) as e:
-        print(f"{PROG}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), score_command, argv, errors=(ValueError,))
+
+
+def score_command(args: argparse.Namespace) -> None:
+    result = run(args)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.json:
+        try:
+            write_json(args.json, result)
+        except OSError as e:
+            raise InputError(f"--json {args.json}: cannot write ({e.strerror or e})") from None
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

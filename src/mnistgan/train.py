@@ -396,14 +396,14 @@ def fid_rows(state: GANState, reference: float | None) -> list[dict[str, float]]
 def run_summary(result: TrainResult, state: GANState, run_id: str, fid_reference: float | None) -> dict[str, Any]:
     """metrics/train.json: the run's steps, time and last losses (and its last FID when monitored).
 
-    mlflow_run_id: the sample and evaluate stages add their pictures and scores to this run. seconds and
+    mlflow_run_id: the sample and evaluate stages add their pictures and scores to this run. train_seconds and
     images/s are the whole run's (over resumed processes); resumed_from_step > 0 says the last process
     started from a checkpoint and how long it ran.
     """
     rows = fid_rows(state, fid_reference)
     fid = {"fid_during_training": round(rows[-1]["fid"], 4), "fid_during_training_real": round(fid_reference, 4),
            "fid_samples": state.cfg.fid_samples} if rows else {}  # fmt: skip
-    return {"mlflow_run_id": run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
+    return {"mlflow_run_id": run_id, "steps": result.steps, "train_seconds": round(result.seconds, 2),
             "device": result.device, "images_per_second": round(result.images_per_second, 1),
             "resumed_from_step": result.resumed_from, "seconds_this_process": round(result.seconds_this_process, 2),
             **fid, **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip

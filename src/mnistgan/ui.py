@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistgan import tracking
-from mnistgan.cli import EXIT_BAD_INPUT, OneLineParser
+from mnistgan.cli import OneLineParser, run_command
 from mnistgan.errors import UserError
 
 PROG = "mnistgan ui"
@@ -206,22 +206,15 @@ def serve(uri: str, experiment: str, port: int, wait: float, browser: bool) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already printed as one line
-        return int(e.code or 0)
-    try:
-        if not 1 <= args.port <= 65535:
-            raise UserError(f"--port {args.port}: must be between 1 and 65535")
-        if args.wait <= 0:
-            raise UserError(f"--wait {args.wait:g}: must be positive")
-        return serve(tracking.tracking_uri(), experiment_name(args.params), args.port, args.wait, not args.no_browser)
-    except UserError as e:
-        print(f"{PROG}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # before the server started
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), ui_command, argv)
+
+
+def ui_command(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be between 1 and 65535")
+    if args.wait <= 0:
+        raise UserError(f"--wait {args.wait:g}: must be positive")
+    return serve(tracking.tracking_uri(), experiment_name(args.params), args.port, args.wait, not args.no_browser)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ reproduced sample grid.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -32,10 +31,10 @@ from typing import Any
 
 import yaml
 
+from mnistgan.cli import OneLineParser, run_command
 from mnistgan.errors import UserError
 
 PROG = "mnistgan verify"
-EXIT_BAD_INPUT = 2
 DEFAULT_BASE = "HEAD~1"
 VARIES = "varies"  # the dvc.yaml output annotation `meta: {varies: "<why it differs run to run>"}`
 OUT_SECTIONS = ("outs", "metrics", "plots")
@@ -396,7 +395,7 @@ def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Rerun the whole pipeline of HEAD from scratch in a temporary clone and compare every "
         "output's md5 with the committed dvc.lock.",
@@ -405,15 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         "--base", default=DEFAULT_BASE, help="revision the report's metrics and params diff against (%(default)s)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone (its path goes to stderr)")
-    args = parser.parse_args(argv)
-    try:
-        return verify(Path.cwd(), args.base, args.keep)
-    except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # the clone is already removed (or kept) by verify's cleanup
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    # Ctrl-C: the clone is already removed (or kept) by verify's clean-up
+    return run_command(parser, lambda args: verify(Path.cwd(), args.base, args.keep), argv)
 
 
 if __name__ == "__main__":
