@@ -132,6 +132,9 @@ def test_mlflow_run_holds_params_losses_images_scores_and_tags(repo):
         if isinstance(value, str):  # where the features came from: tags
             assert run[f"tags.{key}"] == value, key
             continue
+        if key.endswith("_ci95"):  # an interval: two metrics
+            assert [run[f"metrics.{key}_low"], run[f"metrics.{key}_high"]] == pytest.approx(value, rel=1e-9), key
+            continue
         assert run[f"metrics.{key}"] == pytest.approx(value, rel=1e-9), key
     assert len(run["tags.headline_features.weights_sha256"]) == 16  # the headline scores' classifier, by its weights
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
@@ -189,7 +192,8 @@ def test_compare_report_renders_in_headless_chromium(repo, tmp_path):
         run([str(BIN / "python"), "-m", "mnistgan.report", "compare", "--out", "reports"], repo,
             env={**env(), "PYTHONPATH": str(repo / "src")})  # fmt: skip
     seen, shot = render_in_chromium(page, tmp_path)
-    assert seen["tables"] == 3  # differing params, final scores, training
+    assert seen["tables"] == 4  # differing params, final scores, verdicts from their intervals, training
+    assert "within noise" in seen["cells"] or "better" in seen["cells"] or "worse" in seen["cells"]
     assert "train.lr" in seen["cells"] and "fid" in seen["cells"] and "real reference" in seen["cells"]
     assert len(seen["images"]) == 3  # training curves and two sample grids
     for img in seen["images"]:
