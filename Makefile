@@ -26,12 +26,12 @@ $(STAMP): requirements.txt pyproject.toml
 # After the pipeline: the run of this training gets the scores even when DVC skipped evaluate.
 repro: venv
 	dvc repro
-	$(VENV)/bin/python -m mnistgan.tracking sync
+	$(VENV)/bin/mnistgan tracking sync
 
 # Reproducibility check for CI: the whole pipeline of HEAD rerun in a temporary clone, outputs against dvc.lock.
 BASE ?= HEAD~1
 verify: venv
-	$(VENV)/bin/python -m mnistgan.verify --base $(BASE)
+	$(VENV)/bin/python -m mnistgan.lab.verify --base $(BASE)
 
 # Two pytest workers (pytest-xdist): most tests run single-threaded subprocesses. --dist loadfile sends a
 # whole file to one worker in order, so a module fixture (one tiny pipeline run) is built once and the
@@ -44,28 +44,28 @@ test-fast: venv
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 bench: venv
-	$(VENV)/bin/python -m mnistgan.bench --markdown BENCHMARKS.md --out reports/bench.json
+	$(VENV)/bin/python -m mnistgan.lab.bench --markdown BENCHMARKS.md --out reports/bench.json
 
 # The corruption ladder and the reading table of the scores (needs the classifier and extractor stages).
 calibrate: venv
-	$(VENV)/bin/python -m mnistgan.calibrate --out docs/calibration
+	$(VENV)/bin/python -m mnistgan.lab.calibrate --out docs/calibration
 
 compare: venv
-	$(VENV)/bin/python -m mnistgan.report compare
+	$(VENV)/bin/python -m mnistgan.lab.report compare
 
 # The README's recipes over seeds, each trained for the default run's wall-clock seconds (one at a time), then the table.
 SWEEP_SECONDS ?= 290
 sweep: venv
-	$(VENV)/bin/python -m mnistgan.recipes --seconds $(SWEEP_SECONDS) --run
+	$(VENV)/bin/python -m mnistgan.lab.recipes --seconds $(SWEEP_SECONDS) --run
 	$(MAKE) results
 
 results: venv
-	$(VENV)/bin/python -m mnistgan.report results --seconds $(SWEEP_SECONDS) --readme README.md --plot docs/results_fid.png
+	$(VENV)/bin/python -m mnistgan.lab.report results --seconds $(SWEEP_SECONDS) --readme README.md --plot docs/results_fid.png
 
 # The MLflow UI (store: ./mlflow.db or MLFLOW_TRACKING_URI) on 127.0.0.1:$(PORT), opened on the runs table.
 PORT ?= 5000
 ui: venv
-	$(VENV)/bin/python -m mnistgan.ui --port $(PORT)
+	$(VENV)/bin/python -m mnistgan.lab.ui --port $(PORT)
 
 lint: venv
 	$(VENV)/bin/ruff check .

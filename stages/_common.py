@@ -2,28 +2,59 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Queued `dvc exp run` jobs run in temporary copies of the repo: import the copy's own src/, never an
 # installed or editable package that points at another checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mnistgan.config import RECORD_ENV, Params, load_params, recorded_reads  # noqa: E402
-from mnistgan.errors import UserError  # noqa: E402
+from mnistgan.config import Params, load_params  # noqa: E402
+from mnistgan.errors import EXIT_BAD_INPUT, UserError  # noqa: E402
 
-EXIT_BAD_INPUT = 2
+# With this variable set to a folder, a stage writes the params keys it read to <folder>/<stage>.json; the
+# end-to-end test compares them with dvc.yaml's per-key params (a key read but not declared would not
+# rerun the stage when it changes). Only then are the params wrapped; a normal run reads plain dataclasses.
+RECORD_ENV = "MNISTGAN_RECORD_PARAMS"
+SECTIONS = ("prepare", "classifier", "extractor", "train", "sample", "evaluate")  # paths, tracking: not behaviour
+
+
+def recording(params: Params, reads: set[str]) -> Params:
+    """`params` as instances of subclasses that add every field read ("train.lr", "seed") to `reads`.
+    Subclasses, not proxies: isinstance, dataclasses.asdict and replace keep working on them."""
+
+    def record(obj: Any, section: str) -> Any:
+        names = {f.name for f in dataclasses.fields(obj)}
+
+        def getattribute(self: Any, name: str) -> Any:
+            value = object.__getattribute__(self, name)
+            if name in names and not dataclasses.is_dataclass(value):
+                reads.add(f"{section}.{name}" if section else name)
+            return value
+
+        cls = type(obj)
+        copy = object.__new__(type(f"Recording{cls.__name__}", (cls,), {"__getattribute__": getattribute}))
+        copy.__dict__.update(vars(obj))
+        return copy
+
+    top = record(params, "")
+    for name in SECTIONS:
+        top.__dict__[name] = record(vars(params)[name], name)
+    return top
 
 
 def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
     """Load params.yaml, run `main`, and turn expected failures into one line on stderr and exit 2."""
+    record, reads = os.environ.get(RECORD_ENV), set()
     try:
         params = load_params("params.yaml")
-        code = main(params) or 0
+        code = main(recording(params, reads) if record else params) or 0
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
@@ -33,8 +64,7 @@ def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
     except Exception:
         traceback.print_exc()
         code = 1
-    record = os.environ.get(RECORD_ENV)
-    if record and code == 0:  # the params keys this stage read (tests compare them with dvc.yaml)
+    if record and code == 0:
         Path(record).mkdir(parents=True, exist_ok=True)
-        (Path(record) / f"{name}.json").write_text(json.dumps(recorded_reads()) + "\n")
+        (Path(record) / f"{name}.json").write_text(json.dumps(sorted(reads)) + "\n")
     sys.exit(code)

@@ -8,8 +8,8 @@ import sys
 
 from _common import Params, run_stage
 
-from mnistgan.classifier import classifier_file, train_classifier
 from mnistgan.data import load_mnist
+from mnistgan.evaluation.classifier import classifier_file, train_classifier
 from mnistgan.io import save_torch, write_json
 
 SECTIONS = ("classifier", "extractor")

@@ -8,12 +8,13 @@ from dataclasses import replace
 from _common import Params, run_stage
 
 from mnistgan import tracking
-from mnistgan.classifier import check_classifier_file, classifier_from_file
 from mnistgan.data import load_mnist
+from mnistgan.evaluation.classifier import load_classifier
+from mnistgan.evaluation.scoring import network_features, real_features, score_all
+from mnistgan.evaluation.suite import mean_std_over_sets
+from mnistgan.gan.sample import check_generator_file, generator_from_file, sample_images
 from mnistgan.io import load_npy, load_torch, read_json, save_png, write_json
-from mnistgan.metrics import mean_std_over_sets
 from mnistgan.pictures import nearest_training_grid
-from mnistgan.scoring import network_features, real_features, score_all
 
 
 def main(params: Params) -> None:
@@ -23,8 +24,7 @@ def main(params: Params) -> None:
         mnist = replace(mnist, x_train=mnist.x_train[-cfg.train_images :], y_train=mnist.y_train[-cfg.train_images :])
     files = {"classifier": paths.classifier, "extractor": paths.extractor}
     needed = {"classifier"} | {space.split("/")[0] for space in cfg.spaces}
-    models = {name: classifier_from_file(load_torch(files[name], made_by=name, check=check_classifier_file))
-              for name in sorted(needed)}  # fmt: skip
+    models = {name: load_classifier(files[name], made_by=name) for name in sorted(needed)}
     reals = {name: real_features(m, mnist, batch_size=cfg.batch_size, progress=True, name=name)
              for name, m in models.items()}  # fmt: skip
     samples = load_npy(paths.samples, made_by="sample")
@@ -57,8 +57,6 @@ def main(params: Params) -> None:
 
 def scores_over_seeds(params: Params, models: dict, reals: dict, common: dict) -> dict:
     """Draw sample.n images for each of evaluate.seeds from the generator and score each set."""
-    from mnistgan.sample import check_generator_file, generator_from_file, sample_images
-
     cfg, paths = params.evaluate, params.paths
     g, train_cfg = generator_from_file(load_torch(paths.generator, made_by="train", check=check_generator_file))
     n, bs = params.sample.n, params.sample.batch_size

@@ -6,9 +6,9 @@ import numpy as np
 from _common import Params, run_stage
 
 from mnistgan import tracking
+from mnistgan.gan.sample import check_generator_file, generator_from_file, interpolation_images, sample_images
 from mnistgan.io import load_torch, read_json, save_npy, save_png
 from mnistgan.pictures import by_class_grid, image_grid
-from mnistgan.sample import check_generator_file, generator_from_file, interpolation_images, sample_images
 
 
 def main(params: Params) -> None:

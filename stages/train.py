@@ -9,38 +9,36 @@ from _common import Params, run_stage
 
 from mnistgan import tracking
 from mnistgan.data import load_mnist
-from mnistgan.io import load_torch, save_torch, write_csv, write_json
+from mnistgan.io import save_torch, write_csv, write_json
 
 
 def main(params: Params) -> int:
     cfg, paths = params.train, params.paths
     if params.tracking.required:  # an unreachable store stops the stage in seconds, before torch loads
         tracking.check_store(tracking.tracking_uri())
-    from mnistgan import runtime
+    from mnistgan import runtime  # imports torch: only once the store answered
 
     if cfg.nproc > 1 and not runtime.under_torchrun():  # data-parallel: train.nproc copies of this script
         return runtime.relaunch_under_torchrun(__file__, cfg.nproc)
     runtime.set_determinism(cfg.deterministic, cuda=False)  # CUDA's own switches: the fast path
-    import torch
-
-    from mnistgan import train as core
-    from mnistgan.checkpoint import resume
-    from mnistgan.classifier import check_classifier_file, classifier_from_file
-    from mnistgan.monitor import FidMonitor
-    from mnistgan.tensors import to_unit_range
+    # torch comes in with these, after the store check and the torchrun relaunch above (deliberately lazy)
+    from mnistgan.evaluation.classifier import load_classifier
+    from mnistgan.evaluation.monitor import FidMonitor
+    from mnistgan.gan import loop as core
+    from mnistgan.gan.checkpoint import resume
+    from mnistgan.gan.step import build_state
+    from mnistgan.tensors import training_tensors
 
     rank, world, device = runtime.init_distributed(cfg.device)
     runtime.set_threads(cfg.threads, world, device)
     data = load_mnist(paths.mnist)
     n = cfg.train_images or len(data.x_train)
-    x = to_unit_range(torch.from_numpy(data.x_train[:n])).to(device)  # (n, 1, 28, 28) in [-1, 1]
-    y = torch.from_numpy(data.y_train[:n]).long().to(device)  # (n,)
-    state = core.build_state(cfg, params.seed, device, rank, world)
+    x, y = training_tensors(data.x_train[:n], data.y_train[:n], device)  # (n, 1, 28, 28) in [-1, 1], (n,)
+    state = build_state(cfg, params.seed, device, rank, world)
     lead = rank == 0  # only the first process scores, logs and writes outputs
     monitor = None
     if cfg.fid_every and lead:  # loaded before the run opens: a missing classifier fails the stage at once
-        clf = classifier_from_file(load_torch(paths.classifier, made_by="classifier", check=check_classifier_file))
-        monitor = FidMonitor.for_config(clf, data, cfg, cfg.fid_samples, params.seed)
+        monitor = FidMonitor.for_config(load_classifier(paths.classifier), data, cfg, cfg.fid_samples, params.seed)
     run_id = resume(state, paths.checkpoint, log=lambda m: print(f"train: {m}", file=sys.stderr) if lead else None)
     run = tracking.open_training_run(params, data, run_id, str(device), world) if lead else tracking.NullRun()
     stop: dict[str, str] = {}

@@ -17,7 +17,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # (2026-11-29): about 250, 170, 100, 70, 55 and 50 seconds, then 20 or less each. test_verify.py, added
 # since, reruns the shared tiny pipeline once in a clone: about half of test_determinism.py's two runs.
 SLOWEST_FIRST = ("test_recovery.py", "test_pipeline.py", "test_scoring.py", "test_determinism.py", "test_scaling.py",
-                 "test_distributed.py", "test_verify.py", "test_bench.py", "test_data.py", "test_score.py",
+                 "test_distributed.py", "test_verify.py", "test_bench.py", "test_data.py", "test_score_cli.py",
                  "test_curves.py", "test_calibrate.py", "test_metrics.py")  # fmt: skip
 
 

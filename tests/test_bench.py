@@ -1,4 +1,4 @@
-"""mnistgan.bench: the generated markdown section, the command line, and tiny end-to-end runs on the CPU."""
+"""mnistgan.lab.bench: the generated markdown section, the command line, and tiny end-to-end runs on the CPU."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mnistgan import bench, cli, flops, models, throughput
-from mnistgan.classifier import Classifier, DeepClassifier
+from mnistgan import cli
 from mnistgan.data import MNIST
+from mnistgan.errors import UserError
+from mnistgan.evaluation.classifier import Classifier, DeepClassifier
+from mnistgan.gan import models
+from mnistgan.lab import bench, flops, throughput
 
 
 def test_update_markdown_rewrites_only_its_own_section():
@@ -69,7 +72,7 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     ms = result["metrics"]
     assert ms["n"] == 64 and ms["score_seconds"] > 0 and ms["networks"] == ["classifier", "extractor"]
     assert len(ms["spaces"]) == 4
-    md = bench.render_markdown(result, "python -m mnistgan.bench --quick")
+    md = bench.render_markdown(result, "python -m mnistgan.lab.bench --quick")
     assert "| plain | 8 |" in md and "| fast | 8 |" in md and "| `default` |" in md and "| on | 3 |" in md
     assert "Metric suite" in md and "4 feature spaces" in md
     assert any("FID" in line for line in lines)
@@ -110,9 +113,9 @@ def test_settings_and_command_line(capsys):
     s = bench.settings_from_args(args, torch.device("cuda"))
     assert s.batch_sizes == (32, 64) and s.variants == ("plain",) and s.matmul_n == bench.CPU_SETTINGS.matmul_n
     assert bench.settings_from_args(bench.build_parser().parse_args([]), torch.device("cuda")) == bench.GPU_SETTINGS
-    with pytest.raises(ValueError, match="unknown 'turbo'"):
+    with pytest.raises(UserError, match="unknown 'turbo'"):
         bench.settings_from_args(bench.build_parser().parse_args(["--variants", "turbo"]), torch.device("cpu"))
-    with pytest.raises(ValueError, match="--sections: unknown 'ttq'"):
+    with pytest.raises(UserError, match="--sections: unknown 'ttq'"):
         bench.settings_from_args(bench.build_parser().parse_args(["--sections", "ttq"]), torch.device("cpu"))
     assert "bench" in cli.COMMANDS and "score" in cli.COMMANDS
     assert cli.main(["bench", "--help"]) == 0

@@ -1,4 +1,4 @@
-"""mnistgan.calibrate: the corruption ladder's sets and the verdicts and tables made from their scores."""
+"""mnistgan.lab.calibrate: the corruption ladder's sets and the verdicts and tables made from their scores."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mnistgan import calibrate
+from mnistgan.lab import calibrate
 
 torch = pytest.importorskip("torch")
 
@@ -44,9 +44,9 @@ def test_dropped_classes_keeps_only_the_first_digits():
 
 
 def test_ladder_verdict_spearman_and_tables(tmp_path):
-    from mnistgan.classifier import Classifier, DeepClassifier
     from mnistgan.data import MNIST
-    from mnistgan.scoring import real_features
+    from mnistgan.evaluation.classifier import Classifier, DeepClassifier
+    from mnistgan.evaluation.scoring import real_features
 
     x, y = real_like(400, 1)
     xt, yt = real_like(200, 2)

@@ -11,12 +11,14 @@ class Block:
             raise ImportError(f'{name} blocked for this test')
 sys.meta_path.insert(0, Block())
 import torch
-from mnistgan import config, data, models, losses, train, sample, classifier, metrics, tensors, io, score
+from mnistgan import config, data, tensors, io
+from mnistgan.gan import checkpoint, fast, losses, loop, models, sample, step
+from mnistgan.evaluation import classifier, metrics, monitor, score_cli, scoring, suite
 from mnistgan.config import TrainConfig
 cfg = TrainConfig(batch_size=8, steps=2, train_images=32, log_every=1)
-state = train.build_state(cfg, 0, torch.device('cpu'))
+state = step.build_state(cfg, 0, torch.device('cpu'))
 x = torch.rand(32, 1, 28, 28) * 2 - 1
-train.train(state, x, torch.zeros(32, dtype=torch.long), progress=False)
+loop.train(state, x, torch.zeros(32, dtype=torch.long), progress=False)
 from mnistgan import tracking
 run = tracking.open_run('x', required=False)
 assert type(run) is tracking.NullRun

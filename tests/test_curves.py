@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mnistgan import curves
-from mnistgan.recipes import BASE, CANDIDATES, recipe_name, recipe_overrides
+from mnistgan.lab import curves
+from mnistgan.lab.recipes import BASE, CANDIDATES, recipe_name, recipe_overrides
 
 
 def tiny_mnist(n=256, seed=0):
@@ -74,7 +74,7 @@ def test_unknown_recipe_and_missing_inputs_fail_in_one_line(tmp_path, capsys):
 
 
 def test_sweep_queues_only_the_keys_that_differ_from_params(capsys):
-    from mnistgan import recipes
+    from mnistgan.lab import recipes
 
     assert recipes.main(["--dry-run", "--recipes", "default,unconditional", "--seconds", "90"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -21,7 +21,7 @@ import pytest
 from filelock import FileLock
 from pipeline_utils import ROOT, TINY, copy_repo, copy_tree, deep_update, dvc
 
-from mnistgan.verify import varying_outputs
+from mnistgan.lab.verify import varying_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ PARAMS = deep_update(copy.deepcopy(TINY), {"train": {"checkpoint_every": 20}})
 # run id; models/checkpoint.pt: the MLflow run id, and it is deleted before the second run, see below), the
 # same list `mnistgan verify` skips.
 NOT_COMPARED = set(varying_outputs(ROOT))
-# Must be among the compared files (the pipeline's outputs listed by the issue).
+# Must be among the compared files (the pipeline's outputs).
 REQUIRED = {
     "models/generator.pt",
     "models/classifier.pt",

@@ -1,4 +1,4 @@
-"""The fast training step (mnistgan.fast): same contract and arithmetic as train.train_step.
+"""The fast training step (mnistgan.gan.fast): same contract and arithmetic as step.train_step.
 
 On the CPU the fast path's defaults are the plain fp32 arithmetic, so it must give the same bytes. The GPU
 options (bf16 autocast, channels_last, graph capture with its eager fallback) are forced on the CPU to test
@@ -14,12 +14,13 @@ import warnings
 import pytest
 import torch
 
-from mnistgan import checkpoint as ckpts
-from mnistgan import fast, models
-from mnistgan import train as core
 from mnistgan.config import TrainConfig
-from mnistgan.fast import FastOptions, make_fast_step
-from mnistgan.losses import get_loss
+from mnistgan.gan import checkpoint as ckpts
+from mnistgan.gan import fast, models
+from mnistgan.gan import loop as core
+from mnistgan.gan.fast import FastOptions, make_fast_step
+from mnistgan.gan.losses import get_loss
+from mnistgan.gan.step import GANState, build_state, train_step
 
 # For the deterministic GPU test: cuBLAS reads this when it starts, i.e. before any test uses CUDA.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -38,7 +39,7 @@ def batches_for(cfg: TrainConfig, n: int, seed: int = 5, device: torch.device = 
     return [[pair() for _ in range(cfg.d_steps)] for _ in range(n)]
 
 
-def assert_states_equal(a: core.GANState, b: core.GANState, atol: float = 0.0) -> None:
+def assert_states_equal(a: GANState, b: GANState, atol: float = 0.0) -> None:
     ca, cb = ckpts.checkpoint(a), ckpts.checkpoint(b)
     for key in ("g", "d", "g_ema"):
         if ca[key] is None:
@@ -72,18 +73,18 @@ CONFIGS = {
 def test_cpu_fast_step_is_the_plain_step_bitwise(overrides):
     """Same noise draws in the same order, the same GP, the same EMA: identical bytes after 3 steps."""
     cfg = TrainConfig(batch_size=8, **overrides)
-    plain, quick = core.build_state(cfg, 0, CPU), core.build_state(cfg, 0, CPU)
+    plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss)
     assert step.options == FastOptions()  # the CPU default: plain arithmetic, no graphs
     for batches in batches_for(cfg, 3):
-        torch.testing.assert_close(step(batches), core.train_step(plain, loss, batches), rtol=0, atol=0)
+        torch.testing.assert_close(step(batches), train_step(plain, loss, batches), rtol=0, atol=0)
     assert_states_equal(plain, quick)
 
 
 def test_fast_step_gives_finite_losses_and_changes_every_parameter():
     cfg = TrainConfig(batch_size=16)
-    state = core.build_state(cfg, 0, CPU)
+    state = build_state(cfg, 0, CPU)
     before = {k: v.clone() for k, v in state.g.state_dict().items()} | {
         f"d.{k}": v.clone() for k, v in state.d.state_dict().items()}  # fmt: skip
     step = make_fast_step(state, get_loss(cfg.loss))
@@ -95,13 +96,13 @@ def test_fast_step_gives_finite_losses_and_changes_every_parameter():
 
 
 def test_train_with_fast_on_equals_plain_on_cpu():
-    """train.train with train.fast on (the integration path) gives the same run as fast off."""
+    """loop.train with train.fast on (the integration path) gives the same run as fast off."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(256, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (256,), generator=g)
     runs = {}
     for mode in ("off", "on"):
         cfg = TrainConfig(batch_size=8, steps=8, log_every=4, fast=mode)
-        state = core.build_state(cfg, 0, CPU)
+        state = build_state(cfg, 0, CPU)
         runs[mode] = (state, core.train(state, x, y, progress=False))
     assert runs["on"][1].final == runs["off"][1].final
     assert runs["on"][0].history == runs["off"][0].history
@@ -111,13 +112,13 @@ def test_train_with_fast_on_equals_plain_on_cpu():
 def test_gpu_arithmetic_on_cpu_tracks_the_plain_step():
     """bf16 autocast + channels_last (what runs on CUDA, minus the graph) stays close to fp32."""
     cfg = TrainConfig(batch_size=8, loss="wgan-gp", conditional=True)
-    plain, quick = core.build_state(cfg, 0, CPU), core.build_state(cfg, 0, CPU)
+    plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss, GPU_LIKE)
     conv = quick.g.conv[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     for batches in batches_for(cfg, 3):
-        a, b = core.train_step(plain, loss, batches), step(batches)
+        a, b = train_step(plain, loss, batches), step(batches)
         assert b.dtype == torch.float32 and torch.isfinite(b).all()
         torch.testing.assert_close(b, a, rtol=0.03, atol=0.05)
     assert_states_equal(plain, quick, atol=0.01)
@@ -127,14 +128,14 @@ def test_capture_failure_warns_once_and_continues_on_the_plain_step():
     """Asking for graphs without CUDA exercises the real capture path: it fails, warns once, and every step
     (warm-up, the failed capture's step, the rest) is exactly the plain step."""
     cfg = TrainConfig(batch_size=8)
-    plain, quick = core.build_state(cfg, 0, CPU), core.build_state(cfg, 0, CPU)
+    plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss, FastOptions(graphs=True, warmup=2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for batches in batches_for(cfg, 5):
-            torch.testing.assert_close(step(batches), core.train_step(plain, loss, batches), rtol=0, atol=0)
-    messages = [str(w.message) for w in caught if "mnistgan.fast" in str(w.message)]
+            torch.testing.assert_close(step(batches), train_step(plain, loss, batches), rtol=0, atol=0)
+    messages = [str(w.message) for w in caught if "mnistgan.gan.fast" in str(w.message)]
     assert len(messages) == 1 and "CUDA graph capture failed" in messages[0], messages
     assert "continues on the plain step" in messages[0]
     assert step.graphs_failed and step.fell_back
@@ -146,7 +147,7 @@ def test_after_a_failed_capture_the_modules_are_back_in_the_plain_layout():
     """With channels_last on (the CUDA default), the fallback puts the weights and the optimizer state back
     in the contiguous layout, so the plain step that continues runs as it would from the start."""
     cfg = TrainConfig(batch_size=8)
-    state = core.build_state(cfg, 0, CPU)
+    state = build_state(cfg, 0, CPU)
     step = make_fast_step(state, get_loss(cfg.loss), FastOptions(graphs=True, channels_last=True, warmup=1))
     conv = state.g.conv[0].weight
     assert not conv.is_contiguous()
@@ -172,15 +173,15 @@ def test_compile_failure_warns_once_and_continues_on_the_plain_step(monkeypatch)
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     cfg = TrainConfig(batch_size=8, conditional=True)
-    plain, quick = core.build_state(cfg, 0, CPU), core.build_state(cfg, 0, CPU)
+    plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss, FastOptions(compile=True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for batches in batches_for(cfg, 3):
-            torch.testing.assert_close(step(batches), core.train_step(plain, loss, batches), rtol=0, atol=0)
-    messages = [str(w.message) for w in caught if "mnistgan.fast" in str(w.message)]
-    assert messages == ["mnistgan.fast: torch.compile failed (RuntimeError: backend exploded); training "
+            torch.testing.assert_close(step(batches), train_step(plain, loss, batches), rtol=0, atol=0)
+    messages = [str(w.message) for w in caught if "mnistgan.gan.fast" in str(w.message)]
+    assert messages == ["mnistgan.gan.fast: torch.compile failed (RuntimeError: backend exploded); training "
                         "continues on the plain step"], messages  # fmt: skip
     assert step.compile_failed and step.fell_back
     assert_states_equal(plain, quick)
@@ -199,9 +200,9 @@ def test_a_fast_path_that_cannot_be_built_trains_on_the_plain_step(monkeypatch):
         warnings.simplefilter("always")
         for mode in ("off", "on"):
             cfg = TrainConfig(batch_size=8, steps=4, log_every=2, fast=mode)
-            state = core.build_state(cfg, 0, CPU)
+            state = build_state(cfg, 0, CPU)
             runs[mode] = core.train(state, x, y, progress=False), state
-    messages = [str(w.message) for w in caught if "mnistgan.fast" in str(w.message)]
+    messages = [str(w.message) for w in caught if "mnistgan.gan.fast" in str(w.message)]
     assert len(messages) == 1 and "no graphs here" in messages[0] and "plain step" in messages[0], messages
     assert runs["on"][0].final == runs["off"][0].final
     assert_states_equal(runs["off"][1], runs["on"][1])
@@ -219,40 +220,40 @@ def test_checkpoint_of_a_channels_last_fast_run_resumes_exactly():
     loss = get_loss(cfg.loss)
     data = batches_for(cfg, 5)
     opts = FastOptions(channels_last=True)
-    state = core.build_state(cfg, 0, CPU)
+    state = build_state(cfg, 0, CPU)
     step = make_fast_step(state, loss, opts)
     for batches in data[:3]:
         step(batches)
     ckpt = ckpts.checkpoint(state)
     assert all(not g["capturable"] for g in ckpt["opt_g"]["param_groups"] + ckpt["opt_d"]["param_groups"])
-    resumed = core.build_state(cfg, 1, CPU)  # another seed: everything must come from the checkpoint
+    resumed = build_state(cfg, 1, CPU)  # another seed: everything must come from the checkpoint
     ckpts.restore(resumed, _roundtrip(ckpt))  # one copy per restore: loaded optimizer state aliases it
     step_resumed = make_fast_step(resumed, loss, opts)  # re-lays out the loaded (NCHW) optimizer state
-    on_plain = core.build_state(cfg, 1, CPU)
+    on_plain = build_state(cfg, 1, CPU)
     ckpts.restore(on_plain, _roundtrip(ckpt))
     for batches in data[3:]:
         a, b = step(batches), step_resumed(batches)
         torch.testing.assert_close(b, a, rtol=0, atol=0)
-        torch.testing.assert_close(core.train_step(on_plain, loss, batches), a, rtol=0.01, atol=1e-3)
+        torch.testing.assert_close(train_step(on_plain, loss, batches), a, rtol=0.01, atol=1e-3)
     assert_states_equal(state, resumed)
     assert_states_equal(state, on_plain, atol=2e-3)  # NCHW kernels round differently; Adam amplifies ~0 grads
 
 
 def test_restore_after_the_fast_step_was_made():
-    """train.restore after make_fast_step (the optimizer hooks re-lay out the reloaded state and drop the
+    """checkpoint.restore after make_fast_step (the optimizer hooks re-lay out the reloaded state and drop the
     slots) continues exactly like a fast step made after the restore."""
     cfg = TrainConfig(batch_size=8, loss="lsgan")
     loss = get_loss(cfg.loss)
     data = batches_for(cfg, 4)
-    source = core.build_state(cfg, 0, CPU)
+    source = build_state(cfg, 0, CPU)
     for batches in data[:2]:
-        core.train_step(source, loss, batches)
+        train_step(source, loss, batches)
     ckpt = ckpts.checkpoint(source)
     opts = FastOptions(channels_last=True)
-    first = core.build_state(cfg, 1, CPU)
+    first = build_state(cfg, 1, CPU)
     ckpts.restore(first, _roundtrip(ckpt))
     step_first = make_fast_step(first, loss, opts)
-    second = core.build_state(cfg, 1, CPU)
+    second = build_state(cfg, 1, CPU)
     step_second = make_fast_step(second, loss, opts)
     step_second(data[0])  # creates optimizer state and a slot, both replaced by the restore below
     ckpts.restore(second, _roundtrip(ckpt))
@@ -272,7 +273,7 @@ def _templates() -> torch.Tensor:
     return t
 
 
-def _template_distance(state: core.GANState, templates: torch.Tensor) -> float:
+def _template_distance(state: GANState, templates: torch.Tensor) -> float:
     """Mean L1 distance of 512 samples to their nearest template (about 0.9 for an untrained G)."""
     g = state.sampler
     g.eval()
@@ -283,7 +284,7 @@ def _template_distance(state: core.GANState, templates: torch.Tensor) -> float:
 
 
 def test_gpu_arithmetic_trains_as_well_as_plain_on_a_tiny_problem(monkeypatch):
-    """The quality check of the issue at CPU scale: train.train with the fast path in its GPU arithmetic
+    """The quality check at CPU scale: loop.train with the fast path in its GPU arithmetic
     (bf16 autocast + channels_last, forced on the CPU) and the plain path, equal steps, same seed, on
     four-template images; both must learn, and reach about the same quality."""
     monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w: models.SmallGenerator(z, c, width=8),
@@ -299,7 +300,7 @@ def test_gpu_arithmetic_trains_as_well_as_plain_on_a_tiny_problem(monkeypatch):
         )
         if mode == "on":
             monkeypatch.setattr(fast.FastOptions, "for_device", staticmethod(lambda device, det=False: GPU_LIKE))
-        state = core.build_state(cfg, 0, CPU)
+        state = build_state(cfg, 0, CPU)
         start = _template_distance(state, templates)
         core.train(state, x, idx, progress=False)
         quality[mode] = (start, _template_distance(state, templates))
@@ -334,11 +335,11 @@ def test_gpu_graph_replay_equals_eager_fp32(cuda_flags, overrides):
     dev = cuda_flags
     cfg = TrainConfig(batch_size=64, deterministic=True, **overrides)
     loss = get_loss(cfg.loss)
-    a, b = core.build_state(cfg, 0, dev), core.build_state(cfg, 0, dev)
+    a, b = build_state(cfg, 0, dev), build_state(cfg, 0, dev)
     eager = make_fast_step(a, loss, FastOptions(channels_last=True))
     graphed = make_fast_step(b, loss, FastOptions(channels_last=True, graphs=True, warmup=2))
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="mnistgan.fast")  # a capture failure must not pass silently
+        warnings.filterwarnings("error", message="mnistgan.gan.fast")  # a capture failure must not pass silently
         for batches in batches_for(cfg, 8, device=dev):
             torch.testing.assert_close(graphed(batches), eager(batches), rtol=1e-4, atol=1e-4)
     assert not graphed.graphs_failed and all(s.graph is not None for s in graphed._slots.values())
@@ -350,7 +351,7 @@ def test_gpu_graph_replay_equals_eager_fp32(cuda_flags, overrides):
 def test_gpu_fast_default_trains_without_host_sync(cuda_flags):
     dev = cuda_flags
     cfg = TrainConfig(batch_size=256)
-    plain, quick = core.build_state(cfg, 0, dev), core.build_state(cfg, 0, dev)
+    plain, quick = build_state(cfg, 0, dev), build_state(cfg, 0, dev)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss)
     assert step.options.graphs and step.options.autocast and step.options.channels_last
@@ -363,7 +364,7 @@ def test_gpu_fast_default_trains_without_host_sync(cuda_flags):
             outs.append(step(batches))
         finally:
             torch.cuda.set_sync_debug_mode(0)
-        refs.append(core.train_step(plain, loss, batches))
+        refs.append(train_step(plain, loss, batches))
     assert not step.graphs_failed
     out, ref = torch.stack(outs), torch.stack(refs)
     assert torch.isfinite(out).all()
@@ -381,15 +382,15 @@ def test_gpu_restore_after_capture_recaptures(cuda_flags):
     cfg = TrainConfig(batch_size=64, deterministic=True)
     loss = get_loss(cfg.loss)
     data = batches_for(cfg, 10, device=dev)
-    source = core.build_state(cfg, 0, dev)
+    source = build_state(cfg, 0, dev)
     for batches in data[:2]:
-        core.train_step(source, loss, batches)
+        train_step(source, loss, batches)
     ckpt = ckpts.checkpoint(source)
     opts = FastOptions(channels_last=True, graphs=True, warmup=1)
-    fresh = core.build_state(cfg, 1, dev)
+    fresh = build_state(cfg, 1, dev)
     ckpts.restore(fresh, _roundtrip(ckpt))
     step_fresh = make_fast_step(fresh, loss, opts)
-    reused = core.build_state(cfg, 1, dev)
+    reused = build_state(cfg, 1, dev)
     step_reused = make_fast_step(reused, loss, opts)
     for batches in data[:4]:  # warm-up and capture on other weights
         step_reused(batches)
@@ -408,7 +409,7 @@ def test_gpu_deterministic_runs_repeat_bitwise(cuda_flags):
     data = batches_for(cfg, 6, device=dev)
     states = []
     for _ in range(2):
-        state = core.build_state(cfg, 0, dev)
+        state = build_state(cfg, 0, dev)
         step = make_fast_step(state, loss)
         assert not step.options.compile and not torch.backends.cudnn.benchmark
         for batches in data:

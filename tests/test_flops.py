@@ -1,4 +1,4 @@
-"""mnistgan.flops: multiply-adds counted by forward hooks, checked against counts by hand."""
+"""mnistgan.lab.flops: multiply-adds counted by forward hooks, checked against counts by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnistgan import flops
+from mnistgan.lab import flops
 
 
 def test_large_model_costs_the_figure_counted_by_hand():

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from mnistgan.config import TrainConfig
-from mnistgan.generate import main
+from mnistgan.gan.generate import main
+from mnistgan.gan.models import build_gan
+from mnistgan.gan.sample import digits_from_seeds, generator_file
 from mnistgan.io import save_torch
-from mnistgan.models import build_gan
-from mnistgan.sample import digits_from_seeds, generator_file
 
 
 def make_generator(path, conditional: bool = True, seed: int = 0):
@@ -127,9 +127,9 @@ TRAINED = ROOT / "models/generator.pt", ROOT / "models/classifier.pt"
 @pytest.mark.skipif(not all(p.exists() for p in TRAINED), reason="needs the default run's models (make repro)")
 def test_the_trained_generators_sevens_are_sevens(tmp_path, capsys):
     """After `make repro`: 100 sevens asked of the trained generator, read by the project's classifier."""
-    from mnistgan.classifier import check_classifier_file, classifier_from_file
+    from mnistgan.evaluation.classifier import check_classifier_file, classifier_from_file
+    from mnistgan.gan.sample import check_generator_file
     from mnistgan.io import load_torch
-    from mnistgan.sample import check_generator_file
     from mnistgan.tensors import to_unit_range
 
     if not load_torch(TRAINED[0], check=check_generator_file)["train_config"]["conditional"]:

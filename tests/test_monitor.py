@@ -5,11 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from mnistgan import checkpoint as ckpts
-from mnistgan import train as core
-from mnistgan.classifier import Classifier
 from mnistgan.config import TrainConfig
-from mnistgan.monitor import FidMonitor
+from mnistgan.evaluation.classifier import Classifier
+from mnistgan.evaluation.monitor import FidMonitor
+from mnistgan.gan import checkpoint as ckpts
+from mnistgan.gan import loop as core
+from mnistgan.gan.sample import recalibrate_batchnorm
+from mnistgan.gan.step import build_state
 from mnistgan.tensors import to_unit_range
 
 N = 60
@@ -75,7 +77,7 @@ def test_training_loop_scores_on_schedule_without_changing_the_weights():
     x, y = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (64,), generator=g)
     monitor = FidMonitor(classifier(), digits(100, 1), digits(N, 2), N, cfg.z_dim, cfg.conditional, seed=3)
     seen = []
-    scored = core.build_state(cfg, 0, torch.device("cpu"))
+    scored = build_state(cfg, 0, torch.device("cpu"))
     core.train(scored, x, y, fid=monitor, on_fid=lambda s, v: seen.append((s, v)), progress=False)
     assert [s for s, _ in seen] == [4, 6]  # every fid_every steps and at the end
     assert [{"step": r["step"], "fid": r["fid"]} for r in scored.fid_history] == [
@@ -85,7 +87,7 @@ def test_training_loop_scores_on_schedule_without_changing_the_weights():
     assert 0 < seconds[0] <= seconds[1]
     assert all(np.isfinite(v) and v > 0 for _, v in seen)
     assert ckpts.checkpoint(scored)["fid_history"] == scored.fid_history  # a resumed run keeps the curve
-    plain = core.build_state(cfg, 0, torch.device("cpu"))
+    plain = build_state(cfg, 0, torch.device("cpu"))
     core.train(plain, x, y, progress=False)
     for a, b in [(scored.g, plain.g), (scored.d, plain.d)]:
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
@@ -94,14 +96,14 @@ def test_training_loop_scores_on_schedule_without_changing_the_weights():
 def test_recalibrating_monitor_scores_a_copy_with_fresh_batchnorm_statistics():
     import copy
 
-    from mnistgan.models import build_gan
+    from mnistgan.gan.models import build_gan
 
     torch.manual_seed(0)
     g, _ = build_gan("dcgan-small", 8, "none", True, g_width=8)
     bn = next(m for m in g.modules() if isinstance(m, nn.BatchNorm1d))
     bn.running_mean.fill_(5.0)  # an EMA copy carries the live generator's statistics, not its own
     fixed = copy.deepcopy(g)
-    core.recalibrate_batchnorm(fixed, 8, True, seed=4, device=torch.device("cpu"), n_batches=8)
+    recalibrate_batchnorm(fixed, 8, True, seed=4, device=torch.device("cpu"), n_batches=8)
     args = (classifier(), digits(100, 1), digits(N, 2), N, 8, True)
     recal = FidMonitor(*args, seed=3, recalibrate=True)
     plain = FidMonitor(*args, seed=3)

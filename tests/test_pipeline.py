@@ -13,9 +13,8 @@ import yaml
 from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
 from schema_utils import schema_problems
 
-from mnistgan.config import RECORD_ENV
-
 pytestmark = pytest.mark.slow
+RECORD_ENV = "MNISTGAN_RECORD_PARAMS"  # stages/_common.py: each stage writes the params keys it read
 # FID during training (off in TINY to save time elsewhere) and two extra sample sets scored by evaluate
 # (evaluate.seeds: mean and std over them in eval.json).
 FID_AND_SEEDS = {"train": {"fid_every": 60, "fid_samples": 300},
@@ -166,7 +165,7 @@ def test_dvc_exp_run_logs_a_second_tagged_run(repo):
 
 
 def test_compare_report_of_the_two_runs(repo):
-    run([str(BIN / "python"), "-m", "mnistgan.report", "compare", "--out", "reports"], repo,
+    run([str(BIN / "python"), "-m", "mnistgan.lab.report", "compare", "--out", "reports"], repo,
         env={**env(), "PYTHONPATH": str(repo / "src")})  # fmt: skip
     md = (repo / "reports/compare.md").read_text()
     assert "lr-test" in md and "| train.lr |" in md  # the differing parameter is shown
@@ -189,7 +188,7 @@ def test_compare_report_renders_in_headless_chromium(repo, tmp_path):
         pytest.skip("chromium not installed (apt-get install chromium)")
     page = repo / "reports/compare.html"
     if not page.exists():  # when this test runs alone
-        run([str(BIN / "python"), "-m", "mnistgan.report", "compare", "--out", "reports"], repo,
+        run([str(BIN / "python"), "-m", "mnistgan.lab.report", "compare", "--out", "reports"], repo,
             env={**env(), "PYTHONPATH": str(repo / "src")})  # fmt: skip
     seen, shot = render_in_chromium(page, tmp_path)
     assert seen["tables"] == 4  # differing params, final scores, verdicts from their intervals, training

@@ -2,7 +2,7 @@
 
 Every test here starts real processes (a stage script or DVC) in a temporary copy of this checkout on a
 tiny configuration, and sends real signals. In-process resume, the table of bad params and the corrupt-file
-loaders have unit tests of their own (test_train.py, test_config.py, test_io.py).
+loaders have unit tests of their own (test_loop.py, test_config.py, test_io.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from mnistgan.report import END, START, mean_std, replace_section, results_table
+from mnistgan.lab.report import END, START, mean_std, replace_section, results_table
 
 
 def fake_runs():
@@ -47,7 +47,7 @@ def test_replace_section():
 
 
 def test_fid_joins_seconds_by_step_and_the_plot_is_drawn(tmp_path):
-    from mnistgan.report import fid_against_seconds, fid_seconds_png
+    from mnistgan.lab.report import fid_against_seconds, fid_seconds_png
 
     joined = fid_against_seconds([(500, 300.0), (1000, 200.0), (1500, 150.0)], [(500, 31.5), (1000, 60.2)])
     assert joined == [(31.5, 300.0), (60.2, 200.0)]  # a step without seconds is left out
@@ -57,11 +57,11 @@ def test_fid_joins_seconds_by_step_and_the_plot_is_drawn(tmp_path):
 
 
 def test_recipe_runs_are_named_and_budgets_shown():
-    from mnistgan.recipes import recipe_overrides
+    from mnistgan.lab.recipes import recipe_overrides
 
     row = {f"params.train.{k}": str(v) for k, v in recipe_overrides("default").items()}
     row |= {"params.train.steps": "1000000", "params.train.max_seconds": "200.0"}
-    label = __import__("mnistgan.report", fromlist=["recipe_label"]).recipe_label(row)
+    label = __import__("mnistgan.lab.report", fromlist=["recipe_label"]).recipe_label(row)
     assert label.startswith("`default`: dcgan-small, ns") and "conditional" in label and label.endswith("200 s)")
     assert "d_width 32" in label  # a key that differs from the base is shown
 
@@ -81,7 +81,7 @@ def test_scores_of_different_extractors_are_never_averaged_and_the_table_says_so
 
 
 def test_compare_tables_name_the_extractor_and_warn_when_they_differ():
-    from mnistgan.report import compare_tables
+    from mnistgan.lab.report import compare_tables
 
     runs = fake_runs().iloc[:2].copy()
     runs["run_id"] = ["r1", "r2"]
@@ -92,7 +92,7 @@ def test_compare_tables_name_the_extractor_and_warn_when_they_differ():
 
 
 def test_at_budget_keeps_only_runs_of_that_many_seconds():
-    from mnistgan.report import at_budget
+    from mnistgan.lab.report import at_budget
 
     runs = fake_runs()
     runs["params.train.max_seconds"] = ["290.0", "290.0", "200.0", "290.0", "0.0", "290.0", "290.0"]
@@ -103,7 +103,7 @@ def test_at_budget_keeps_only_runs_of_that_many_seconds():
 
 
 def test_welch_verdict_says_better_worse_or_within_noise():
-    from mnistgan.report import welch_verdict
+    from mnistgan.lab.report import welch_verdict
 
     # FID: lower is better. Far apart with small spreads: real; overlapping spreads: noise.
     assert welch_verdict([5.0, 5.2, 4.9], [28.0, 28.5, 27.9], "fid").startswith("better (p=")
@@ -118,7 +118,7 @@ def test_welch_verdict_says_better_worse_or_within_noise():
 
 
 def test_interval_verdict_uses_both_widths():
-    from mnistgan.report import interval_verdict
+    from mnistgan.lab.report import interval_verdict
 
     assert interval_verdict(27.8, (26.8, 29.1), 28.5, (27.4, 29.7), "fid") == "within noise"
     assert interval_verdict(27.8, (26.8, 29.1), 46.6, (45.0, 48.3), "fid") == "better"
@@ -126,7 +126,7 @@ def test_interval_verdict_uses_both_widths():
 
 
 def test_results_table_marks_each_recipe_against_the_default(monkeypatch):
-    from mnistgan import report
+    from mnistgan.lab import report
 
     monkeypatch.setattr(report, "recipe_label", lambda row: "`default`: ns" if row["params.train.loss"] == "ns"
                         else "`hinge`: hinge")  # fmt: skip
@@ -140,7 +140,7 @@ def test_results_table_marks_each_recipe_against_the_default(monkeypatch):
 
 
 def test_compare_verdict_table_from_the_runs_intervals():
-    from mnistgan.report import verdict_table
+    from mnistgan.lab.report import verdict_table
 
     g = "metrics.generated.fid"
     runs = pd.DataFrame([{g: 27.8, f"{g}_ci95_low": 26.8, f"{g}_ci95_high": 29.1},

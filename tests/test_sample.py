@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnistgan.models import build_gan
+from mnistgan.gan.models import build_gan
+from mnistgan.gan.sample import interpolation_images, sample_images, sample_noise, slerp
 from mnistgan.pictures import by_class_grid, image_grid
-from mnistgan.sample import interpolation_images, sample_images, sample_noise, slerp
 
 
 def test_image_grid_layout():

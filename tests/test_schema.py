@@ -1,5 +1,5 @@
 """docs/scores.md's schema table: well formed, and able to fail (the files themselves are checked against it
-in test_score.py and test_pipeline.py)."""
+in test_score_cli.py and test_pipeline.py)."""
 
 from schema_utils import key_regex, schema_problems, schema_rows
 

@@ -1,4 +1,4 @@
-"""mnistgan.scoring: the scoring core on real MNIST. Classes counted right on real sets of 1, 2, 5 and 10
+"""mnistgan.evaluation.scoring: the scoring core on real MNIST. Classes counted right on real sets of 1, 2, 5 and 10
 digits, the reference at the input's own N, the agreement of feature spaces, the extractor identity, and
 golden values that pin the whole metric chain on fixed real images through a fixed (seeded) network."""
 
@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mnistgan import scoring  # noqa: E402
-from mnistgan.classifier import Classifier, DeepClassifier  # noqa: E402
 from mnistgan.config import ClassifierConfig  # noqa: E402
+from mnistgan.evaluation import scoring  # noqa: E402
+from mnistgan.evaluation.classifier import Classifier, DeepClassifier  # noqa: E402
 
 
 def score(*args, **kwargs):
@@ -37,7 +37,7 @@ def mnist():
 def trained(mnist):
     """A classifier trained briefly (1 epoch on 20,000 images, about 97.5% test accuracy: worse than the
     pipeline's, so its mistakes are a harder test of the coverage rule) and its features."""
-    from mnistgan.classifier import train_classifier
+    from mnistgan.evaluation.classifier import train_classifier
 
     cfg = ClassifierConfig(epochs=1, train_images=20000)
     result = train_classifier(cfg, 0, mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test, progress=False)
@@ -136,7 +136,7 @@ def test_golden_values_of_the_metric_chain(mnist):
 def test_fid_inf_of_noisy_real_digits_does_not_depend_on_how_many_are_scored(mnist, trained):
     """Real digits with +-48 pixel noise stand in for a generator with a fixed distance to MNIST: its FID
     falls as more are scored, its fid_inf does not, and the larger set's value lies in the smaller's interval."""
-    from mnistgan import metrics
+    from mnistgan.evaluation import metrics, suite
 
     model, real = trained
     rng = np.random.default_rng(0)
@@ -149,7 +149,7 @@ def test_fid_inf_of_noisy_real_digits_does_not_depend_on_how_many_are_scored(mni
         small = feats[part * 2000 : (part + 1) * 2000]
         fids.append(metrics.fid(small, test))
         assert abs(metrics.fid_inf(small, test) / inf_large - 1) < 0.15
-        lo, hi = metrics.bootstrap_fid_intervals(small, test)["fid_inf"]
+        lo, hi = suite.bootstrap_fid_intervals(small, test)["fid_inf"]
         inside += lo < inf_large < hi
     assert np.mean(fids) > fid_large  # FID's bias: higher at 2,000 on average
     assert inside >= 3  # 95% intervals: about 1 in 20 misses
@@ -163,8 +163,8 @@ TRAINED = [scoring.__file__.rsplit("/src/", 1)[0] + f"/{p}" for p in ("models/cl
 def test_the_default_runs_fid_inf_from_2000_and_10000_samples_agree(mnist):
     """After `make repro`: fid_inf of the first 2,000 and of all 10,000 samples within 15%, and the
     10,000-sample value inside the 2,000-sample interval."""
-    from mnistgan import metrics
-    from mnistgan.classifier import check_classifier_file, classifier_from_file
+    from mnistgan.evaluation import metrics, suite
+    from mnistgan.evaluation.classifier import check_classifier_file, classifier_from_file
     from mnistgan.io import load_torch
 
     model = classifier_from_file(load_torch(TRAINED[0], check=check_classifier_file))
@@ -173,5 +173,5 @@ def test_the_default_runs_fid_inf_from_2000_and_10000_samples_agree(mnist):
     test = scoring.network_features(model, mnist.x_test)[0][:, -model.FEATURES :]
     inf_2k, inf_10k = metrics.fid_inf(feats[:2000], test), metrics.fid_inf(feats, test)
     assert abs(inf_2k / inf_10k - 1) < 0.15
-    lo, hi = metrics.bootstrap_fid_intervals(feats[:2000], test)["fid_inf"]
+    lo, hi = suite.bootstrap_fid_intervals(feats[:2000], test)["fid_inf"]
     assert lo < inf_10k < hi

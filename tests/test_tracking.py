@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from pipeline_utils import free_port
 
-from mnistgan import tracking
+from mnistgan import descriptions, sync, tracking
 
 
 def test_repo_root_traces_queued_experiment_copies_back(tmp_path):
@@ -107,13 +107,13 @@ def test_sync_gives_a_run_without_scores_those_of_eval_json_once(tmp_path, monke
     (tmp_path / "metrics/classifier.json").write_text(json.dumps({"test_accuracy": 0.99}))
     scores = {"generated": {"fid": 46.5, "classes_covered": 10}, "real_reference": {"fid": 5.5}}
     (tmp_path / "metrics/eval.json").write_text(json.dumps(scores))
-    assert "scores logged" in tracking.sync_scores()
+    assert "scores logged" in sync.sync_scores()
     metrics = mlflow.get_run(run.run_id).data.metrics
     assert metrics["generated.fid"] == 46.5 and metrics["real_reference.fid"] == 5.5
     assert metrics["classifier.test_accuracy"] == 0.99
-    assert "has its scores" in tracking.sync_scores()  # the second time there is nothing to add
+    assert "has its scores" in sync.sync_scores()  # the second time there is nothing to add
     (tmp_path / "metrics/train.json").write_text(json.dumps({"mlflow_run_id": "0" * 32}))
-    assert "is not in" in tracking.sync_scores()  # a run of another machine's store: left alone
+    assert "is not in" in sync.sync_scores()  # a run of another machine's store: left alone
 
 
 # ---- the generator as a registered MLflow Model ------------------------------------------------------
@@ -145,14 +145,14 @@ def test_generator_is_logged_registered_described_and_loads_without_the_repo(tmp
     from test_generate import make_generator
 
     from mnistgan.config import Params
-    from mnistgan.sample import digits_from_seeds
+    from mnistgan.gan.sample import digits_from_seeds
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     g, cfg = make_generator(tmp_path / "generator.pt")
     run = tracking.open_run("mnistgan", required=True)
-    run.describe(changed=tracking.params_changes(Params(), cwd=tmp_path))  # not a git repo: says so
+    run.describe(changed=descriptions.params_changes(Params(), cwd=tmp_path))  # not a git repo: says so
     run.log_generator_model(tmp_path / "generator.pt")
     scores = {"generated": {"fid": 27.8, "inception_score": 9.51, "precision": 0.672, "recall": 0.67,
                             "classes_covered": 10, "n_samples": 10000},
@@ -161,11 +161,11 @@ def test_generator_is_logged_registered_described_and_loads_without_the_repo(tmp
     run.end()
 
     client = MlflowClient(uri)
-    (version,) = client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    (version,) = client.search_model_versions(f"name='{descriptions.REGISTERED_MODEL}'")
     assert version.run_id == run.run_id and version.tags["fid"] == "27.8" and version.tags["fid_real"] == "5.56"
     assert version.tags["fid_multiple_of_real"] == "5" and version.tags["classes_covered"] == "10"
-    assert client.get_registered_model(tracking.REGISTERED_MODEL).description.startswith("GAN generators")
-    note = client.get_run(run.run_id).data.tags[tracking.NOTE_TAG]
+    assert client.get_registered_model(descriptions.REGISTERED_MODEL).description.startswith("GAN generators")
+    note = client.get_run(run.run_id).data.tags[descriptions.NOTE_TAG]
     assert "no committed version" in note and "FID 27.80 (5.0x real 5.56)" in note and "10 of 10 digits" in note
     (logged,) = client.search_logged_models(experiment_ids=[client.get_run(run.run_id).info.experiment_id])
     assert logged.source_run_id == run.run_id and logged.name == "generator"
@@ -192,7 +192,7 @@ def test_params_changes_names_what_differs_from_the_commit(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     for cmd in (["git", "init", "-q"], ["git", "add", "params.yaml"], ["git", "commit", "-q", "-m", "p"]):
         subprocess.run(cmd, cwd=tmp_path, env=env(), check=True)
-    assert tracking.params_changes(load_params(tmp_path / "params.yaml"), cwd=tmp_path) == (
+    assert descriptions.params_changes(load_params(tmp_path / "params.yaml"), cwd=tmp_path) == (
         "the commit's params.yaml, unchanged")  # fmt: skip
     raw["train"]["lr"], raw["seed"], raw["tracking"]["required"] = 0.0002, 3, False
-    assert tracking.params_changes(params_from_dict(raw), cwd=tmp_path) == "changed seed=3, train.lr=0.0002"
+    assert descriptions.params_changes(params_from_dict(raw), cwd=tmp_path) == "changed seed=3, train.lr=0.0002"

@@ -15,7 +15,8 @@ import psutil
 import pytest
 from pipeline_utils import env, free_port
 
-from mnistgan import tracking, ui
+from mnistgan import tracking
+from mnistgan.lab import ui
 
 
 def _env(uri: str) -> dict[str, str]:
@@ -26,7 +27,7 @@ def _env(uri: str) -> dict[str, str]:
 
 
 def _run_ui(args: list[str], uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnistgan.ui", *args], cwd=cwd, env=_env(uri), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mnistgan.lab.ui", *args], cwd=cwd, env=_env(uri), capture_output=True,
                           text=True, timeout=120)  # fmt: skip
 
 
@@ -45,7 +46,8 @@ def test_ui_prints_the_model_training_runs_table_serves_it_and_stops_cleanly(tmp
     import mlflow
 
     uri, port = f"sqlite:///{tmp_path}/mlflow.db", free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mnistgan.ui", "--port", str(port), "--no-browser", "--wait", "90"],
+    proc = subprocess.Popen([sys.executable, "-m", "mnistgan.lab.ui", "--port", str(port), "--no-browser",
+                             "--wait", "90"],
                             cwd=tmp_path, env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     try:

@@ -18,7 +18,7 @@ from pipeline_utils import ROOT, env, run
 from test_determinism import copy_reproduced, output_hashes
 
 from mnistgan.errors import UserError
-from mnistgan.verify import Row, compare_locks, main, stale_stages, varying_outputs
+from mnistgan.lab.verify import Row, compare_locks, main, stale_stages, varying_outputs
 
 ALTERED = "data/samples.npy"
 
@@ -120,7 +120,7 @@ def test_verify_reruns_in_a_clone_names_the_altered_output_and_leaves_the_checko
     tmp, summary = tmp_path / "tmp", tmp_path / "summary.md"
     tmp.mkdir()
 
-    p = run([sys.executable, "-m", "mnistgan.verify"], root, check=False,
+    p = run([sys.executable, "-m", "mnistgan.lab.verify"], root, check=False,
             env={**env(), "TMPDIR": str(tmp), "GITHUB_STEP_SUMMARY": str(summary)})  # fmt: skip
 
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]

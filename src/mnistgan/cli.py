@@ -1,7 +1,10 @@
-"""`mnistgan COMMAND ...`: one console script, one module per subcommand.
+"""`mnistgan COMMAND ...`: one console script for every command a user runs.
 
-Each subcommand is a module with `main(argv: list[str] | None) -> int`, imported only when it runs, so
-`mnistgan --help` starts without importing torch. To add one, add a line to COMMANDS.
+Each command is a module's `main(argv: list[str] | None) -> int` (a module may serve several commands,
+told apart by a leading argument, as `mnistgan compare` and `mnistgan results` are `mnistgan.lab.report`'s
+two). The module is imported only when its command runs, so `mnistgan --help` starts without importing
+torch. Every command reports bad input in one line with EXIT_BAD_INPUT and Ctrl-C with 130 (`run_command`).
+To add one, add a line to COMMANDS; `python -m <module>` keeps working for the Makefile.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-EXIT_BAD_INPUT = 2  # every command: bad arguments or input files -> one line on stderr and this code
+from mnistgan.errors import EXIT_BAD_INPUT, UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,8 +29,6 @@ def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namesp
                 argv: list[str] | None, errors: tuple[type[BaseException], ...] = ()) -> int:  # fmt: skip
     """A subcommand's main: parse `argv`, run `body(args)`, and turn a user's error (UserError, or one of
     `errors`) into one line on stderr with EXIT_BAD_INPUT, and Ctrl-C into 'interrupted' and 130."""
-    from mnistgan.errors import UserError
-
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed as one line
@@ -43,19 +44,26 @@ def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namesp
         return 130
 
 
-# name -> (module with main(argv) -> int, one-line description)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("mnistgan.score", "score generated digits (.npy/.npz or PNG folder) against MNIST"),
-    "generate": ("mnistgan.generate", "digits from a trained generator: --digit 7 --n 64 --out sevens.png"),
-    "bench": ("mnistgan.bench", "time training (plain vs fast path), time to quality and the metric suite"),
-    "verify": ("mnistgan.verify", "rerun the pipeline of HEAD in a temporary clone; compare outputs with dvc.lock"),
-    "ui": ("mnistgan.ui", "MLflow UI on this project's runs table (model-training view); --port"),
+# name -> (module with main(argv) -> int, the arguments put before the user's, one-line description)
+COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "score": ("mnistgan.evaluation.score_cli", (), "score generated digits (.npy/.npz or PNG folder) against MNIST"),
+    "generate": ("mnistgan.gan.generate", (), "digits from a trained generator: --digit 7 --n 64 --out sevens.png"),
+    "compare": ("mnistgan.lab.report", ("compare",), "reports/compare.md and .html: the latest runs side by side"),
+    "results": ("mnistgan.lab.report", ("results",), "the recipes' results table from the MLflow runs"),
+    "ui": ("mnistgan.lab.ui", (), "MLflow UI on this project's runs table (model-training view); --port"),
+    "tracking": ("mnistgan.sync", (), "tracking sync: give the last training run the scores of eval.json"),
+    "verify": ("mnistgan.lab.verify", (), "rerun HEAD's pipeline in a temporary clone; compare outputs with dvc.lock"),
+    "recipes": ("mnistgan.lab.recipes", (), "queue the README's recipes as DVC experiments (make sweep)"),
+    "curves": ("mnistgan.lab.curves", (), "time-to-quality curves: FID against training seconds per recipe"),
+    "calibrate": ("mnistgan.lab.calibrate", (), "the corruption ladder and the reading table of the scores"),
+    "bench": ("mnistgan.lab.bench", (), "time training (plain vs fast path), time to quality and the metric suite"),
+    "flops": ("mnistgan.lab.flops", (), "multiply-adds and training FLOPs per image of each model"),
 }
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, _, desc) in COMMANDS.items()]
     return "usage: mnistgan COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + (
         "\n\n`mnistgan COMMAND --help` describes a command's arguments.")  # fmt: skip
 
@@ -64,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
+        return 0 if argv else EXIT_BAD_INPUT
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"mnistgan: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+        return EXIT_BAD_INPUT
+    module_name, leading, _ = COMMANDS[name]
+    return int(importlib.import_module(module_name).main([*leading, *rest]) or 0)
 
 
 if __name__ == "__main__":

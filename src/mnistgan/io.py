@@ -82,7 +82,7 @@ def load_npy(path: str | Path, made_by: str = "") -> np.ndarray:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    import torch
+    import torch  # lazy: light commands read JSON and arrays without torch
 
     # Through a file object: torch.save(obj, <path>) names the zip records after the (random) temporary
     # file name, so the same weights would give different bytes on every run.
@@ -95,7 +95,7 @@ def load_torch(path: str | Path, made_by: str = "", check: Callable[[Any], str |
 
     `check` returns a problem description (or None) for a file that loads but is not what is expected.
     """
-    import torch
+    import torch  # lazy: light commands read JSON and arrays without torch
 
     path = Path(path)
     _require(path, made_by)
@@ -121,7 +121,7 @@ def _require(path: Path, made_by: str) -> None:
 
 def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
     """uint8 (H, W) grayscale -> PNG, each pixel repeated `scale` times for viewing."""
-    from PIL import Image
+    from PIL import Image  # lazy: only PNG writers need it
 
     if scale > 1:
         image = np.kron(image, np.ones((scale, scale), np.uint8))

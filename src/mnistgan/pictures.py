@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-N_CLASSES = 10
+from mnistgan.data import N_CLASSES
 
 
 def image_grid(images: np.ndarray, nrow: int = 10, pad: int = 2, background: int = 255) -> np.ndarray:

@@ -12,7 +12,9 @@ import sys
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,8 +59,6 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     device = resolve_device(device_name)
     if not under_torchrun():
         return 0, 1, device
-    import torch.distributed as dist
-
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -83,9 +83,6 @@ def allreduce_grads(module: nn.Module, world: int) -> None:
     """
     if world == 1:
         return
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     flat = _flatten_dense_tensors(grads)
     dist.all_reduce(flat)
@@ -98,8 +95,6 @@ def any_rank(flag: bool, world: int, device: torch.device) -> bool:
     """True when `flag` holds on any process (a collective: every rank calls it at the same step)."""
     if world == 1:
         return flag
-    import torch.distributed as dist
-
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
@@ -109,8 +104,6 @@ def mean_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
     """The mean of `values` over processes (a copy), so every rank sees the same loss row."""
     if world == 1:
         return values
-    import torch.distributed as dist
-
     values = values.clone()
     dist.all_reduce(values)
     return values / world
@@ -120,8 +113,6 @@ def gather_objects(obj: Any, world: int) -> list[Any]:
     """Every rank's `obj`, in rank order (a collective)."""
     if world == 1:
         return [obj]
-    import torch.distributed as dist
-
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -13,6 +14,14 @@ def to_unit_range(x_u8: torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """float (N, 1, 28, 28) in [-1, 1] -> uint8 (N, 28, 28), rounding to the nearest level."""
     return ((x.squeeze(1).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def training_tensors(
+    x_u8: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored images and labels -> what training takes: float32 (N, 1, 28, 28) in [-1, 1] and int64 (N,),
+    on `device`."""
+    return to_unit_range(torch.from_numpy(x_u8)).to(device), torch.from_numpy(y).long().to(device)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ holds params, loss curves, images and scores together. Without mlflow installed,
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import random
@@ -25,7 +26,24 @@ from typing import Any
 
 import numpy as np
 
-from mnistgan.errors import TrackingError
+from mnistgan.config import flatten
+from mnistgan.descriptions import (
+    CHANGED_TAG,
+    GENERATOR_ARTIFACT,
+    GENERATOR_INPUT_EXAMPLE,
+    GENERATOR_MODEL_CODE,
+    NOTE_TAG,
+    PACKAGE_SOURCE,
+    REGISTERED_MODEL,
+    REGISTERED_MODEL_NOTE,
+    generator_requirements,
+    generator_signature,
+    params_changes,
+    run_note,
+    version_tags,
+)
+from mnistgan.errors import InputError, TrackingError
+from mnistgan.pictures import image_grid
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -75,7 +93,7 @@ def git_commit(cwd: Path | None = None) -> str:
 
 
 def run_tags(device: str) -> dict[str, str]:
-    import torch
+    import torch  # lazy: the version tag; the store check runs before torch loads
 
     tags = {
         "git_commit": git_commit(),
@@ -115,7 +133,7 @@ def _store_init_lock(uri: str) -> Iterator[None]:
     processes doing that at once on a fresh `mlflow.db` (`dvc queue start -j 2`) fail with errors such
     as "duplicate column name". The lock file lives in the temp folder, keyed by the store's URI."""
     try:
-        import fcntl
+        import fcntl  # POSIX only (deliberately lazy)
     except ImportError:  # not POSIX: no lock
         fcntl = None
     if fcntl is None or not uri.startswith("sqlite:///"):
@@ -183,7 +201,7 @@ class Run(NullRun):
             info = with_retry(
                 self.mlflow.pyfunc.log_model, name="generator", python_model=str(GENERATOR_MODEL_CODE),
                 artifacts={GENERATOR_ARTIFACT: str(generator_path)},
-                code_paths=[str(GENERATOR_MODEL_CODE.parent)],  # the package's source: loads without this repo
+                code_paths=[str(PACKAGE_SOURCE)],  # the package's source: loads without this repo
                 signature=generator_signature(self.mlflow), input_example=GENERATOR_INPUT_EXAMPLE,
                 pip_requirements=generator_requirements(), registered_model_name=REGISTERED_MODEL,
             )  # fmt: skip
@@ -216,50 +234,10 @@ class Run(NullRun):
         with_retry(self.mlflow.end_run, status=status)
 
 
-# ---- the generator as an MLflow Model, its registry entry, and run descriptions -------------------------
-
-REGISTERED_MODEL = "mnistgan-generator"
-REGISTERED_MODEL_NOTE = (
-    "GAN generators of the mnistgan pipeline, one version per training run, tagged with the run's scores. "
-    "Load with mlflow.pyfunc.load_model('models:/mnistgan-generator/latest'); predict takes a DataFrame with "
-    "int columns digit (0-9, -1 = any) and seed, one image per row, and returns uint8 (rows, 28, 28)."
-)
-# The model's code (models-from-code: MLflow stores the file and runs it at logging, to check the input example,
-# and at loading). Named by path, not imported: only the train stage logs the model (dvc.yaml lists the file
-# among its deps), and the other stages that import this module do not depend on it.
-GENERATOR_MODEL_CODE = Path(__file__).with_name("pyfunc_generator.py")
-GENERATOR_ARTIFACT = "generator"  # the key of the generator file among the model's artifacts
-GENERATOR_INPUT_EXAMPLE = {"digit": [7, 7, -1], "seed": [0, 1, 2]}
-NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows for a run (and for an experiment)
-CHANGED_TAG = "params_changed"  # what the run changed against the commit's params.yaml
-
-
-def generator_signature(mlflow: Any) -> Any:
-    """DataFrame (digit: long, seed: long) -> uint8 (rows, 28, 28); param truncation (0 = off)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("long", "digit"), ColSpec("long", "seed")]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28))]),
-        params=ParamSchema([ParamSpec("truncation", "double", 0.0)]),
-    )
-
-
-def generator_requirements() -> list[str]:
-    """What loading the generator model needs, pinned to this environment's versions (stated, not
-    inferred: MLflow's inference imports the model in a subprocess and takes seconds)."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("mlflow", "torch", "numpy", "pandas", "pyyaml")]
-
-
 @contextmanager
 def _quiet_mlflow_logs() -> Iterator[None]:
     """MLflow logs INFO lines while saving a model (environment notes, 'Created version'): keep stderr for
     the pipeline's own progress."""
-    import logging
-
     logger = logging.getLogger("mlflow")
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -269,63 +247,9 @@ def _quiet_mlflow_logs() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def params_changes(params: Any, cwd: Path | None = None) -> str:
-    """The keys where `params` differ from the params.yaml of the commit (HEAD), as one line: what a
-    `dvc exp run -S ...` changed. Paths and tracking settings are left out."""
-    import yaml
-
-    from mnistgan.config import flatten
-
+def import_mlflow(required: bool) -> Any:
     try:
-        out = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10)  # fmt: skip
-        committed = flatten(yaml.safe_load(out.stdout) or {}) if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired, yaml.YAMLError):
-        committed = None
-    if committed is None:
-        return "params.yaml (no committed version to compare with)"
-    now = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()}  # yaml lists: tuples
-    changed = [f"{k}={v}" for k, v in now.items()
-               if not k.startswith(("paths.", "tracking.")) and committed.get(k, _MISSING) != v]  # fmt: skip
-    return "changed " + ", ".join(changed) if changed else "the commit's params.yaml, unchanged"
-
-
-_MISSING = object()
-
-
-def run_note(changed: str, scores: dict[str, Any] | None) -> str:
-    """Markdown for the run's description: what it changed and, when known, its headline scores (those of
-    them that `scores` holds)."""
-    lines = [f"**Params**: {changed}."]
-    if scores:
-        g, r = scores.get("generated", {}), scores.get("real_reference", {})
-        parts = []
-        if "fid" in g and r.get("fid"):
-            parts.append(f"FID {g['fid']:.2f} ({g['fid'] / r['fid']:.1f}x real {r['fid']:.2f})")
-        if "inception_score" in g:
-            parts.append(f"score {g['inception_score']:.2f} (real {r.get('inception_score', float('nan')):.2f})")
-        if "precision" in g and "recall" in g:
-            parts.append(f"precision/recall {g['precision']:.3f}/{g['recall']:.3f}")
-        if "classes_covered" in g:
-            parts.append(f"{g['classes_covered']} of 10 digits")
-        lines.append(f"**Scored** ({g.get('n_samples', 'all')} samples): {', '.join(parts)}.")
-    else:
-        lines.append("**Scored**: not yet (the evaluate stage logs the scores).")
-    return "\n\n".join(lines)
-
-
-def version_tags(scores: dict[str, Any]) -> dict[str, str]:
-    """The registered generator version's tags: its run's headline scores, with the real reference's FID."""
-    g, r = scores.get("generated", {}), scores.get("real_reference", {})
-    tags = {k: f"{g[k]:.4g}" for k in ("fid", "inception_score", "precision", "recall", "classes_covered") if k in g}
-    if "fid" in g and r.get("fid"):
-        tags |= {"fid_real": f"{r['fid']:.4g}", "fid_multiple_of_real": f"{g['fid'] / r['fid']:.3g}"}
-    return tags
-
-
-def _import_mlflow(required: bool) -> Any:
-    try:
-        import mlflow
+        import mlflow  # lazy: mlflow is optional (NullRun without it)
     except ImportError:
         if required:
             raise TrackingError(
@@ -369,7 +293,7 @@ def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
 def open_run(experiment: str, required: bool, run_id: str | None = None, run_name: str | None = None) -> NullRun:
     """Start a new run (run_id None) or reopen an existing one; NullRun when tracking is unavailable
     and not required."""
-    mlflow = _import_mlflow(required)
+    mlflow = import_mlflow(required)
     if mlflow is None:
         print("warning: mlflow not installed; this run is not tracked", file=sys.stderr)
         return NullRun()
@@ -397,8 +321,6 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
 def open_training_run(params: Any, mnist: Any, run_id: str | None, device: str, world: int) -> NullRun:
     """The train stage's run: a new one (with every param and MNIST as its dataset input, name, source and
     sha256 digest), or the run of the checkpoint it resumes; tagged with the machine and the commit."""
-    from mnistgan.config import flatten
-
     run = open_run(params.tracking.experiment, params.tracking.required, run_id=run_id)
     if not run_id:
         run.log_params(flatten(params))
@@ -410,9 +332,7 @@ def open_training_run(params: Any, mnist: Any, run_id: str | None, device: str, 
 
 
 def training_callbacks(run: NullRun, state: Any) -> dict[str, Any]:
-    """train.train's logging callbacks for `run`: loss rows, sample grids, FID during training."""
-    from mnistgan.pictures import image_grid
-
+    """loop.train's logging callbacks for `run`: loss rows, sample grids, FID during training."""
     return {
         "on_log": lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step),
         "on_images": lambda step, imgs: run.log_image(image_grid(imgs.numpy()), key="samples", step=step),
@@ -430,21 +350,21 @@ def reopen_run(cfg: Any, run_id: str | None) -> NullRun:
 
 def search_runs(experiment: str, uri: str | None = None) -> Any:
     """All runs of `experiment` as a pandas DataFrame (columns params.*, metrics.*, tags.*)."""
-    mlflow = _import_mlflow(True)
+    mlflow = import_mlflow(True)
     mlflow.set_tracking_uri(uri or tracking_uri())
     return mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric of one run, in step order."""
-    mlflow = _import_mlflow(True)
+    mlflow = import_mlflow(True)
     history = mlflow.MlflowClient().get_metric_history(run_id, key)
     return sorted((m.step, m.value) for m in history)
 
 
 def last_image(run_id: str, key: str, dest: Path) -> Path | None:
     """Download the PNG of the highest step logged under `key` with log_image; None if there is none."""
-    mlflow = _import_mlflow(True)
+    mlflow = import_mlflow(True)
     client = mlflow.MlflowClient()
     pngs = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
     # log_image names files "<key>+step+<step>+timestamp+...png"
@@ -458,9 +378,7 @@ def last_image(run_id: str, key: str, dest: Path) -> Path | None:
 def load_generator_model(uri: str) -> Any:
     """An MLflow generator model (`models:/mnistgan-generator/latest`, `runs:/ID/generator`, ...) from this
     project's store, as a function (digits, seeds, truncation) -> uint8 (rows, 28, 28)."""
-    from mnistgan.errors import InputError
-
-    mlflow = _import_mlflow(True)
+    mlflow = import_mlflow(True)
     mlflow.set_tracking_uri(tracking_uri())
     try:
         with _quiet_mlflow_logs():
@@ -469,7 +387,7 @@ def load_generator_model(uri: str) -> Any:
         raise InputError(f"--model-uri {uri}: cannot load ({_first_line(e)})") from None
 
     def predict(digits: np.ndarray, seeds: np.ndarray, truncation: float) -> np.ndarray:
-        import pandas as pd
+        import pandas as pd  # lazy: mlflow's run tables
 
         try:
             return model.predict(pd.DataFrame({"digit": digits, "seed": seeds}), params={"truncation": truncation})
@@ -489,8 +407,6 @@ def _first_line(e: BaseException) -> str:
 def log_scores(run: NullRun, scores: dict[str, Any], classifier_metrics: dict[str, Any], eval_path: str) -> None:
     """What the evaluate stage logs: every score (flattened, `generated.fid`, ...), the classifier's
     metrics, the identity of every feature space (tags) and the eval JSON file."""
-    from mnistgan.config import flatten
-
     flat = flatten(scores) | flatten({"classifier": classifier_metrics})
     for key, value in list(flat.items()):  # an interval [low, high] -> two metrics, <key>_low and <key>_high
         if key.endswith("_ci95") and isinstance(value, list) and len(value) == 2:
@@ -500,54 +416,3 @@ def log_scores(run: NullRun, scores: dict[str, Any], classifier_metrics: dict[st
     run.set_tags({k: v for k, v in flat.items() if isinstance(v, str)})
     run.log_artifact(eval_path)
     run.describe(scores=scores)  # the run's description and its registered generator's tags
-
-
-def sync_scores(params_path: str = "params.yaml") -> str:
-    """After `dvc repro`: give the run named in metrics/train.json the scores of metrics/eval.json when it
-    has none. DVC skips evaluate when its inputs did not change (a fresh clone reproduces the committed
-    samples byte for byte), and then the new training run would show losses but no scores."""
-    from mnistgan.config import load_params
-    from mnistgan.io import read_json
-
-    params = load_params(params_path)
-    paths = params.paths
-    run_id = read_json(paths.metrics_train, made_by="train").get("mlflow_run_id")
-    if not run_id:
-        return "the last training run was not tracked; nothing to do"
-    mlflow = _import_mlflow(params.tracking.required)
-    if mlflow is None:
-        return "mlflow is not installed; nothing to do"
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
-        run = with_retry(mlflow.MlflowClient().get_run, run_id)
-    except Exception:  # a run id from another machine's store (metrics/train.json is committed)
-        return f"run {run_id} is not in {tracking_uri()}; nothing to do"
-    if "generated.fid" in run.data.metrics:
-        return f"run {run_id} has its scores"
-    scores = read_json(paths.metrics_eval, made_by="evaluate")
-    active = reopen_run(params.tracking, run_id)
-    log_scores(active, scores, read_json(paths.metrics_classifier, made_by="classifier"), paths.metrics_eval)
-    active.set_tags({"scores_from": f"{paths.metrics_eval} (evaluate was skipped: its inputs had not changed)"})
-    active.end()
-    return f"run {run_id}: scores logged from {paths.metrics_eval}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mnistgan.tracking sync`: the step `make repro` runs after `dvc repro`."""
-    import argparse
-
-    from mnistgan.errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m mnistgan.tracking")
-    parser.add_argument("command", choices=["sync"], help="sync: scores of a skipped evaluate into the run")
-    parser.parse_args(argv)
-    try:
-        print(f"tracking: {sync_scores()}")
-    except UserError as e:
-        print(f"tracking: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

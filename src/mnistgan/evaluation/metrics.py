@@ -13,7 +13,6 @@ ndim, mismatched feature sizes, too few samples for the metric).
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -29,16 +28,10 @@ _BLOCK = 1 << 23
 # FID, KID and IS stay in float64 (they are differences of large sums and are held to torch-fidelity).
 _DIST_DTYPE = np.float32
 
-EVALUATE_KEYS = (
-    "inception_score", "inception_score_std", "fid", "fid_inf", "kid", "kid_std", "precision", "recall", "density",
-    "coverage", "classes_covered", "class_kl_uniform", "mean_confidence", "memorisation", "n_samples",
-)  # fmt: skip
-
-
 # --- input checks -------------------------------------------------------------------------------------
 
 
-def _as_2d(name: str, x: np.ndarray, min_rows: int, why: str = "") -> np.ndarray:
+def as_2d(name: str, x: np.ndarray, min_rows: int, why: str = "") -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {x.shape}")
@@ -54,13 +47,13 @@ def _as_2d(name: str, x: np.ndarray, min_rows: int, why: str = "") -> np.ndarray
     return x.astype(np.float64, copy=False)
 
 
-def _same_width(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
+def same_width(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{name_a} has {a.shape[1]} features per sample but {name_b} has {b.shape[1]}")
 
 
-def _check_probs(name: str, probs: np.ndarray, min_rows: int = 1, why: str = "") -> np.ndarray:
-    p = _as_2d(name, probs, min_rows, why)
+def check_probs(name: str, probs: np.ndarray, min_rows: int = 1, why: str = "") -> np.ndarray:
+    p = as_2d(name, probs, min_rows, why)
     if p.shape[1] < 2:
         raise ValueError(f"{name}: expected class probabilities (N, classes >= 2), got shape {p.shape}")
     if (p < 0).any() or (p > 1).any():
@@ -91,7 +84,7 @@ def probs_to_inception_score(
     Ranges from 1 (every image gets the same distribution) to the number of classes (confident and
     balanced). KL terms use scipy's rel_entr, so probabilities that underflow to exactly 0 add 0.
     """
-    p = _check_probs("probs", probs)
+    p = check_probs("probs", probs)
     n = len(p)
     if not isinstance(splits, int | np.integer) or splits < 1:
         raise ValueError(f"splits: expected a positive integer, got {splits!r}")
@@ -114,7 +107,7 @@ def features_to_statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean (D,) and covariance (D, D) with ddof=1, in float64: the Gaussian that FID fits to a set
     (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
     Equilibrium", NeurIPS; the same estimator as pytorch-fid and torch-fidelity)."""
-    x = _as_2d("feats", feats, 2, " for a covariance")
+    x = as_2d("feats", feats, 2, " for a covariance")
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
@@ -173,9 +166,9 @@ def _trace_sqrt_product_symmetric(s1: np.ndarray, s2: np.ndarray) -> float:
 
 def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """Frechet distance between the Gaussians fitted to two feature sets (Heusel et al. 2017)."""
-    a = _as_2d("feats_a", feats_a, 2, " for FID")
-    b = _as_2d("feats_b", feats_b, 2, " for FID")
-    _same_width("feats_a", a, "feats_b", b)
+    a = as_2d("feats_a", feats_a, 2, " for FID")
+    b = as_2d("feats_b", feats_b, 2, " for FID")
+    same_width("feats_a", a, "feats_b", b)
     return statistics_to_fid(*features_to_statistics(a), *features_to_statistics(b))
 
 
@@ -228,73 +221,18 @@ def fid_inf(feats: np.ndarray, feats_ref: np.ndarray, *, seed: int = 0, points: 
     FID = a + b / N is fitted; its intercept a is the score. The reference set is used whole: its own
     finite-size term is the same for every set scored against it, so it stays in (the real reference's
     fid_inf is not 0). Unlike FID, it does not depend on how many samples were scored."""
-    ref = _as_2d("feats_ref", feats_ref, 2, " for FID")
+    ref = as_2d("feats_ref", feats_ref, 2, " for FID")
     return statistics_to_fid_inf(feats, features_to_statistics(ref), seed=seed, points=points, smallest=smallest)
 
 
 def statistics_to_fid_inf(feats: np.ndarray, stats_ref: tuple[np.ndarray, np.ndarray], *, seed: int = 0,
                           points: int = FID_INF_POINTS, smallest: float = FID_INF_SMALLEST) -> float:  # fmt: skip
     """fid_inf of `feats` against reference statistics (mean, covariance) computed once (FID during training)."""
-    x = _as_2d("feats", feats, 20, " for fid_inf (a line through FIDs of subsets)")
+    x = as_2d("feats", feats, 20, " for fid_inf (a line through FIDs of subsets)")
     if x.shape[1] != len(stats_ref[0]):
         raise ValueError(f"fid_inf: features have {x.shape[1]} columns, the reference {len(stats_ref[0])}")
     sizes = fid_inf_sizes(len(x), points, smallest, x.shape[1])
     return curve_to_fid_inf(sizes, fid_curve(x, stats_ref, sizes, np.random.default_rng(seed)))
-
-
-# --- 95% intervals -------------------------------------------------------------------------------------
-
-BOOTSTRAP_ROUNDS = 200  # resamples for the intervals of averages (cheap)
-FID_BOOTSTRAP_ROUNDS = 100  # resamples for FID and fid_inf (each round: a fid_inf line of 15 FIDs)
-
-
-def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
-    """[low, high]: the central `level` share of bootstrap values (the percentile bootstrap)."""
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(np.asarray(values, np.float64), [tail, 100 - tail])
-    return [float(lo), float(hi)]
-
-
-def bootstrap_mean_interval(per_point: np.ndarray, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> list[float]:
-    """95% interval of the mean of per-point values (precision's 0/1 per sample, density's sphere counts,
-    ...) by resampling the points with replacement (percentile bootstrap, seeded)."""
-    x = np.asarray(per_point, np.float64).reshape(-1)
-    counts = np.random.default_rng(seed).multinomial(len(x), np.full(len(x), 1 / len(x)), size=rounds)
-    return percentile_interval(counts @ x / len(x))  # (rounds, n) @ (n,): every round's mean at once
-
-
-def bootstrap_inception_score_interval(probs: np.ndarray, splits: int = 10, *, rounds: int = BOOTSTRAP_ROUNDS,
-                                       seed: int = 0) -> list[float]:  # fmt: skip
-    """95% interval of the Inception Score by resampling the samples with replacement."""
-    p = _check_probs("probs", probs)
-    rng = np.random.default_rng(seed)
-    scores = [probs_to_inception_score(p[rng.integers(0, len(p), len(p))], splits, seed=seed)[0] for _ in range(rounds)]
-    return percentile_interval(np.array(scores))
-
-
-def bootstrap_fid_intervals(feats: np.ndarray, feats_ref: np.ndarray, *, rounds: int = FID_BOOTSTRAP_ROUNDS,
-                            seed: int = 0) -> dict[str, list[float]]:  # fmt: skip
-    """95% intervals of FID and fid_inf by resampling the samples with replacement (the reference fixed).
-
-    A resample repeats about a third of its points, which narrows its covariance and raises its FID: the
-    bootstrap values sit above the estimate by that bias. So the percentile interval is moved by the
-    bootstrap's mean bias (the bias-corrected percentile interval): [q2.5 - bias, q97.5 - bias]."""
-    x = _as_2d("feats", feats, 20, " for FID intervals")
-    ref = _as_2d("feats_ref", feats_ref, 2, " for FID")
-    _same_width("feats", x, "feats_ref", ref)
-    stats_ref = features_to_statistics(ref)
-    sizes = fid_inf_sizes(len(x), dim=x.shape[1])
-    rng = np.random.default_rng(seed)
-    estimate = {"fid": statistics_to_fid(*features_to_statistics(x), *stats_ref), "fid_inf": fid_inf(x, ref, seed=seed)}
-    boot = {"fid": np.empty(rounds), "fid_inf": np.empty(rounds)}
-    for r in range(rounds):
-        curve = fid_curve(x[rng.integers(0, len(x), len(x))], stats_ref, sizes, rng)  # last size: the whole resample
-        boot["fid"][r], boot["fid_inf"][r] = curve[-1], curve_to_fid_inf(sizes, curve)
-    out = {}
-    for key, values in boot.items():
-        bias = values.mean() - estimate[key]
-        out[key] = [v - float(bias) for v in percentile_interval(values)]
-    return out
 
 
 # --- Kernel distance ----------------------------------------------------------------------------------
@@ -340,9 +278,9 @@ def features_to_kid(
     whole of both sets, one round is computed (std 0). Can be slightly negative when the sets come from
     the same distribution.
     """
-    a = _as_2d("feats_a", feats_a, 2, " for KID")
-    b = _as_2d("feats_b", feats_b, 2, " for KID")
-    _same_width("feats_a", a, "feats_b", b)
+    a = as_2d("feats_a", feats_a, 2, " for KID")
+    b = as_2d("feats_b", feats_b, 2, " for KID")
+    same_width("feats_a", a, "feats_b", b)
     if subsets < 1 or subset_size < 2:
         raise ValueError(f"KID: needs subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
     m = min(subset_size, len(a), len(b))
@@ -416,7 +354,7 @@ def features_to_knn_radii(feats: np.ndarray, k: int = 3) -> np.ndarray:
     the hypersphere around it in the k-NN manifold estimate (Kynkaanniemi et al. 2019). The point itself
     is excluded; an exact duplicate counts as a neighbour at distance 0 (up to float32 rounding)."""
     _check_k(k)
-    x = _as_2d("feats", feats, k + 1, f" for k={k} nearest neighbours (k + 1)")
+    x = as_2d("feats", feats, k + 1, f" for k={k} nearest neighbours (k + 1)")
     return np.sqrt(np.maximum(_knn_sq_radii(_Points(x, x.mean(axis=0)), k), 0).astype(np.float64))
 
 
@@ -433,9 +371,9 @@ def prdc_per_point(generated: np.ndarray, real: np.ndarray, k: int = 3) -> dict[
     Their bootstrap gives the intervals (bootstrap_mean_interval)."""
     _check_k(k)
     why = f" for k={k} nearest neighbours (k + 1)"
-    gen = _as_2d("generated", generated, k + 1, why)
-    ref = _as_2d("real", real, k + 1, why)
-    _same_width("generated", gen, "real", ref)
+    gen = as_2d("generated", generated, k + 1, why)
+    ref = as_2d("real", real, k + 1, why)
+    same_width("generated", gen, "real", ref)
     centre = ref.mean(axis=0)
     gen, ref = _Points(gen, centre), _Points(ref, centre)
     r_gen = _knn_sq_radii(gen, k)  # (N,) squared radii
@@ -482,9 +420,9 @@ def density_coverage(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tup
 
 def nearest_neighbour_distances(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """Euclidean distance (N,) from each query to its nearest point in `pool` (float32 search, blocked)."""
-    q = _as_2d("queries", queries, 1)
-    p = _as_2d("pool", pool, 1)
-    _same_width("queries", q, "pool", p)
+    q = as_2d("queries", queries, 1)
+    p = as_2d("pool", pool, 1)
+    same_width("queries", q, "pool", p)
     centre = p.mean(axis=0)
     q, p = _Points(q, centre), _Points(p, centre)
     best = np.full(len(q), np.inf, _DIST_DTYPE)  # min over the pool of |p|^2 - 2 q.p
@@ -528,129 +466,12 @@ def memorisation_share(
     `threshold` may be passed precomputed (features_to_memorisation_threshold) to skip the test-to-train
     search.
     """
-    gen = _as_2d("generated_feats", generated_feats, 1)
-    train = _as_2d("train_feats", train_feats, 1)
-    _same_width("generated_feats", gen, "train_feats", train)
+    gen = as_2d("generated_feats", generated_feats, 1)
+    train = as_2d("train_feats", train_feats, 1)
+    same_width("generated_feats", gen, "train_feats", train)
     if threshold is None:
-        test = _as_2d("test_feats", test_feats, 1)
-        _same_width("test_feats", test, "train_feats", train)
+        test = as_2d("test_feats", test_feats, 1)
+        same_width("test_feats", test, "train_feats", train)
         pool = train if train_feats_for_threshold is None else train_feats_for_threshold
         threshold = features_to_memorisation_threshold(test, pool)
     return float((nearest_neighbour_distances(gen, train) < threshold).mean())
-
-
-# --- class histogram ----------------------------------------------------------------------------------
-
-
-CONFIDENT = 0.9  # a sample is "confidently" digit c when the classifier gives c at least this probability
-MIN_SHARE_OF_EXPECTED = 0.25  # a digit is covered when confident samples of it are >= this x its expected share
-
-
-def class_coverage(
-    probs: np.ndarray, confidence: float = CONFIDENT, min_share: float = MIN_SHARE_OF_EXPECTED
-) -> dict[str, float]:
-    """Summaries of the classifier's verdicts on the samples (mode collapse shows as missing classes, the
-    GAN-on-MNIST version of the "number of modes" counts of Srivastava et al. 2017, "VEEGAN", NeurIPS):
-
-    classes_covered: digits c for which the samples the classifier is sure are c (max probability >=
-      `confidence`) make up at least `min_share` of the share a balanced set gives each digit (1/C of all
-      samples). With the defaults: 2.5% of the samples confidently one digit. The classifier's own
-      mistakes on real digits are rare and spread over the other nine classes (well under 1% of a one-digit
-      set each), so they never count as a digit; and unreadable samples (low confidence) count for none.
-    class_kl_uniform: KL(predicted-class histogram || uniform) in nats, 0 for a balanced set, log C for one;
-    mean_confidence: mean of the largest class probability (low values: images the classifier cannot read).
-    """
-    p = _check_probs("probs", probs)
-    n_classes = p.shape[1]
-    predicted, top = p.argmax(axis=1), p.max(axis=1)
-    hist = np.bincount(predicted, minlength=n_classes) / len(p)
-    confident = np.bincount(predicted[top >= confidence], minlength=n_classes) / len(p)  # shares of all samples
-    return {
-        "classes_covered": int((confident >= min_share / n_classes).sum()),
-        "class_kl_uniform": float(rel_entr(hist, 1.0 / n_classes).sum()),
-        "mean_confidence": float(top.mean()),
-    }
-
-
-# --- everything at once -------------------------------------------------------------------------------
-
-
-def evaluate_samples(
-    gen_feats: np.ndarray,
-    gen_probs: np.ndarray,
-    test_feats: np.ndarray,
-    train_pool_feats: np.ndarray,
-    *,
-    splits: int = 10,
-    k: int = 3,
-    seed: int = 0,
-    memorisation_threshold: float | None = None,
-    intervals: bool = False,
-) -> dict[str, Any]:
-    """All metrics of a generated set against the MNIST test set, as one flat dict (keys EVALUATE_KEYS).
-
-    gen_feats (N, D), gen_probs (N, C): the samples; test_feats (M, D): the reference distribution for
-    FID, KID, precision/recall and density/coverage; train_pool_feats (P, D): training images for the
-    memorisation check only (they must not include the samples themselves). `seed` drives the IS shuffle
-    and the KID subsets. `memorisation_threshold` may be passed precomputed (see memorisation_share).
-    intervals: also `<score>_ci95` [low, high] for fid, fid_inf, kid, inception_score, precision, recall,
-    density and coverage (seeded; methods in INTERVAL_METHODS). About 10 s for 10,000 samples on 2 cores.
-    """
-    need = max(k + 1, 2, splits)
-    gen = _as_2d("gen_feats", gen_feats, need, f" (k + 1 = {k + 1} for k-NN, {splits} IS splits)")
-    probs = _check_probs("gen_probs", gen_probs)
-    if len(probs) != len(gen):
-        raise ValueError(f"gen_probs has {len(probs)} rows but gen_feats has {len(gen)}")
-    test = _as_2d("test_feats", test_feats, k + 1, f" for k={k} nearest neighbours (k + 1)")
-    pool = _as_2d("train_pool_feats", train_pool_feats, 1)
-    _same_width("gen_feats", gen, "test_feats", test)
-    _same_width("gen_feats", gen, "train_pool_feats", pool)
-
-    out: dict[str, float] = {}
-    out["inception_score"], out["inception_score_std"] = probs_to_inception_score(probs, splits, seed=seed)
-    out["fid"] = fid(gen, test)
-    out["fid_inf"] = fid_inf(gen, test, seed=seed)
-    out["kid"], out["kid_std"], kid_rounds = _kid_and_rounds(gen, test, seed)
-    per_point = prdc_per_point(gen, test, k)
-    out.update({key: float(values.mean()) for key, values in per_point.items()})
-    out.update(class_coverage(probs))
-    out["memorisation"] = memorisation_share(gen, pool, test, threshold=memorisation_threshold)
-    out["n_samples"] = len(gen)
-    result = {key: out[key] for key in EVALUATE_KEYS}
-    if intervals:
-        result |= {f"{key}_ci95": value for key, value in bootstrap_fid_intervals(gen, test, seed=seed).items()}
-        result["kid_ci95"] = bootstrap_mean_interval(kid_rounds, seed=seed)
-        result["inception_score_ci95"] = bootstrap_inception_score_interval(probs, splits, seed=seed)
-        result |= {f"{key}_ci95": bootstrap_mean_interval(values, seed=seed) for key, values in per_point.items()}
-    return result
-
-
-# How each interval is made (docs/scores.md says the same).
-INTERVAL_METHODS = {
-    "fid": "bootstrap over the samples (bias-corrected percentile, FID_BOOTSTRAP_ROUNDS resamples)",
-    "fid_inf": "bootstrap over the samples, a fid_inf line per resample (bias-corrected percentile)",
-    "kid": "percentile bootstrap over KID's subset estimates (the subsets' spread, not the samples')",
-    "inception_score": "percentile bootstrap over the samples",
-    "precision": "percentile bootstrap over the samples", "density": "percentile bootstrap over the samples",
-    "recall": "percentile bootstrap over the real images (the samples held fixed)",
-    "coverage": "percentile bootstrap over the real images (the samples held fixed)",
-}  # fmt: skip
-
-
-def _kid_and_rounds(gen: np.ndarray, test: np.ndarray, seed: int) -> tuple[float, float, np.ndarray]:
-    """features_to_kid's mean and std, and its per-subset estimates (for kid_ci95)."""
-    rounds: list[float] = []
-    mean, std = features_to_kid(gen, test, seed=seed, rounds_out=rounds)
-    return mean, std, np.array(rounds)
-
-
-def mean_std_over_sets(results: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Per metric, the mean and std (ddof=1; 0 for one set) over the scores of several sample sets."""
-    if not results:
-        raise ValueError("mean_std_over_sets: no results")
-    keys = [k for k, v in results[0].items() if not isinstance(v, list | tuple) and all(k in r for r in results)]
-    out = {}
-    for k in keys:
-        values = np.array([float(r[k]) for r in results], np.float64)
-        out[k] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    return out

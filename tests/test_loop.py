@@ -5,11 +5,14 @@ import io
 import pytest
 import torch
 
-from mnistgan import checkpoint as ckpts
 from mnistgan import runtime
-from mnistgan import train as core
 from mnistgan.config import TrainConfig
-from mnistgan.losses import LOSSES, get_loss
+from mnistgan.gan import checkpoint as ckpts
+from mnistgan.gan import loop as core
+from mnistgan.gan.losses import LOSSES, get_loss
+from mnistgan.gan.models import build_gan
+from mnistgan.gan.sample import check_generator_file, fixed_noise, generate, generator_from_file, recalibrate_batchnorm
+from mnistgan.gan.step import build_state, ema_decay, train_step, update_ema
 
 DEV = torch.device("cpu")
 
@@ -34,10 +37,10 @@ def test_one_step_changes_both_players(loss, model):
     cfg = tiny_cfg(
         loss=loss, model=model, conditional=(loss == "hinge"), d_norm="batch" if model == "dcgan-large" else "none"
     )
-    state = core.build_state(cfg, 0, DEV)
+    state = build_state(cfg, 0, DEV)
     g0, d0 = params_vector(state.g), params_vector(state.d)
     x, y = tiny_data(16)
-    out = core.train_step(state, get_loss(loss), [(x, y)])
+    out = train_step(state, get_loss(loss), [(x, y)])
     assert out.shape == (5,) and torch.isfinite(out).all()
     assert not torch.equal(g0, params_vector(state.g)) and not torch.equal(d0, params_vector(state.d))
     if loss == "wgan-gp":
@@ -48,37 +51,37 @@ def test_one_step_changes_both_players(loss, model):
 def test_ema_is_weighted_average():
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     expected = 0.9 * a.weight.detach() + 0.1 * b.weight.detach()
-    core.update_ema(a, b, 0.9)
+    update_ema(a, b, 0.9)
     torch.testing.assert_close(a.weight.detach(), expected)
 
 
 def test_ema_warmup_decay_ramp_exact_values():
     # min(decay, (1+t)/(10+t)) for t = 0, 1, 2, ...: 1/10, 2/11, 3/12, ...; capped at the decay
-    assert [core.ema_decay(0.999, True, t) for t in range(4)] == [0.1, 2 / 11, 3 / 12, 4 / 13]
-    assert core.ema_decay(0.5, True, 100) == 0.5  # (101/110) > 0.5: the cap holds
-    assert core.ema_decay(0.999, True, 8990) == 8991 / 9000  # still ramping just below 0.999
-    assert core.ema_decay(0.999, True, 8991) == 0.999  # 8992/9001 > 0.999
-    assert core.ema_decay(0.999, False, 0) == 0.999
+    assert [ema_decay(0.999, True, t) for t in range(4)] == [0.1, 2 / 11, 3 / 12, 4 / 13]
+    assert ema_decay(0.5, True, 100) == 0.5  # (101/110) > 0.5: the cap holds
+    assert ema_decay(0.999, True, 8990) == 8991 / 9000  # still ramping just below 0.999
+    assert ema_decay(0.999, True, 8991) == 0.999  # 8992/9001 > 0.999
+    assert ema_decay(0.999, False, 0) == 0.999
 
 
 def test_ema_warmup_in_training_steps():
     # After the first step the EMA copy is 0.9 x initial weights + 0.1 x the updated generator.
     cfg = tiny_cfg(ema=0.999, ema_warmup=True)
-    state = core.build_state(cfg, 0, DEV)
+    state = build_state(cfg, 0, DEV)
     g0 = params_vector(state.g)
     x, y = tiny_data(16)
-    core.train_step(state, get_loss(cfg.loss), [(x, y)])
+    train_step(state, get_loss(cfg.loss), [(x, y)])
     torch.testing.assert_close(params_vector(state.g_ema), g0.lerp(params_vector(state.g), 0.9), rtol=0, atol=1e-6)
     state.step = 1
     ema1, g1 = params_vector(state.g_ema), None
-    core.train_step(state, get_loss(cfg.loss), [(x, y)])
+    train_step(state, get_loss(cfg.loss), [(x, y)])
     g1 = params_vector(state.g)
     torch.testing.assert_close(params_vector(state.g_ema), ema1.lerp(g1, 1 - 2 / 11), rtol=0, atol=1e-6)
 
 
 def run_training(cfg, seed=0, stop_at=None, resume_from=None):
     x, y = tiny_data()
-    state = core.build_state(cfg, seed, DEV)
+    state = build_state(cfg, seed, DEV)
     if resume_from is not None:
         ckpts.restore(state, torch.load(io.BytesIO(resume_from), weights_only=True))
     saved = {}
@@ -115,13 +118,13 @@ def test_resume_is_exact(options):
 def test_resumed_run_reports_the_whole_runs_time_and_last_losses():
     cfg = tiny_cfg()
     x, y = tiny_data()
-    first, saved = core.build_state(cfg, 0, DEV), {}
+    first, saved = build_state(cfg, 0, DEV), {}
     with contextlib.suppress(core.StopRequested):
         core.train(first, x, y, on_checkpoint=lambda s, c: saved.update({s: copy.deepcopy(c)}), progress=False,
                    stop_requested=lambda: first.step >= 7)  # fmt: skip
     assert saved[7]["train_seconds"] > 0
 
-    resumed = core.build_state(cfg, 0, DEV)
+    resumed = build_state(cfg, 0, DEV)
     ckpts.restore(resumed, saved[7])
     result = core.train(resumed, x, y, on_checkpoint=lambda s, c: saved.update({s: copy.deepcopy(c)}), progress=False)
     assert result.resumed_from == 7 and result.steps == cfg.steps
@@ -130,7 +133,7 @@ def test_resumed_run_reports_the_whole_runs_time_and_last_losses():
 
     # Resumed from the final checkpoint (a rerun after a crash past the last step): nothing to train, but
     # the losses and timing are the run's, not zeros.
-    done = core.build_state(cfg, 0, DEV)
+    done = build_state(cfg, 0, DEV)
     ckpts.restore(done, saved[cfg.steps])
     again = core.train(done, x, y, progress=False)
     assert again.resumed_from == cfg.steps and again.seconds_this_process < 1.0
@@ -149,7 +152,7 @@ def test_same_seed_same_weights_other_seed_differs():
 
 def test_divergence_names_step_and_loss(monkeypatch):
     cfg = tiny_cfg(log_every=2)
-    real_step = core.train_step
+    real_step = train_step
 
     def nan_after_three(state, loss, batches):
         out = real_step(state, loss, batches)
@@ -158,7 +161,7 @@ def test_divergence_names_step_and_loss(monkeypatch):
     monkeypatch.setattr(core, "train_step", nan_after_three)
     saved = []
     x, y = tiny_data()
-    state = core.build_state(cfg, 0, DEV)
+    state = build_state(cfg, 0, DEV)
     with pytest.raises(core.DivergenceError, match=r"loss_d is nan at step 4"):
         core.train(state, x, y, on_checkpoint=lambda s, c: saved.append(s), progress=False)
     assert saved == []  # the non-finite interval was never checkpointed
@@ -167,7 +170,7 @@ def test_divergence_names_step_and_loss(monkeypatch):
 def test_loss_rows_and_image_callbacks():
     cfg = tiny_cfg()
     x, y = tiny_data()
-    state = core.build_state(cfg, 0, DEV)
+    state = build_state(cfg, 0, DEV)
     rows, images = [], []
     result = core.train(state, x, y, on_log=lambda s, r: rows.append(s),
                         on_images=lambda s, im: images.append((s, im)), progress=False)  # fmt: skip
@@ -180,23 +183,23 @@ def test_loss_rows_and_image_callbacks():
 
 def test_generator_file_round_trip_and_check():
     cfg = tiny_cfg(model="dcgan-small", conditional=True)
-    state = core.build_state(cfg, 0, DEV)
+    state = build_state(cfg, 0, DEV)
     sampler = core.finalize_sampler(state, DEV)
     obj = core.generator_file(state, sampler)
-    g, cfg2 = core.generator_from_file(obj)
-    assert cfg2 == cfg and core.check_generator_file(obj) is None
-    z, y = core.fixed_noise(cfg.z_dim, True, 0, n=20)
-    torch.testing.assert_close(core.generate(g, z, y), core.generate(sampler, z, y), rtol=0, atol=0)
+    g, cfg2 = generator_from_file(obj)
+    assert cfg2 == cfg and check_generator_file(obj) is None
+    z, y = fixed_noise(cfg.z_dim, True, 0, n=20)
+    torch.testing.assert_close(generate(g, z, y), generate(sampler, z, y), rtol=0, atol=0)
     obj["state_dict"] = {k: v[..., :1] if v.dim() else v for k, v in obj["state_dict"].items()}
-    assert "does not match the code" in core.check_generator_file(obj)
-    assert "format" in core.check_generator_file({"format": "x"})
+    assert "does not match the code" in check_generator_file(obj)
+    assert "format" in check_generator_file({"format": "x"})
 
 
 def test_recalibrated_batchnorm_matches_batch_statistics():
     cfg = tiny_cfg(model="dcgan-small", conditional=False)
-    state = core.build_state(cfg, 0, DEV)
+    state = build_state(cfg, 0, DEV)
     g = state.g
-    core.recalibrate_batchnorm(g, cfg.z_dim, False, seed=0, device=DEV, n_batches=8, batch_size=512)
+    recalibrate_batchnorm(g, cfg.z_dim, False, seed=0, device=DEV, n_batches=8, batch_size=512)
     bn = next(m for m in g.modules() if isinstance(m, torch.nn.BatchNorm1d))
     with torch.no_grad():
         h = g.dense[0](torch.randn(4096, cfg.z_dim))  # the first BN's input
@@ -231,5 +234,5 @@ def test_max_seconds_stops_at_a_loss_row_and_saves_a_checkpoint(monkeypatch):
 
 
 def test_widths_change_the_small_models():
-    g, d = core.build_gan("dcgan-small", 8, "none", False, g_width=16, d_width=8)
+    g, d = build_gan("dcgan-small", 8, "none", False, g_width=16, d_width=8)
     assert g.conv[0].out_channels == 16 and d.features[0].out_channels == 8

@@ -1,13 +1,13 @@
-"""The fast training step: `train.train_step`'s math, arranged so a GPU runs it at the speed of its kernels.
+"""The fast training step: `step.train_step`'s math, arranged so a GPU runs it at the speed of its kernels.
 
-The arithmetic is not restated here: the step calls `train.step_arithmetic`, the plain step's own code,
+The arithmetic is not restated here: the step calls `step.step_arithmetic`, the plain step's own code,
 with the noise drawn into static buffers, the autocast context and (optionally) compiled forwards. This
 module owns only those buffers, the memory layout and the graph capture.
 
 `make_fast_step(state, loss)` returns a callable with `train_step`'s contract: it takes `d_steps` pairs of
 real images (B, 1, 28, 28) and labels (B,), does the discriminator updates and one generator update
 (reusing the last fakes), updates the EMA generator, and returns a (5,) device tensor (loss_d, loss_g,
-mean real logit, mean fake logit, gradient penalty). `train.make_step_fn` uses it when `train.fast` is
+mean real logit, mean fake logit, gradient penalty). `loop.make_step_fn` uses it when `train.fast` is
 "on", or "auto" on CUDA.
 
 What it does on CUDA (`FastOptions.for_device`):
@@ -19,24 +19,24 @@ What it does on CUDA (`FastOptions.for_device`):
   resumed run is re-laid out to match, so the fused Adam kernel sees one layout.
 - fused Adam (build_state already asks for it on CUDA), made `capturable` so its step can live in a graph.
 - No host synchronisation inside the step: nothing reads a device value; the caller sums the returned
-  losses on the device and reads them every `log_every` steps (train.train does).
+  losses on the device and reads them every `log_every` steps (loop.train does).
 - CUDA graphs: the whole step (D forward/backward/Adam, G forward/backward/Adam, EMA) is captured once per
   input shape with torch.cuda.graphs and replayed. We chose manual capture over
   torch.compile(mode="reduce-overhead") because (1) the step calls .backward() and optimizer.step(),
   where Dynamo breaks the graph and reduce-overhead then makes several graphs with Python in between,
   while one manual capture holds the entire step in one launch; (2) it needs no compilation (seconds
   instead of a minute per batch size; the time-to-quality clock includes it); (3) the module,
-  parameter and optimizer objects stay the very ones in GANState, so `train.checkpoint`/`restore` work
+  parameter and optimizer objects stay the very ones in GANState, so `checkpoint.checkpoint`/`checkpoint.restore` work
   unchanged. The first `warmup` steps of each shape run eagerly on a side stream (as the CUDA graph docs
   require, e.g. for cuDNN autotuning and lazy optimizer state); they are real training steps, not
   throw-away ones, so no step is lost or repeated.
 - Failures cost a warning, not the run: if capture or compilation fails, one warning is printed, the
   modules and optimizers are put back as the plain path has them, and training continues on the plain
-  step (train.train_step) from that very step on; train.make_step_fn does the same when the fast step
+  step (step.train_step) from that very step on; loop.make_step_fn does the same when the fast step
   cannot be built at all.
-- Checkpoints: `train.checkpoint` saves the optimizers with the `capturable` flag they were built with
+- Checkpoints: `checkpoint.checkpoint` saves the optimizers with the `capturable` flag they were built with
   (a state-dict hook), so a checkpoint of a fast run resumes on the plain or the CPU path; an optimizer
-  reloaded after capture (`train.restore` after make_fast_step) is noticed by a load hook, which re-lays
+  reloaded after capture (`checkpoint.restore` after make_fast_step) is noticed by a load hook, which re-lays
   out its state and drops the stale graphs (they are captured again).
 - Random draws: the noise of a step (z, fake labels, GP mixing weights) is drawn outside the graph from
   `state.noise`, in exactly the order train_step draws it, into static buffers. So the fast path uses
@@ -69,10 +69,10 @@ from typing import Any
 
 import torch
 
-from mnistgan.losses import Loss
-from mnistgan.models import N_CLASSES
+from mnistgan.data import N_CLASSES
+from mnistgan.gan.losses import Loss
+from mnistgan.gan.step import Batches, GANState, step_arithmetic, train_step, update_sampler
 from mnistgan.runtime import set_determinism
-from mnistgan.train import Batches, step_arithmetic, train_step, update_sampler
 
 _STATE_KEYS_LIKE_PARAM = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -98,14 +98,14 @@ class FastOptions:
 class FastStep:
     """Callable step; keeps one set of static buffers (and one CUDA graph) per input shape."""
 
-    def __init__(self, state: Any, loss: Loss, options: FastOptions | None = None):
+    def __init__(self, state: GANState, loss: Loss, options: FastOptions | None = None):
         self.state, self.loss = state, loss
         self.device = next(state.g.parameters()).device
         self.options = options or FastOptions.for_device(self.device, state.cfg.deterministic)
         self.is_cuda = self.device.type == "cuda"
         self.graphs_failed = False  # set once capture failed
         self.compile_failed = False  # set once compilation failed
-        self.fell_back = False  # after either: the plain step (train.train_step) from then on
+        self.fell_back = False  # after either: the plain step (step.train_step) from then on
         self._slots: dict[tuple, _Slot] = {}
         self._side_stream: torch.cuda.Stream | None = None  # eager warm-up steps before capture
         self._setup_determinism()
@@ -258,7 +258,7 @@ class FastStep:
     def _fall_back(self, slot: _Slot, why: str) -> torch.Tensor:
         """Warn once, undo the fast path's changes to the modules and optimizers, and do this step (its
         noise is already in the buffers) and every later one with the plain step's arithmetic."""
-        warnings.warn(f"mnistgan.fast: {why}; training continues on the plain step", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"mnistgan.gan.fast: {why}; training continues on the plain step", RuntimeWarning, stacklevel=4)
         self.fell_back = True
         if self.options.channels_last:
             for m in (self.state.g, self.state.d, self.state.g_ema):
@@ -289,7 +289,7 @@ class FastStep:
                 for k in range(len(slot.z))]  # fmt: skip
 
     def _body(self, slot: _Slot) -> torch.Tensor:
-        """train.step_arithmetic on the static buffers, with the fast options' forwards and autocast."""
+        """step.step_arithmetic on the static buffers, with the fast options' forwards and autocast."""
         batches = list(zip(slot.x, slot.y, strict=True))
         return step_arithmetic(self.state, self.loss, batches, self._draws(slot), g=self._g_fwd, d=self._d_fwd,
                                autocast=self._autocast)  # fmt: skip
@@ -349,10 +349,12 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def make_fast_step(state: Any, loss: Loss, options: FastOptions | None = None) -> Callable[[Batches], torch.Tensor]:
-    """The fast step for `state` (a train.GANState): same contract and arithmetic as train.train_step.
+def make_fast_step(
+    state: GANState, loss: Loss, options: FastOptions | None = None
+) -> Callable[[Batches], torch.Tensor]:
+    """The fast step for `state` (a step.GANState): same contract and arithmetic as step.train_step.
 
-    Call it after any `train.restore` of the state (train.train does); an optimizer reloaded later is
+    Call it after any `checkpoint.restore` of the state (loop.train does); an optimizer reloaded later is
     detected and its graph re-captured. `options` defaults to FastOptions.for_device.
     """
     return FastStep(state, loss, options)

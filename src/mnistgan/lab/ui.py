@@ -29,6 +29,7 @@ from typing import Any
 
 from mnistgan import tracking
 from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import load_params
 from mnistgan.errors import UserError
 
 PROG = "mnistgan ui"
@@ -55,8 +56,6 @@ def runs_url(base: str, experiment_id: str) -> str:
 
 def experiment_name(params: str | None) -> str:
     """params.yaml's `tracking.experiment` (the default when there is no params file at the repo root)."""
-    from mnistgan.config import load_params
-
     path = Path(params) if params else tracking.repo_root() / "params.yaml"
     if params is None and not path.exists():
         return DEFAULT_EXPERIMENT
@@ -65,7 +64,7 @@ def experiment_name(params: str | None) -> str:
 
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment `name` in the store at `uri`, created (with its kind and note tags) when missing."""
-    mlflow = tracking._import_mlflow(True)
+    mlflow = tracking.import_mlflow(True)
     tracking.check_store(uri)
     mlflow.set_tracking_uri(uri)
     try:

@@ -1,11 +1,11 @@
 """Calibration of the scores: a corruption ladder of real digits, scored in every feature space.
 
-    python -m mnistgan.calibrate [--n 2000] [--n-read 10000] [--out docs/calibration]
+    python -m mnistgan.lab.calibrate [--n 2000] [--n-read 10000] [--out docs/calibration]
 
 Ladder: the last n real training images (the slice the evaluate stage takes as its reference, so the
 clean set scores exactly the reference) and copies of them damaged by nine families of corruption at three
 severities each. Every set is scored against the MNIST test set in every feature space (network/mode,
-mnistgan.scoring): FID and KID as multiples of the clean set's. A feature space is fit for the scores when
+mnistgan.evaluation.scoring): FID and KID as multiples of the clean set's. A feature space is fit for the scores when
 in every family both rise with severity; and the ladder's ranking must not depend on the network: the
 Spearman correlation of the FIDs of the two independently trained networks (another seed and another
 architecture) in the same mode is reported, with 0.95 as the bar.
@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import FEATURE_SPACES, load_params
+from mnistgan.data import load_mnist
+from mnistgan.io import write_json
 
 Corruption = Callable[[np.ndarray, np.ndarray, np.random.Generator, float], np.ndarray]
 BAR = 0.95  # Spearman between networks the ladder's ranking must reach
@@ -50,7 +56,7 @@ def salt_and_pepper(x, y, rng, share):  # noqa: ANN001
 
 
 def blur(x, y, rng, sigma):  # noqa: ANN001
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter  # lazy: scipy only for the ladder
 
     return _u8(gaussian_filter(x.astype(np.float64), sigma=(0, sigma, sigma)))
 
@@ -69,14 +75,14 @@ def shift(x, y, rng, pixels):  # noqa: ANN001
 
 def dilation(x, y, rng, size):  # noqa: ANN001
     """Strokes thickened by a size x size grey dilation."""
-    from scipy.ndimage import grey_dilation
+    from scipy.ndimage import grey_dilation  # lazy: scipy only for the ladder
 
     return grey_dilation(x, size=(1, int(size), int(size)))
 
 
 def erosion(x, y, rng, size):  # noqa: ANN001
     """Strokes thinned (and broken) by a size x size grey erosion."""
-    from scipy.ndimage import grey_erosion
+    from scipy.ndimage import grey_erosion  # lazy: scipy only for the ladder
 
     return grey_erosion(x, size=(1, int(size), int(size)))
 
@@ -140,7 +146,7 @@ def corrupt(family: str, level: float, x: np.ndarray, y: np.ndarray, seed: int) 
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: scipy only for the ladder
 
     return float(spearmanr(a, b).statistic)
 
@@ -148,7 +154,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 def ladder(models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.ndarray, spaces: tuple[str, ...],
            seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Score every rung in every space; the verdict per space and the agreement between networks."""
-    from mnistgan.scoring import network_features, space_scores
+    from mnistgan.evaluation.scoring import network_features, space_scores  # lazy: torch
 
     rungs = [("clean", "", 0.0)] + [(f"{f}: {label(f, v)}", f, v) for f in FAMILIES for v in FAMILIES[f][1]]
     rows = []
@@ -178,8 +184,8 @@ def ladder(models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.n
 
 def reading_table(models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.ndarray,
                   spaces: tuple[str, ...], seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
-    """The headline scores and FID multiples of the named reading sets (mnistgan.scoring.score_all)."""
-    from mnistgan.scoring import score_all
+    """The headline scores and FID multiples of the named reading sets (mnistgan.evaluation.scoring.score_all)."""
+    from mnistgan.evaluation.scoring import score_all  # lazy: torch
 
     out = []
     for name, family, level in READING_SETS:
@@ -229,10 +235,10 @@ def _networks_differ(pair: str) -> bool:
 
 
 def plot(result: dict[str, Any], spaces: tuple[str, ...], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: only to draw
 
     fig, axes = plt.subplots(3, 3, figsize=(13, 10), dpi=100)
     rows = result["rows"]
@@ -255,9 +261,7 @@ def plot(result: dict[str, Any], spaces: tuple[str, ...], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mnistgan.errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m mnistgan.calibrate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="mnistgan calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--classifier", default="models/classifier.pt")
     parser.add_argument("--extractor", default="models/extractor.pt")
     parser.add_argument("--data", default="data/mnist")
@@ -266,24 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spaces", default="", help="evaluate's feature spaces for the reading table "
                         "(default: params.yaml's evaluate.spaces)")  # fmt: skip
     parser.add_argument("--out", default="docs/calibration")
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(parser, _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:
-    import time
-
-    from mnistgan.classifier import arch_of
-    from mnistgan.config import FEATURE_SPACES, load_params
-    from mnistgan.curves import machine_line
-    from mnistgan.data import load_mnist
-    from mnistgan.io import write_json
-    from mnistgan.score import load_network
-    from mnistgan.scoring import real_features
+    from mnistgan.evaluation.classifier import arch_of  # lazy: torch after parsing
+    from mnistgan.evaluation.score_cli import load_network  # lazy: torch after parsing
+    from mnistgan.evaluation.scoring import real_features  # lazy: torch after parsing
+    from mnistgan.lab.curves import machine_line  # lazy: torch after parsing
 
     read_spaces = tuple(args.spaces.split(",")) if args.spaces else load_params("params.yaml").evaluate.spaces
     models = {"classifier": load_network(args.classifier, "--classifier"),
@@ -294,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"corruption ladder, {args.n} images per set:", file=sys.stderr)
     result = ladder(models, reals, x, y, FEATURE_SPACES, log=lambda s: print(s, file=sys.stderr, flush=True))
     reading = reading_table(models, reals, mnist.x_train[-args.n_read :], mnist.y_train[-args.n_read :], read_spaces)
-    meta = {"command": "python -m mnistgan.calibrate " + " ".join(sys.argv[1:]), "machine": machine_line(),
+    meta = {"command": "mnistgan calibrate " + " ".join(sys.argv[2:]), "machine": machine_line(),
             "date": time.strftime("%Y-%m-%d"), "n": args.n, "n_read": args.n_read,
             "networks": {n: arch_of(m) for n, m in models.items()}}  # fmt: skip
     out = Path(args.out)

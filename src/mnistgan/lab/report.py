@@ -1,8 +1,8 @@
 """Reports built from MLflow runs (read through mnistgan.tracking).
 
 Usage:
-    python -m mnistgan.report results [--experiment mnistgan] [--readme README.md]
-    python -m mnistgan.report compare [--runs ID,ID] [--last 6] [--out reports]    (make compare)
+    python -m mnistgan.lab.report results [--experiment mnistgan] [--readme README.md]
+    python -m mnistgan.lab.report compare [--runs ID,ID] [--last 6] [--out reports]    (make compare)
 
 `results` is the recipe table in README.
 
@@ -17,8 +17,13 @@ import base64
 import html
 import re
 import sys
+from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from mnistgan import tracking
+from mnistgan.cli import EXIT_BAD_INPUT, OneLineParser, run_command
+from mnistgan.lab.recipes import BASE, recipe_name
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -39,7 +44,7 @@ IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.tr
                   "params.train.fid_every", "params.train.fid_samples")  # fmt: skip
 
 
-# The identity of the features behind a run's headline scores (mnistgan.scoring.identity, a tag of the run)
+# The identity of the features behind a run's headline scores (mnistgan.evaluation.scoring.identity, a tag of the run)
 EXTRACTOR_TAG = "tags.headline_features.weights_sha256"
 OLD_EXTRACTOR_TAG = "tags.extractor.weights_sha256"  # the same identity, as runs of older code tagged it
 UNRECORDED = "unrecorded"
@@ -65,9 +70,7 @@ def mixed_extractors_note(ids: list[str]) -> str:
 
 
 def recipe_label(row: Any) -> str:
-    """`name`: what it is (budget), the name from mnistgan.recipes when the run's params match one."""
-    from mnistgan.recipes import BASE, recipe_name
-
+    """`name`: what it is (budget), the name from mnistgan.lab.recipes when the run's params match one."""
     get = lambda k: row.get(f"params.train.{k}", "?")  # noqa: E731
     label = f"{get('model')}, {get('loss')}, D norm {get('d_norm')}, EMA {get('ema')}"
     if str(get("ema_warmup")) == "False" and str(get("ema")) not in ("0", "0.0"):
@@ -108,7 +111,7 @@ def score_key(column: str) -> str:
 def welch_verdict(a: list[float], b: list[float], key: str) -> str:
     """`a` against `b` (one value per seed of each recipe) by Welch's t-test (unequal variances):
     'better (p=..)', 'worse (p=..)' or 'within noise (p=..)' for a; '' when either has fewer than 2 seeds."""
-    from scipy.stats import ttest_ind_from_stats
+    from scipy.stats import ttest_ind_from_stats  # lazy: scipy only for verdicts
 
     a = [float(v) for v in a if v == v]
     b = [float(v) for v in b if v == v]
@@ -186,7 +189,7 @@ def at_budget(runs: Any, seconds: float | None) -> Any:
         return runs
     if "params.train.max_seconds" not in runs:
         return runs.iloc[0:0]
-    import pandas as pd
+    import pandas as pd  # lazy: pandas only for run tables
 
     budget = pd.to_numeric(runs["params.train.max_seconds"], errors="coerce")
     return runs[(budget - seconds).abs() < 1e-6]
@@ -204,10 +207,10 @@ def recipe_groups(runs: Any) -> list[tuple[str, Any]]:
 
 def fid_seconds_png(lines: dict[str, list[list[tuple[float, float]]]], path: Path, floor: float | None = None) -> None:
     """FID during training against training seconds: one colour per recipe, one line per run (seed)."""
-    import matplotlib
+    import matplotlib  # lazy: only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: only to draw
 
     fig, ax = plt.subplots(figsize=(9, 5.2), dpi=110)
     for i, (label, runs) in enumerate(lines.items()):
@@ -233,8 +236,6 @@ def fid_seconds_png(lines: dict[str, list[list[tuple[float, float]]]], path: Pat
 
 def results_plot(runs: Any, path: Path) -> Path | None:
     """The results table's picture: FID during training against seconds for every run it counts."""
-    from mnistgan import tracking
-
     if runs is None or len(runs) == 0 or "metrics.generated.fid" not in runs:
         return None
     lines = {label: [fid_against_seconds(tracking.metric_history(r, "fid_during_training"),
@@ -321,8 +322,6 @@ def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def verdict_table(runs: Any, labels: list[str]) -> tuple[str, list[str], list[list[str]]] | None:
     """For every pair of runs and every score with a 95% interval: is the difference real?"""
-    from itertools import combinations
-
     keys = [k for k in COMPARE_SCORES if f"metrics.generated.{k}_ci95_low" in runs]
     if len(runs) < 2 or not keys:
         return None
@@ -347,10 +346,10 @@ CURVE_EXTRAS = {"fid_during_training": "fid_inf during training (log scale) agai
 
 def loss_curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
     """One figure, one panel per loss (and FID during training, when logged), one line per run."""
-    import matplotlib
+    import matplotlib  # lazy: only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: only to draw
 
     keys = ["loss_d", "loss_g"] + [k for k in CURVE_EXTRAS if any(series.get(k) for series in curves.values())]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.6), dpi=110)
@@ -417,8 +416,6 @@ def render_html(tables: list, curves: Path | None, grids: dict[str, Path | None]
 
 
 def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path) -> tuple[Path, Path]:
-    from mnistgan import tracking
-
     out_dir = out_dir.resolve()  # artifacts download to absolute paths; links are made relative to this
     runs = tracking.search_runs(experiment)
     if run_ids:
@@ -449,31 +446,38 @@ def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path
     return md, page
 
 
+def parser_for(command: str) -> argparse.ArgumentParser:
+    """`mnistgan results`: the recipes' table from MLflow runs; `mnistgan compare`: reports/compare.md and .html."""
+    p = OneLineParser(prog=f"mnistgan {command}")
+    p.add_argument("--experiment", default="mnistgan")
+    if command == "results":
+        p.add_argument("--readme", help="rewrite the table between the results markers of this file")
+        p.add_argument("--plot", help="also draw FID during training against seconds for every run (PNG)")
+        p.add_argument("--seconds", type=float, help="only runs trained for this many wall-clock seconds "
+                       "(train.max_seconds): one budget per table")  # fmt: skip
+    else:
+        p.add_argument("--runs", help="comma-separated run ids (default: the most recent finished runs)")
+        p.add_argument("--last", type=int, default=6, help="how many recent runs without --runs")
+        p.add_argument("--out", default="reports")
+    p.set_defaults(command=command)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mnistgan.report")
-    sub = parser.add_subparsers(dest="command", required=True)
-    res = sub.add_parser("results", help="recipe results table from MLflow runs")
-    res.add_argument("--experiment", default="mnistgan")
-    res.add_argument("--readme", help="rewrite the table between the results markers of this file")
-    res.add_argument("--plot", help="also draw FID during training against seconds for every run (PNG)")
-    res.add_argument(
-        "--seconds",
-        type=float,
-        help="only runs trained for this many wall-clock seconds (train.max_seconds): one budget per table",
-    )
-    cmp = sub.add_parser("compare", help="reports/compare.md and a self-contained reports/compare.html")
-    cmp.add_argument("--experiment", default="mnistgan")
-    cmp.add_argument("--runs", help="comma-separated run ids (default: the most recent finished runs)")
-    cmp.add_argument("--last", type=int, default=6, help="how many recent runs without --runs")
-    cmp.add_argument("--out", default="reports")
-    args = parser.parse_args(argv)
+    """`mnistgan compare ...` or `mnistgan results ...` (`python -m mnistgan.lab.report compare|results ...`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in ("compare", "results"):
+        print("mnistgan.lab.report: error: the first argument is compare or results", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_command(parser_for(argv[0]), report_command, argv[1:])
+
+
+def report_command(args: argparse.Namespace) -> int:
     if args.command == "compare":
         md, page = compare(args.experiment, args.runs.split(",") if args.runs else None, args.last, Path(args.out))
         print(f"wrote {md} and {page}")
         return 0
-    from mnistgan.tracking import search_runs
-
-    runs = at_budget(search_runs(args.experiment), args.seconds)
+    runs = at_budget(tracking.search_runs(args.experiment), args.seconds)
     table = results_table(runs)
     if args.plot and results_plot(runs, Path(args.plot)):
         print(f"wrote {args.plot}", file=sys.stderr)

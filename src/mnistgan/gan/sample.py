@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnistgan.config import TrainConfig, to_dict
-from mnistgan.models import N_CLASSES, build_gan
+from mnistgan.config import TrainConfig, to_dict, train_config_from_dict
+from mnistgan.data import N_CLASSES
+from mnistgan.gan.models import build_gan
 from mnistgan.tensors import to_uint8
 
 # ---- generating ---------------------------------------------------------------------------------------
@@ -89,8 +90,6 @@ def check_generator_file(obj: Any) -> str | None:
 
 
 def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
-    from mnistgan.config import train_config_from_dict
-
     cfg = train_config_from_dict(obj["train_config"])
     g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
     g.load_state_dict(obj["state_dict"])

@@ -1,12 +1,19 @@
 """Named training recipes: TrainConfig overrides on one base, shared by the time-to-quality curves
-(mnistgan.curves), the results table (mnistgan.report) and the README's recipe list.
+(mnistgan.lab.curves), the results table (mnistgan.lab.report) and the README's recipe list.
 
 No torch here: the report reads these names without loading a model.
 """
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import time
 from typing import Any
+
+from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import load_params
+from mnistgan.errors import UserError
 
 # The recipe every candidate starts from: dcgan-small, non-saturating loss, EMA 0.999 with the warm-up.
 BASE: dict[str, Any] = {
@@ -72,8 +79,6 @@ README_RECIPES: dict[str, tuple[int, ...]] = {
 def dvc_overrides(name: str, params_path: str = "params.yaml") -> list[str]:
     """`-S train.key=value` arguments that turn params.yaml's train section into the named recipe (only the
     keys that differ)."""
-    from mnistgan.config import load_params
-
     current = load_params(params_path).train
     return [arg for k, v in recipe_overrides(name).items() if getattr(current, k) != v
             for arg in ("-S", f"train.{k}={_yaml(v)}")]  # fmt: skip
@@ -85,21 +90,19 @@ def _yaml(v: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Queue the README's recipes as DVC experiments, each for the same wall-clock budget."""
-    import argparse
-    import subprocess
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m mnistgan.recipes", description=main.__doc__)
+    parser = OneLineParser(prog="mnistgan recipes", description=main.__doc__)
     parser.add_argument("--seconds", type=float, default=200.0, help="training seconds per run (train.max_seconds)")
     parser.add_argument("--recipes", default=",".join(README_RECIPES), help="comma-separated recipe names")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc commands instead of running them")
     parser.add_argument("--run", action="store_true", help="then run the queue, one experiment at a time, and wait")
-    args = parser.parse_args(argv)
+    return run_command(parser, queue_recipes, argv)
+
+
+def queue_recipes(args: argparse.Namespace) -> int:
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
-        print(f"{parser.prog}: error: unknown recipe {unknown[0]!r}; known: {', '.join(CANDIDATES)}", file=sys.stderr)
-        return 2
+        raise UserError(f"--recipes: unknown recipe {unknown[0]!r}; known: {', '.join(CANDIDATES)}")
     for name in names:
         seeds = ",".join(map(str, README_RECIPES.get(name, (0, 1))))
         cmd = ["dvc", "exp", "run", "--queue", "-S", f"seed={seeds}", "-S", f"train.max_seconds={args.seconds}",
@@ -111,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         # One at a time: the budget is wall-clock seconds, so runs must not share the cores.
         if subprocess.call(["dvc", "queue", "start", "-j", "1"]) != 0:
             return 1
-        import time
-
         while True:
             status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True).stdout
             if not any(word in status for word in ("Queued", "Running")):

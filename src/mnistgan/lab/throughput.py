@@ -1,4 +1,4 @@
-"""Step throughput on this machine (the `throughput` and `matrix` sections of mnistgan.bench): how many
+"""Step throughput on this machine (the `throughput` and `matrix` sections of mnistgan.lab.bench): how many
 training images per second each step variant processes at each batch size, against the best rate of a
 large matrix product, with the machine it ran on."""
 
@@ -19,15 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistgan.flops import gan_macs, train_flops_per_image
+from mnistgan.config import TrainConfig
+from mnistgan.gan import fast
+from mnistgan.gan.losses import get_loss
+from mnistgan.gan.step import build_state, train_step
+from mnistgan.lab.flops import gan_macs, train_flops_per_image
 
 VARIANTS = ("plain", "fast", "fast-eager", "fast-compile")
 
 
 def throughput_config(model: str, batch_size: int) -> Any:
     """The recipe timed: TrainConfig defaults; the dcgan-large model with its BatchNorm D."""
-    from mnistgan.config import TrainConfig
-
     d_norm = "batch" if model == "dcgan-large" else TrainConfig.d_norm
     return TrainConfig(model=model, d_norm=d_norm, batch_size=batch_size)
 
@@ -111,10 +113,6 @@ def matmul_rate(device: torch.device, n: int, reps: int = 10) -> dict[str, Any]:
 
 
 def _make_step(variant: str, state: Any, device: torch.device) -> Callable:
-    from mnistgan import fast
-    from mnistgan.losses import get_loss
-    from mnistgan.train import train_step
-
     loss = get_loss(state.cfg.loss)
     if variant == "plain":
         # PyTorch's default: the fast path turns cuDNN autotuning on process-wide, which plain would inherit.
@@ -135,8 +133,6 @@ class _Runner:
 
     def __init__(self, variant: str, model: str, batch_size: int, device: torch.device, settings: Any,
                  data: tuple[torch.Tensor, torch.Tensor]):  # fmt: skip
-        from mnistgan.train import build_state
-
         self.variant, self.model, self.batch, self.device, self.settings = variant, model, batch_size, device, settings
         self.x, self.y = data
         self.cfg = throughput_config(model, batch_size)
@@ -154,7 +150,7 @@ class _Runner:
         self.caught = [str(w.message) for w in caught]
 
     def run(self, count: int) -> float:
-        """Seconds for `count` steps, each gathering its batch by index as train.train does."""
+        """Seconds for `count` steps, each gathering its batch by index as loop.train does."""
         b, x, y = self.batch, self.x, self.y
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from schema_utils import schema_problems
 
-from mnistgan import metrics, score, scoring
-from mnistgan.config import FEATURE_SPACES as SPACES
+from mnistgan.config import DEFAULT_SPACES, FEATURE_SPACES
+from mnistgan.evaluation import score_cli, scoring, suite
 from mnistgan.io import InputError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -63,7 +63,7 @@ WRITERS = {
 def test_every_input_format_reads_back_the_same_uint8_images(tmp_path, fmt):
     WRITERS[fmt](tmp_path)
     (path,) = [p for p in tmp_path.iterdir()]
-    images, read_as = score.load_images(path)
+    images, read_as = score_cli.load_images(path)
     assert images.dtype == np.uint8 and images.shape == (12, 28, 28)
     np.testing.assert_array_equal(images, U8)
     assert read_as
@@ -74,7 +74,7 @@ def test_float_generator_output_matches_the_pipeline_conversion():
     from mnistgan.tensors import to_uint8
 
     x = torch.rand(20, 1, 28, 28) * 2.0002 - 1.0001  # tanh-like output, slightly past +-1 by rounding
-    ours, convention = score.images_to_uint8(x.numpy())
+    ours, convention = score_cli.images_to_uint8(x.numpy())
     assert convention == "float [-1, 1]"
     np.testing.assert_array_equal(ours, to_uint8(x).numpy())
 
@@ -86,7 +86,7 @@ def test_float_generator_output_matches_the_pipeline_conversion():
 def fake_pipeline(tmp_path_factory):
     """A data folder with 700 train / 300 test digit-like images and an untrained classifier file."""
     torch = pytest.importorskip("torch")
-    from mnistgan.classifier import Classifier, DeepClassifier, classifier_file
+    from mnistgan.evaluation.classifier import Classifier, DeepClassifier, classifier_file
     from mnistgan.io import save_npy, save_torch
 
     root = tmp_path_factory.mktemp("pipeline")
@@ -110,7 +110,7 @@ def fake_pipeline(tmp_path_factory):
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = score.main([str(a) for a in argv])
+    code = score_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -206,7 +206,7 @@ def test_missing_or_mismatched_pipeline_outputs(tmp_path, capsys, fake_pipeline)
     assert_one_line_error(code, out, err, r"unrecognized arguments: --bogus")
 
 
-@pytest.mark.parametrize("entry", [["-m", "mnistgan", "score"], ["-m", "mnistgan.score"]])
+@pytest.mark.parametrize("entry", [["-m", "mnistgan", "score"], ["-m", "mnistgan.evaluation.score_cli"]])
 def test_entry_points_exit_2_without_a_traceback(tmp_path, entry):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     np.save(tmp_path / "x.npy", U8)
@@ -218,19 +218,6 @@ def test_entry_points_exit_2_without_a_traceback(tmp_path, entry):
         f"mnistgan score: error: {tmp_path / 'no.pt'}: classifier file not found; "
         "run `dvc repro classifier` (or pass --classifier)"
     ]
-
-
-def test_cli_dispatcher(capsys):
-    from mnistgan import cli
-
-    assert cli.main(["--help"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["score", "generate", "bench", "verify", "ui"]  # every user command, in --help
-    assert cli.main(["nonsense"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "mnistgan: error: unknown command 'nonsense'; commands: score, generate, bench, verify, ui")  # fmt: skip
-    assert cli.main(["score", "--help"]) == 0
-    assert "--classifier" in capsys.readouterr().out
 
 
 # --- end to end -----------------------------------------------------------------------------------
@@ -247,15 +234,15 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     assert json.loads((tmp_path / "out" / "score.json").read_text()) == result
     assert schema_problems(result) == []  # every key as docs/scores.md describes it, the same as eval.json's
     for scores in (result["generated"], result["real_reference"]):
-        assert set(metrics.EVALUATE_KEYS) <= set(scores)
-        assert all(np.isfinite(scores[k]) for k in metrics.EVALUATE_KEYS)
+        assert set(suite.EVALUATE_KEYS) <= set(scores)
+        assert all(np.isfinite(scores[k]) for k in suite.EVALUATE_KEYS)
     gen = result["generated"]
     assert gen["n_samples"] == 500 and result["real_reference"]["n_samples"] == 200 == result["n_reference"]
-    for key in metrics.INTERVAL_METHODS:  # every headline score's 95% interval
+    for key in suite.INTERVAL_METHODS:  # every headline score's 95% interval
         assert len(gen[f"{key}_ci95"]) == 2 and gen[f"{key}_ci95"][0] <= gen[f"{key}_ci95"][1], key
     assert result["read_as"] == "npy, uint8 0..255"
     # every feature space, each FID as a multiple of its own real value, and where the features came from
-    assert sorted(result["feature_spaces"]) == sorted(SPACES)
+    assert sorted(result["feature_spaces"]) == sorted(DEFAULT_SPACES)  # the evaluate stage's, by default
     for space, s in result["feature_spaces"].items():
         assert s["fid_multiple"] == pytest.approx(s["fid"] / s["fid_real"]) and s["identity"]["space"] == space
         assert len(s["identity"]["weights_sha256"]) == 16
@@ -272,8 +259,8 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     assert json.loads(out) == result
 
     # The scoring core the evaluate stage calls gives the same numbers.
-    from mnistgan.classifier import check_classifier_file, classifier_from_file
     from mnistgan.data import load_mnist
+    from mnistgan.evaluation.classifier import check_classifier_file, classifier_from_file
     from mnistgan.io import load_torch
 
     models = {
@@ -281,7 +268,7 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     }
     mnist = load_mnist(p["data"])
     reals = {n: scoring.real_features(m, mnist) for n, m in models.items()}
-    core = scoring.score_all(np.load(p["samples"]), models, reals, SPACES, n_reference=200)
+    core = scoring.score_all(np.load(p["samples"]), models, reals, FEATURE_SPACES, n_reference=200)
     for part in ("generated", "real_reference"):
         assert {k: v for k, v in core[part].items() if not k.endswith("_ci95")} == pytest.approx(
             {k: v for k, v in result[part].items() if not k.endswith("_ci95")}, rel=1e-9)  # fmt: skip
@@ -308,8 +295,8 @@ def test_the_reference_has_the_inputs_own_size(tmp_path, capsys, fake_pipeline, 
 
 def test_scoring_training_images_flags_memorisation(fake_pipeline):
     torch = pytest.importorskip("torch")
-    from mnistgan.classifier import Classifier
     from mnistgan.data import load_mnist
+    from mnistgan.evaluation.classifier import Classifier
 
     torch.manual_seed(0)
     clf = Classifier().eval()
@@ -323,8 +310,8 @@ def test_scoring_training_images_flags_memorisation(fake_pipeline):
 
 def test_score_all_and_reference_check_their_inputs(fake_pipeline):
     pytest.importorskip("torch")
-    from mnistgan.classifier import Classifier
     from mnistgan.data import load_mnist
+    from mnistgan.evaluation.classifier import Classifier
 
     mnist = load_mnist(fake_pipeline["data"])
     clf = Classifier().eval()

@@ -1,12 +1,12 @@
 """Time-to-quality curves: FID during training against wall seconds, for candidate recipes on this machine.
 
-Each candidate trains with `train.train` (the pipeline's own loop) for a budget of training seconds; every
+Each candidate trains with `loop.train` (the pipeline's own loop) for a budget of training seconds; every
 `check_every` seconds the clock stops, the sampling generator (the EMA copy with recomputed BatchNorm
 statistics, as the train stage saves it) draws `samples` images of fixed noise and the pipeline's classifier
 scores their FID against the MNIST test set. The same FID of as many real training images is the floor.
 
-    python -m mnistgan.curves --seconds 300 --out docs/curves            # every candidate
-    python -m mnistgan.curves --recipes default,conditional --seconds 60
+    python -m mnistgan.lab.curves --seconds 300 --out docs/curves            # every candidate
+    python -m mnistgan.lab.curves --recipes default,conditional --seconds 60
 
 Writes curves.json (every check), curves.csv, curves.png (FID against seconds, log scale, with the 32x,
 16x and 8x floor lines), grids.png (the last samples of each candidate) and curves.md (the table).
@@ -16,8 +16,10 @@ Run it on an otherwise idle machine: the clock is wall time.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import contextlib
 import dataclasses
+import multiprocessing as mp
 import platform
 import sys
 import time
@@ -27,20 +29,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistgan.recipes import BASE, CANDIDATES, recipe_overrides
+from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import TrainConfig
+from mnistgan.data import load_mnist
+from mnistgan.errors import UserError
+from mnistgan.evaluation.classifier import load_classifier
+from mnistgan.evaluation.monitor import FidMonitor
+from mnistgan.gan import loop as core
+from mnistgan.gan.sample import fixed_noise, generate
+from mnistgan.gan.step import build_state
+from mnistgan.io import InputError, read_json, write_json
+from mnistgan.lab.recipes import BASE, CANDIDATES, recipe_overrides
+from mnistgan.pictures import image_grid
+from mnistgan.tensors import training_tensors
 
-PROG = "python -m mnistgan.curves"
+PROG = "mnistgan curves"
 FACTORS = (32, 16, 8)  # FID targets as multiples of the real-data floor at the same sample size
 
 
 def candidate_config(name: str) -> Any:
     """The TrainConfig of a named recipe (unbounded steps: the clock stops it)."""
-    from mnistgan.config import TrainConfig
-
     return dataclasses.replace(TrainConfig(), **recipe_overrides(name), steps=10**9, fid_every=0, log_every=5)
 
 
-class _Stop(Exception):  # noqa: N818 - control flow out of train.train's callback
+class _Stop(Exception):  # noqa: N818 - control flow out of loop.train's callback
     pass
 
 
@@ -57,18 +69,14 @@ def run_curve(
 ) -> dict[str, Any]:
     """Train candidate `name` for `seconds` of training time; FID every `check_every` training seconds.
 
-    monitor_for(cfg) -> a mnistgan.monitor.FidMonitor for that config (fixed noise, recalibration).
+    monitor_for(cfg) -> a mnistgan.evaluation.monitor.FidMonitor for that config (fixed noise, recalibration).
     Check time is not counted: the curve's x axis is what the train stage would spend.
     """
-    from mnistgan import train as core
-    from mnistgan.tensors import to_unit_range
-
     cfg = candidate_config(name)
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
-    x = to_unit_range(torch.from_numpy(mnist.x_train)).to(device)  # (60000, 1, 28, 28) in [-1, 1]
-    y = torch.from_numpy(mnist.y_train).long().to(device)
-    state = core.build_state(cfg, seed, device)
+    x, y = training_tensors(mnist.x_train, mnist.y_train, device)  # (60000, 1, 28, 28) in [-1, 1], (60000,)
+    state = build_state(cfg, seed, device)
     monitor = monitor_for(cfg)
     checks: list[dict[str, float]] = []
     clock = {"train": 0.0, "since": time.perf_counter(), "next": check_every}
@@ -101,8 +109,8 @@ def run_curve(
     except core.DivergenceError as e:
         error = str(e)
     sampler = core.finalize_sampler(state, device)
-    z, labels = core.fixed_noise(cfg.z_dim, cfg.conditional, seed + 5)  # conditional: row r is digit r
-    grid = core.generate(sampler, z, labels).numpy()  # (100, 28, 28) uint8
+    z, labels = fixed_noise(cfg.z_dim, cfg.conditional, seed + 5)  # conditional: row r is digit r
+    grid = generate(sampler, z, labels).numpy()  # (100, 28, 28) uint8
     steps = state.step
     return {
         "recipe": name,
@@ -166,10 +174,10 @@ def render_table(curves: list[dict[str, Any]], marks: tuple[float, ...]) -> str:
 
 
 def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: only to draw
 
     with_pr = [c for c in curves if c["checks"] and "recall" in c["checks"][0]]
     if with_pr:
@@ -218,12 +226,10 @@ def plot_precision_recall(with_pr: list[dict[str, Any]], curves: list[dict[str, 
 
 def save_grids(curves: list[dict[str, Any]], path: Path) -> None:
     """One row per recipe, labelled: its first 20 final samples (fixed noise; conditional: 2 per digit)."""
-    import matplotlib
+    import matplotlib  # lazy: only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mnistgan.pictures import image_grid
+    import matplotlib.pyplot as plt  # lazy: only to draw
 
     fig, axes = plt.subplots(len(curves), 1, figsize=(10, 0.62 * len(curves) + 0.3), dpi=100, squeeze=False)
     for ax, c in zip(axes[:, 0], curves, strict=True):
@@ -243,9 +249,7 @@ def machine_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mnistgan.errors import UserError
-
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(CANDIDATES), help="comma-separated names (default: all)")
     parser.add_argument("--seconds", type=float, default=300.0, help="training seconds per recipe")
     parser.add_argument("--check-every", type=float, default=30.0, help="training seconds between FIDs")
@@ -257,15 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
     parser.add_argument("--jobs", type=int, default=1, help="recipes trained side by side, one thread each")
     parser.add_argument("--merge", help="comma-separated folders of earlier runs: one table and picture of all")
-    args = parser.parse_args(argv)
+    return run_command(parser, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.merge:
             print(merge(args.merge.split(","), Path(args.out)))
             return 0
         return _run(args)
-    except (UserError, KeyError) as e:
-        print(f"{PROG}: error: {str(e).strip(chr(39))}", file=sys.stderr)
-        return 2
+    except KeyError as e:  # an unknown recipe name
+        raise UserError(str(e).strip(chr(39))) from None
 
 
 _MONITORS: dict[tuple, dict] = {}  # per process and (data, classifier, samples, seed): monitors by noise shape
@@ -274,8 +280,6 @@ _MONITORS: dict[tuple, dict] = {}  # per process and (data, classifier, samples,
 def monitors(classifier: Any, mnist: Any, samples: int, seed: int, cache: dict | None = None) -> Any:
     """cfg -> the FidMonitor for its noise (z_dim, labels) and sampler (EMA: recalibrated), each built once:
     `samples` generated images of fixed noise against the test set, as many real training images the floor."""
-    from mnistgan.monitor import FidMonitor
-
     cache = {} if cache is None else cache
 
     def monitor_for(cfg: Any) -> FidMonitor:
@@ -290,12 +294,8 @@ def monitors(classifier: Any, mnist: Any, samples: int, seed: int, cache: dict |
 def _curve_job(name: str, data: str, classifier: str, seconds: float, check_every: float, samples: int,
                seed: int) -> dict[str, Any]:  # fmt: skip
     """One recipe's curve, in this process or a worker (arguments are plain values so they pickle)."""
-    from mnistgan.classifier import check_classifier_file, classifier_from_file
-    from mnistgan.data import load_mnist
-    from mnistgan.io import load_torch
-
     mnist = load_mnist(data)
-    clf = classifier_from_file(load_torch(classifier, "classifier", check=check_classifier_file))
+    clf = load_classifier(classifier)
 
     monitor_for = monitors(clf, mnist, samples, seed, _MONITORS.setdefault((data, classifier, samples, seed), {}))
 
@@ -306,8 +306,6 @@ def _curve_job(name: str, data: str, classifier: str, seconds: float, check_ever
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mnistgan.io import InputError
-
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     for n in names:
         candidate_config(n)  # unknown names fail before any work
@@ -326,9 +324,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         # One process per recipe at a time, each on one thread (set before its first torch op), so the
         # recipes running side by side share the cores evenly.
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
         with cf.ProcessPoolExecutor(args.jobs, mp.get_context("spawn"), initializer=torch.set_num_threads,
                                     initargs=(1,)) as pool:  # fmt: skip
             curves = list(pool.map(_curve_job, names, *[[v] * len(names) for v in job]))
@@ -341,8 +336,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def write_outputs(curves: list[dict[str, Any]], metas: list[dict[str, Any]], out: Path) -> str:
     """curves.{json,csv,png,md} (and grids.png when the curves carry their samples) under `out`; the table."""
-    from mnistgan.io import write_json
-
     out.mkdir(parents=True, exist_ok=True)
     seconds = max(m["seconds"] for m in metas)
     checked = {round(c["at"], 6) for curve in curves for c in curve["checks"]}  # the columns need a check
@@ -369,8 +362,6 @@ def write_outputs(curves: list[dict[str, Any]], metas: list[dict[str, Any]], out
 
 def merge(folders: list[str], out: Path) -> str:
     """Put the curves of several runs (each a folder with curves.json) in one table and one picture."""
-    from mnistgan.io import read_json
-
     metas, curves = [], []
     for folder in folders:
         data = read_json(Path(folder) / "curves.json")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-N_CLASSES = 10
+from mnistgan.data import N_CLASSES
 
 
 def _d_norm_layer(kind: str, channels: int, spatial: int | None = None) -> nn.Module:
@@ -67,7 +67,7 @@ class LargeGenerator(nn.Module):
 
 
 class SmallGenerator(nn.Module):
-    """A small standard DCGAN generator (`dcgan-small`), fast enough for CPU runs (`python -m mnistgan.flops`
+    """A small standard DCGAN generator (`dcgan-small`), fast enough for CPU runs (`python -m mnistgan.lab.flops`
     counts the FLOPs per training image of both models: about 9x fewer than dcgan-large at the defaults).
 
     z -> dense 128*7*7, BN, ReLU -> (B, 128, 7, 7) -> convT 64 4x4 s2 (B, 64, 14, 14), BN, ReLU

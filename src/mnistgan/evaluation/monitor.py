@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
-from mnistgan.classifier import Classifier, features_and_probs
 from mnistgan.errors import InputError
-from mnistgan.metrics import features_to_statistics, precision_recall, statistics_to_fid_inf
-from mnistgan.sample import generate, recalibrate_batchnorm, sample_noise
+from mnistgan.evaluation.classifier import Classifier, features_and_probs
+from mnistgan.evaluation.metrics import features_to_statistics, precision_recall, statistics_to_fid_inf
+from mnistgan.gan.sample import generate, recalibrate_batchnorm, sample_noise
 
 if TYPE_CHECKING:
     from mnistgan.config import TrainConfig
@@ -46,7 +46,7 @@ class FidMonitor:
         """x_test: uint8 (M, 28, 28), the target set; x_reference: uint8 (>= n, 28, 28) real images that
         are not in x_test (training images), n of which give the real-data value at this sample size.
         recalibrate: score a copy of the generator with its BatchNorm statistics recomputed, as the saved
-        EMA generator is (train.finalize_sampler); the EMA copy's own statistics are the live G's."""
+        EMA generator is (loop.finalize_sampler); the EMA copy's own statistics are the live G's."""
         if n < MIN_SAMPLES:
             raise ValueError(f"FID monitor: n must be at least {MIN_SAMPLES}, got {n}")
         if len(x_reference) < n:

@@ -11,8 +11,10 @@ such as pixel noise, that the penultimate layer of a classifier learns to ignore
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +24,11 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistgan.config import ClassifierConfig
+from mnistgan.data import N_CLASSES
+from mnistgan.io import load_torch
 from mnistgan.tensors import epoch_permutation, to_unit_range
 
 FORMAT = "mnistgan-classifier-1"
-N_CLASSES = 10
 FEATURE_MODES = ("penultimate", "blocks")
 
 
@@ -123,8 +126,6 @@ def train_classifier(
     x_*: uint8 (N, 28, 28); y_*: uint8 (N,). Augmentation: random shifts of up to 2 pixels, which
     makes the features less sensitive to the small misplacements GAN samples have.
     """
-    import time
-
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     n = cfg.train_images or len(x_train)
@@ -235,6 +236,11 @@ def classifier_from_file(obj: dict[str, Any]) -> Classifier:
     model = ARCHS[obj.get("arch", "lenet")]()
     model.load_state_dict(obj["state_dict"])
     return model.eval()
+
+
+def load_classifier(path: str | Path, made_by: str = "classifier") -> Classifier:
+    """A classifier file (the `made_by` stage's output), checked against this code, in eval mode."""
+    return classifier_from_file(load_torch(path, made_by=made_by, check=check_classifier_file))
 
 
 def weights_sha256(model: nn.Module) -> str:

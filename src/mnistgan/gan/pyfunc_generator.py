@@ -23,9 +23,9 @@ from typing import Any
 import mlflow
 import torch
 
+from mnistgan.descriptions import GENERATOR_ARTIFACT
+from mnistgan.gan.sample import check_generator_file, digits_from_seeds, generator_from_file
 from mnistgan.io import load_torch
-from mnistgan.sample import check_generator_file, digits_from_seeds, generator_from_file
-from mnistgan.tracking import GENERATOR_ARTIFACT
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
@@ -34,7 +34,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.g, self.cfg = generator_from_file(gen_file)  # eval mode, on the CPU
 
     # No type hints here: MLflow reads predict's hints as a schema and warns on these; the signature logged
-    # with the model (tracking.generator_signature) is the schema.
+    # with the model (descriptions.generator_signature) is the schema.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         truncation = float((params or {}).get("truncation", 0.0))
         if truncation < 0:

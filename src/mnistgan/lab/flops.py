@@ -1,16 +1,21 @@
 """Training compute, counted rather than assumed: multiply-adds of every Linear/Conv2d/ConvTranspose2d
 layer from forward hooks, turned into FLOPs per training image of the GAN step.
 
-    python -m mnistgan.flops            # the figure for every model at the default widths
+    mnistgan flops            # the figure for every model at the default widths
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
 import torch
 from torch import nn
+
+from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import TrainConfig
+from mnistgan.gan.models import MODELS, build_gan
 
 
 def layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
@@ -50,8 +55,6 @@ def count_macs(model: nn.Module, *args: Any) -> list[tuple[str, int]]:
 def gan_macs(model: str, z_dim: int = 100, d_norm: str = "none", conditional: bool = False, g_width: int = 64,
              d_width: int = 64) -> dict[str, Any]:  # fmt: skip
     """Forward multiply-adds per image of the generator and the discriminator, with per-layer rows."""
-    from mnistgan.models import build_gan
-
     g, d = build_gan(model, z_dim, d_norm, conditional, g_width, d_width)
     g.eval()
     d.eval()
@@ -69,7 +72,7 @@ def gan_macs(model: str, z_dim: int = 100, d_norm: str = "none", conditional: bo
 
 
 def train_flops_per_image(g_macs: float, d_macs: float, d_steps: int = 1) -> float:
-    """FLOPs per training image of train.train_step (one image = one real image of one D update).
+    """FLOPs per training image of step.train_step (one image = one real image of one D update).
 
     Per generator update with n = d_steps discriminator updates of B images each: G runs forward n
     times and backward once; D runs forward+backward 2n + 1 times (real and fake per D update, fake
@@ -81,11 +84,12 @@ def train_flops_per_image(g_macs: float, d_macs: float, d_steps: int = 1) -> flo
     return 2.0 * ((n + 2) * g_macs + 3.0 * (2 * n + 1) * d_macs) / n
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print G and D multiply-adds and training GFLOP per image for each model (TrainConfig defaults)."""
-    from mnistgan.config import TrainConfig
-    from mnistgan.models import MODELS
+    return run_command(OneLineParser(prog="mnistgan flops", description=main.__doc__), print_flops, argv)
 
+
+def print_flops(_args: argparse.Namespace) -> None:
     cfg = TrainConfig()
     for model in MODELS:
         d_norm = "batch" if model == "dcgan-large" else cfg.d_norm
@@ -94,7 +98,6 @@ def main() -> int:
         print(f"{model}: G {macs['g'] / 1e6:.2f} M, D {macs['d'] / 1e6:.2f} M multiply-adds per image; "
               f"{gflop:.3f} GFLOP per training image (conditional {cfg.conditional}, D norm {d_norm}, "
               f"widths G {cfg.g_width} D {cfg.d_width})")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from mnistgan.cli import OneLineParser, run_command
+from mnistgan.data import N_CLASSES
 from mnistgan.errors import UserError
-from mnistgan.pictures import N_CLASSES, image_grid
+from mnistgan.io import load_torch, save_npy, save_png
+from mnistgan.pictures import image_grid
+from mnistgan.tracking import load_generator_model
 
 PROG = "mnistgan generate"
 DEFAULT_GENERATOR = "models/generator.pt"
@@ -63,11 +66,9 @@ def generate_images(args) -> np.ndarray:  # noqa: ANN001
     digits = np.full(args.n, args.digit, np.int64)
     seeds = np.arange(args.seed, args.seed + args.n, dtype=np.int64)
     if args.model_uri:
-        from mnistgan.tracking import load_generator_model
-
         return load_generator_model(args.model_uri)(digits, seeds, args.truncation)
-    from mnistgan.io import load_torch
-    from mnistgan.sample import check_generator_file, digits_from_seeds, generator_from_file
+    # lazy: torch, after the arguments are checked
+    from mnistgan.gan.sample import check_generator_file, digits_from_seeds, generator_from_file
 
     path = args.generator or Path(DEFAULT_GENERATOR)
     hint = "train" if args.generator is None else ""  # the default file is the train stage's output
@@ -79,8 +80,6 @@ def generate_images(args) -> np.ndarray:  # noqa: ANN001
 
 
 def write_images(images: np.ndarray, out: Path, nrow: int, scale: int) -> None:
-    from mnistgan.io import save_npy, save_png
-
     if out.suffix.lower() == ".npy":
         save_npy(out, images)
     else:

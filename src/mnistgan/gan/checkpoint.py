@@ -11,17 +11,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from mnistgan.config import to_dict
+from mnistgan.gan.step import GANState
 from mnistgan.io import InputError, load_torch
 from mnistgan.runtime import gather_objects
-
-if TYPE_CHECKING:
-    from mnistgan.train import GANState
 
 CHECKPOINT_FORMAT = "mnistgan-checkpoint-1"
 

@@ -1,0 +1,5 @@
+"""Tools around the pipeline that no stage runs: benchmarks, time-to-quality curves, recipes, the
+calibration ladder, reports, `mnistgan verify` and `mnistgan ui`.
+
+May import everything below it: mnistgan.evaluation, mnistgan.gan and the shared base.
+"""
