@@ -50,6 +50,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mnistgan.bench", "time training (plain vs fast path), time to quality and the metric suite"),
     "verify": ("mnistgan.verify", "rerun the pipeline of HEAD in a temporary clone; compare outputs with dvc.lock"),
     "ui": ("mnistgan.ui", "MLflow UI on this project's runs table (model-training view); --port"),
+    "server": ("mnistgan.server", "the team's MLflow server on PostgreSQL: start | stop | status (make server)"),
+    "tracking": ("mnistgan.tracking", "sync: close runs of killed processes, log scores of a skipped evaluate"),
 }
 
 
