@@ -396,6 +396,9 @@ def start(port: int, workers: int, wait: float) -> str:
             check_database(backend)
         else:
             user = cluster_user(paths)
+            if paths.pgdata.exists() and not paths.cluster.exists():
+                raise UserError(f"{paths.pgdata} exists without {paths.cluster.name} (its password and port); "
+                                f"remove {paths.root} to start afresh")  # fmt: skip
             cluster = json.loads(paths.cluster.read_text()) if paths.cluster.exists() and paths.pgdata.exists() \
                 else init_cluster(paths, user)  # fmt: skip
             if not cluster_running(paths, user):
