@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 # Stage commands call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro verify test test-fast bench calibrate ui compare sweep results lint format clean
+.PHONY: venv repro verify test test-fast soak bench calibrate ui server server-stop compare sweep results lint format clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ test: venv
 test-fast: venv
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
+# Queued experiments under random SIGKILLs (tests/test_soak.py): minutes of its own, so not in `make test`.
+soak: venv
+	MNISTGAN_SOAK=1 $(VENV)/bin/python -m pytest tests/test_soak.py -s
+
 bench: venv
 	$(VENV)/bin/python -m mnistgan.lab.bench --markdown BENCHMARKS.md --out reports/bench.json
 
@@ -66,6 +70,14 @@ results: venv
 PORT ?= 5000
 ui: venv
 	$(VENV)/bin/python -m mnistgan.lab.ui --port $(PORT)
+
+# The team's MLflow tracking server on 127.0.0.1:$(PORT): a PostgreSQL cluster under .mlflow-server/ (or the
+# database named by MLFLOW_BACKEND_URI), artifacts served through the server. Both run until server-stop.
+server: venv
+	$(VENV)/bin/python -m mnistgan.lab.server start --port $(PORT)
+
+server-stop: venv
+	$(VENV)/bin/python -m mnistgan.lab.server stop
 
 lint: venv
 	$(VENV)/bin/ruff check .

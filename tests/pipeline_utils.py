@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What a fresh clone would not have: the venv, caches, outputs of earlier runs, the MLflow store.
 SKIP = {".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".pytest_cache", ".ruff_cache", "__pycache__",
-        "data", "models", "plots", "metrics", "dvc.lock", ".gl", ".whl", "reports"}  # fmt: skip
+        "data", "models", "plots", "metrics", "dvc.lock", ".gl", ".whl", "reports", ".mlflow-server"}  # fmt: skip
 SKIP_IN_DVC = {"cache", "tmp", "config.local"}
 
 TINY = {
@@ -135,3 +135,41 @@ def render_in_chromium(page: Path, work: Path) -> tuple[dict, Path]:
     found = re.search(r'<pre id="render-probe">(.*?)</pre>', dom.stdout, re.S)
     assert found, f"no render probe in the dumped DOM:\n{dom.stdout[-2000:]}\n{dom.stderr[-2000:]}"
     return json.loads(html.unescape(found.group(1))), shot
+
+
+# ---- `make server` (mnistgan.lab.server) in a temporary state folder ---------------------------------------
+
+
+def require_postgres() -> None:
+    """Skip when PostgreSQL's binaries are missing; fail instead under CI (.ci/run installs them)."""
+    import pytest
+
+    from mnistgan.lab import server
+
+    try:
+        server.pg_bin("initdb"), server.pg_bin("pg_ctl")
+    except Exception as e:
+        if os.environ.get("MNISTGAN_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"MNISTGAN_REQUIRE_POSTGRES=1 but {e}")
+        pytest.skip(f"PostgreSQL is not installed ({e})")
+
+
+def server_state_dir() -> Path:
+    """A state folder the PostgreSQL user can enter (pytest's own temp folders are private to root)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mnistgan-server-"))
+    folder.chmod(0o755)
+    return folder
+
+
+def server_cmd(command: str, state: Path, port: int | None = None, extra_env: dict[str, str] | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+    """`python -m mnistgan.lab.server COMMAND` with its state in `state`, one worker (two cores for everything)."""
+    args = [str(BIN / "python"), "-m", "mnistgan.lab.server", command]
+    if command == "start":
+        args += ["--port", str(port), "--workers", "1"]
+    e = env() | {"MNISTGAN_SERVER_DIR": str(state)}
+    e.pop("MLFLOW_BACKEND_URI", None)  # the local cluster unless the test names a store
+    e |= extra_env or {}
+    return run(args, ROOT, check=check, timeout=300, env=e)

@@ -156,7 +156,7 @@ def test_the_checks_catch_a_broken_workflow(doc, text):
 
 
 def test_the_jobs_run_the_readme_commands(doc):
-    assert run_steps(doc, "test") == ["make test"]
+    assert run_steps(doc, "test") == ["make test", "make soak"]
     assert run_steps(doc, "reproduce") == ["make verify"]
     for job in ("test", "reproduce"):
         setup = next(s for s in steps(doc, job) if s.get("uses", "").startswith("actions/setup-python@"))

@@ -58,6 +58,11 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "calibrate": ("mnistgan.lab.calibrate", (), "the corruption ladder and the reading table of the scores"),
     "bench": ("mnistgan.lab.bench", (), "time training (plain vs fast path), time to quality and the metric suite"),
     "flops": ("mnistgan.lab.flops", (), "multiply-adds and training FLOPs per image of each model"),
+    "server": (
+        "mnistgan.lab.server",
+        (),
+        "the team's MLflow server on PostgreSQL: start | stop | status (make server)",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from mnistgan import stale_runs
 from mnistgan.cli import OneLineParser, run_command
 from mnistgan.config import load_params
 from mnistgan.io import read_json
@@ -43,8 +44,17 @@ def sync_scores(params_path: str = "params.yaml") -> str:
 def main(argv: list[str] | None = None) -> int:
     """`mnistgan tracking sync`: the step `make repro` runs after `dvc repro`."""
     parser = OneLineParser(prog="mnistgan tracking", description=main.__doc__)
-    parser.add_argument("command", choices=["sync"], help="sync: scores of a skipped evaluate into the run")
-    return run_command(parser, lambda _args: print(f"tracking: {sync_scores()}"), argv)
+    parser.add_argument("command", choices=["sync"], help="sync: close runs of killed processes; scores of a "
+                        "skipped evaluate into the run")  # fmt: skip
+    return run_command(parser, lambda _args: sync(), argv)
+
+
+def sync() -> None:
+    experiment = load_params("params.yaml").tracking.experiment
+    mlflow = import_mlflow(False)
+    if mlflow is not None:
+        print(f"tracking: {stale_runs.close_in_experiment(mlflow, tracking_uri(), experiment)}")
+    print(f"tracking: {sync_scores()}")
 
 
 if __name__ == "__main__":

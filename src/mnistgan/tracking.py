@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistgan import stale_runs
 from mnistgan.config import flatten
 from mnistgan.descriptions import (
     CHANGED_TAG,
@@ -78,6 +79,14 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
+        probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+        try:  # a server whose database is down answers /health, then 503 to all else (MLflow retries for minutes)
+            urllib.request.urlopen(probe, timeout=timeout).close()
+        except urllib.error.HTTPError as e:
+            if e.code >= 500:
+                raise TrackingError(f"tracking server {uri} cannot reach its backend store (HTTP {e.code})") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise TrackingError(f"tracking server {uri} does not answer ({getattr(e, 'reason', e)})") from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -277,7 +286,9 @@ def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
     if exp is None:
         try:
             # Absolute artifact root so queued experiments (temporary copies) store artifacts here too.
-            exp_id = mlflow.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri(),
+            # A server (http) keeps artifacts where it chooses (`make server` serves them): no local path then.
+            local = not mlflow.get_tracking_uri().startswith(("http://", "https://"))
+            exp_id = mlflow.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri() if local else None,
                                               tags=dict([EXPERIMENT_KIND, (NOTE_TAG, EXPERIMENT_NOTE)]))  # fmt: skip
             return exp_id
         except Exception:  # another process created it first
@@ -303,13 +314,17 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
         mlflow.set_tracking_uri(uri)
         with _store_init_lock(uri):
             with_retry(mlflow.MlflowClient, uri)  # builds this process's store: creates or migrates tables
-        if run_id:
+        if run_id:  # this process holds the run now (tagged before it is RUNNING again: no sweep closes it)
+            for key, value in stale_runs.owner_tags().items():
+                with_retry(mlflow.MlflowClient().set_tag, run_id, key, value)
             active = with_retry(mlflow.start_run, run_id=run_id)
         else:
             exp_id = with_retry(_experiment_id, mlflow, experiment, repo_root())
             # Named after the DVC experiment (`dvc exp run`), else after the commit (`dvc repro`).
             name = run_name or os.environ.get("DVC_EXP_NAME") or f"repro-{git_commit()[:7]}"
-            active = with_retry(mlflow.start_run, experiment_id=exp_id, run_name=name)
+            active = with_retry(mlflow.start_run, experiment_id=exp_id, run_name=name, tags=stale_runs.owner_tags())
+        # runs of this experiment left RUNNING by killed processes on this machine: ended as KILLED
+        with_retry(stale_runs.close_stale_runs, mlflow.MlflowClient(), [active.info.experiment_id])
     except TrackingError:
         if required:
             raise

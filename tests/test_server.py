@@ -1,0 +1,207 @@
+"""`make server` (mnistgan.lab.server): a real MLflow server on a real PostgreSQL cluster, in a temporary state folder.
+
+The pipeline logs to it, the generator downloads through it from another folder, a restart of server and
+database while training is survived, a stopped database gives one line within seconds, and `stop` leaves no
+process behind. Skipped without PostgreSQL's binaries (failed instead with MNISTGAN_REQUIRE_POSTGRES=1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from pipeline_utils import BIN, dvc, env, free_port, require_postgres, run, server_cmd, server_state_dir
+from test_determinism import copy_reproduced
+
+from mnistgan.lab import server
+
+pytestmark = pytest.mark.slow
+
+PYTHON = str(BIN / "python")
+
+
+@pytest.fixture(scope="module")
+def srv():
+    """(tracking URI, state folder) of a server started by `python -m mnistgan.lab.server start`."""
+    require_postgres()
+    state, port = server_state_dir(), free_port()
+    try:
+        t0 = time.monotonic()
+        out = server_cmd("start", state, port).stdout
+        print(f"server started in {time.monotonic() - t0:.1f} s: {out.strip()}")
+        yield f"http://127.0.0.1:{port}", state
+    finally:
+        server_cmd("stop", state, check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pg_rows(state: Path, sql: str) -> list[tuple]:
+    """Rows straight from the cluster's database: what MLflow stored in PostgreSQL."""
+    import psycopg2
+
+    cluster = json.loads((state / "cluster.json").read_text())
+    conn = psycopg2.connect(host="127.0.0.1", port=cluster["port"], user="mlflow", password=cluster["password"],
+                            dbname="mlflow", connect_timeout=5)  # fmt: skip
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_dvc_exp_run_logs_a_finished_run_to_postgres_and_the_generator_downloads_through_the_server(
+    srv, tmp_path, tmp_path_factory
+):
+    uri, state = srv
+    root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
+    dvc(["exp", "run", "-n", "on-server", "-S", "seed=7"], root, extra_env={"MLFLOW_TRACKING_URI": uri})
+    run_id = json.loads((root / "metrics/train.json").read_text())["mlflow_run_id"]
+    rows = pg_rows(state, f"SELECT status, name, artifact_uri FROM runs WHERE run_uuid = '{run_id}'")
+    assert rows and rows[0][0] == "FINISHED" and rows[0][1] == "on-server", rows
+    assert rows[0][2].startswith("mlflow-artifacts:/"), rows  # proxied by the server: no path on the client's disk
+    metrics = dict(pg_rows(state, f"SELECT key, value FROM latest_metrics WHERE run_uuid = '{run_id}'"))
+    ev = json.loads((root / "metrics/eval.json").read_text())
+    assert metrics["generated.fid"] == pytest.approx(ev["generated"]["fid"])
+    assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()  # nothing went local
+
+    elsewhere = tmp_path / "elsewhere"  # another folder, no repo: only the server's address
+    elsewhere.mkdir()
+    code = ("import mlflow, sys; print(mlflow.artifacts.download_artifacts(run_id=sys.argv[1], "
+            "artifact_path='model/generator.pt', dst_path='got'))")  # fmt: skip
+    got = run([PYTHON, "-c", code, run_id], elsewhere, env=env() | {"MLFLOW_TRACKING_URI": uri}).stdout.strip()
+    assert sha256(Path(got)) == sha256(root / "models/generator.pt")
+    assert (state / "artifacts").is_dir() and any((state / "artifacts").rglob("generator.pt"))
+
+
+def test_a_restart_of_server_and_database_while_training_is_survived(srv, tmp_path, tmp_path_factory):
+    import mlflow
+
+    uri, state = srv
+    root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"] |= {"steps": 600, "log_every": 10, "checkpoint_every": 300, "image_every": 300}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "models/checkpoint.pt").unlink()
+    log = tmp_path / "train.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([PYTHON, "stages/train.py"], cwd=root, env=env() | {"MLFLOW_TRACKING_URI": uri},
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        deadline, logged = time.monotonic() + 300, []
+        while not logged and time.monotonic() < deadline:  # wait for the first loss rows on the server
+            assert proc.poll() is None, log.read_text()[-3000:]
+            runs = client.search_runs([client.get_experiment_by_name("mnistgan").experiment_id]) \
+                if client.get_experiment_by_name("mnistgan") else []  # fmt: skip
+            mine = [r for r in runs if r.data.tags.get("mnistgan.pid") == str(proc.pid)]
+            logged = mine and client.get_metric_history(mine[0].info.run_id, "loss_d")
+            time.sleep(0.5)
+        assert logged, "no loss rows on the server"
+        server_cmd("stop", state)
+        down_while_training = proc.poll() is None
+        time.sleep(2)  # the client meets a refused connection and retries
+        server_cmd("start", state, int(uri.rsplit(":", 1)[1]))
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert down_while_training, "training ended before the restart; nothing was tested"
+    assert code == 0, log.read_text()[-3000:]
+    run_id = mine[0].info.run_id
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
+    assert steps == list(range(10, 601, 10)), f"{len(logged)} rows before the restart; after: {steps}"
+
+
+def test_a_stopped_database_gives_one_clear_line_within_seconds(srv, tmp_path, tmp_path_factory):
+    uri, state = srv
+    paths = server.Paths(state)
+    server.stop_cluster(paths, server.cluster_user(paths))  # the database alone: the MLflow server still answers
+    try:
+        root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
+        t0 = time.monotonic()
+        p = run([PYTHON, "stages/train.py"], root, check=False, env=env() | {"MLFLOW_TRACKING_URI": uri})
+        seconds = time.monotonic() - t0
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
+        assert lines[0] == f"train: error: tracking server {uri} cannot reach its backend store (HTTP 503)"
+        assert seconds < 15, f"took {seconds:.1f} s"
+        s = server_cmd("status", state, check=False)
+        assert s.returncode == 3 and "its store does not answer (HTTP 503)" in s.stdout, s.stdout + s.stderr
+    finally:
+        # `start` on a running server whose database stopped starts the database again
+        assert "already running" in server_cmd("start", state, int(uri.rsplit(":", 1)[1])).stdout
+    assert server_cmd("status", state).stdout.startswith("server: running")
+
+
+def test_a_team_database_that_does_not_answer_fails_start_with_one_line(tmp_path):
+    require_postgres()
+    state, port = server_state_dir(), free_port()
+    try:
+        dead = f"postgresql://mlflow:secret@127.0.0.1:{free_port()}/mlflow"
+        t0 = time.monotonic()
+        p = server_cmd("start", state, port, extra_env={"MLFLOW_BACKEND_URI": dead}, check=False)
+        assert p.returncode == 2, p.stdout + p.stderr
+        line = p.stderr.strip()
+        assert "\n" not in line and line.startswith(
+            f"mnistgan server: error: MLFLOW_BACKEND_URI (...@127.0.0.1:{dead.rsplit(':', 1)[1]}): "
+            "cannot connect"), line  # fmt: skip
+        assert "secret" not in line
+        assert time.monotonic() - t0 < 15
+        assert not (state / "started.json").exists() and not (state / "pgdata").exists()
+        assert server_cmd("status", state, check=False).returncode == 3
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_stop_stops_everything_it_started(srv):
+    uri, state = srv
+    started = json.loads((state / "started.json").read_text())
+    group = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == started["pid"]]
+    postmaster = int((state / "pgdata/postmaster.pid").read_text().split()[0])
+    assert group and psutil.pid_exists(postmaster)
+    assert server_cmd("stop", state).stdout.startswith("server: stopped mlflow server")
+    _, alive = psutil.wait_procs(group + [psutil.Process(postmaster)], timeout=15)
+    assert not alive, alive
+    assert not (state / "started.json").exists() and not (state / "pgdata/postmaster.pid").exists()
+    assert server_cmd("status", state, check=False).returncode == 3
+    assert server_cmd("stop", state).stdout.strip() == "server: nothing was running"
+
+
+def _pgid(pid: int) -> int | None:
+    import os
+
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_bad_input_gives_one_line(tmp_path):
+    taken = free_port()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", taken))
+        s.listen()
+        p = server_cmd("start", tmp_path / "state", taken, check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"mnistgan server: error: port {taken} on 127.0.0.1 is taken (make ui? another server?); "
+        "choose another: make server PORT=..."]  # fmt: skip
+    assert not (tmp_path / "state").exists()
+    p = run([PYTHON, "-m", "mnistgan.lab.server", "restart"], tmp_path, check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
