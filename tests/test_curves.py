@@ -60,6 +60,10 @@ def test_recipes_are_one_change_on_the_base_and_found_by_params():
     params = {k: str(v) for k, v in recipe_overrides("conditional").items()} | {"steps": "3000"}
     assert recipe_name(params) == "conditional"
     assert recipe_name(params | {"lr": "0.1"}) is None
+    upsampled = {k: str(v) for k, v in recipe_overrides("default-upsample-nearest").items()}
+    assert recipe_name(upsampled) == "default-upsample-nearest"  # not "default", whose keys it also matches
+    assert curves.candidate_config("default-lr-decay").steps == 6000  # a length of its own: the decay needs it
+    assert curves.candidate_config("default").steps == 10**9
     with pytest.raises(KeyError, match="known recipes"):
         recipe_overrides("nope")
 

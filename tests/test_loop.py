@@ -70,7 +70,9 @@ def run_training(cfg, seed=0, stop_at=None, resume_from=None):
 @pytest.mark.parametrize(
     "options",
     [{"loss": "ns"}, {"loss": "wgan-gp"}, {"ema_warmup": True, "g_width": 16, "d_width": 8, "lr_d": 4e-4},
-     {"ema_warmup": False, "conditional": True, "loss": "hinge", "d_norm": "spectral"}],
+     {"ema_warmup": False, "conditional": True, "loss": "hinge", "d_norm": "spectral"},
+     {"g_upsample": "nearest", "r1_weight": 1.0, "r1_every": 3, "lr_decay_from": 0.5, "topk_min": 0.5,
+      "topk_decay": 1e-3, "g_width": 16, "d_width": 8}],
 )  # fmt: skip
 def test_resume_is_exact(options):
     cfg = tiny_cfg(**options)

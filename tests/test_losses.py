@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnistgan.gan.losses import LOSSES, get_loss, gradient_penalty
+from mnistgan.gan.losses import LOSSES, get_loss, gradient_penalty, r1_penalty
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
@@ -49,6 +49,16 @@ def test_gradient_penalty_zero_for_unit_slope_critic():
     assert gp.item() == pytest.approx(0.0, abs=1e-10)
     steep = lambda x: 3 * (x.flatten(1) @ w)  # noqa: E731 - gradient norm 3 -> penalty (3-1)^2 = 4
     assert gradient_penalty(steep, real, fake, eps).item() == pytest.approx(4.0)
+
+
+def test_r1_penalty_is_the_squared_gradient_norm_on_real_images():
+    w = torch.randn(784)
+    critic = lambda x: x.flatten(1) @ w + 0.5  # noqa: E731 - gradient w at every image
+    real = torch.randn(8, 1, 28, 28)
+    assert r1_penalty(critic, real).item() == pytest.approx(float(w @ w), rel=1e-6)
+    square = lambda x: (x.flatten(1) ** 2).sum(1)  # noqa: E731 - gradient 2x: penalty E[4 |x|^2]
+    assert r1_penalty(square, real).item() == pytest.approx(float(4 * (real.flatten(1) ** 2).sum(1).mean()), rel=1e-5)
+    assert not real.requires_grad  # the caller's batch is left as it was
 
 
 def test_unknown_loss_lists_known():

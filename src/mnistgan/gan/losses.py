@@ -89,6 +89,20 @@ def gradient_penalty(
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def r1_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E[||grad critic(x)||^2] on real images (B, 1, 28, 28), the squared norm
+    over all pixels of each image. It flattens D around the real digits, so G is not pushed past them."""
+    x = real.detach().requires_grad_(True)
+    with autocast():
+        out = critic(x).float()
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(1).mean()
+
+
 @dataclass(frozen=True)
 class Loss:
     d: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

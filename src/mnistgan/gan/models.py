@@ -72,9 +72,13 @@ class SmallGenerator(nn.Module):
 
     z -> dense 128*7*7, BN, ReLU -> (B, 128, 7, 7) -> convT 64 4x4 s2 (B, 64, 14, 14), BN, ReLU
     -> convT 1 4x4 s2 (B, 1, 28, 28), tanh.
+
+    upsample "nearest" or "bilinear" replaces each transposed conv by a 2x resize and a 3x3 conv (Odena et
+    al. 2016: a 4x4 kernel at stride 2 covers output pixels unevenly, the usual source of checkerboard
+    speckle; a resize then a conv cannot make that pattern).
     """
 
-    def __init__(self, z_dim: int = 100, conditional: bool = False, width: int = 64):
+    def __init__(self, z_dim: int = 100, conditional: bool = False, width: int = 64, upsample: str = "transposed"):
         super().__init__()
         self.z_dim, self.conditional = z_dim, conditional
         self.cond = ConditionalInput()
@@ -82,13 +86,21 @@ class SmallGenerator(nn.Module):
         self.dense = nn.Sequential(nn.Linear(in_dim, 2 * width * 49), nn.BatchNorm1d(2 * width * 49), nn.ReLU(True))
         self.width = width
         self.conv = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(True),
-            nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1), nn.Tanh(),
+            _up(2 * width, width, upsample), nn.BatchNorm2d(width), nn.ReLU(True), _up(width, 1, upsample), nn.Tanh(),
         )  # fmt: skip
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.dense(self.cond(z, y if self.conditional else None))  # (B, 2w*49)
         return self.conv(h.view(-1, 2 * self.width, 7, 7))  # (B, 1, 28, 28)
+
+
+def _up(c_in: int, c_out: int, mode: str) -> nn.Module:
+    """(B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
+    if mode == "transposed":
+        return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+    if mode not in ("nearest", "bilinear"):
+        raise KeyError(f"unknown upsampling {mode!r}; known: transposed, nearest, bilinear")
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(c_in, c_out, 3, padding=1))
 
 
 class Discriminator(nn.Module):
@@ -139,7 +151,9 @@ def small_discriminator(norm: str = "none", conditional: bool = False, width: in
     return Discriminator(features, 2 * width * 49, norm, conditional)
 
 
-def _large_g(z_dim: int, conditional: bool, width: int) -> nn.Module:
+def _large_g(z_dim: int, conditional: bool, width: int, upsample: str = "transposed") -> nn.Module:
+    if upsample != "transposed":
+        raise KeyError(f"dcgan-large has transposed convolutions only, not {upsample!r}")
     return LargeGenerator(z_dim, conditional)  # the document's widths, layer for layer
 
 
@@ -147,8 +161,8 @@ def _large_d(norm: str, conditional: bool, width: int) -> Discriminator:
     return large_discriminator(norm, conditional)
 
 
-# name -> (generator factory (z_dim, conditional, width), discriminator factory (norm, conditional, width));
-# the widths apply to dcgan-small only.
+# name -> (generator factory (z_dim, conditional, width, upsample), discriminator factory (norm, conditional,
+# width)); the widths and the upsampling apply to dcgan-small only.
 MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[..., Discriminator]]] = {
     "dcgan-large": (_large_g, _large_d),
     "dcgan-small": (SmallGenerator, small_discriminator),
@@ -156,9 +170,15 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], Callable[..., Discriminator]]]
 
 
 def build_gan(
-    name: str, z_dim: int, d_norm: str, conditional: bool, g_width: int = 64, d_width: int = 64
+    name: str,
+    z_dim: int,
+    d_norm: str,
+    conditional: bool,
+    g_width: int = 64,
+    d_width: int = 64,
+    g_upsample: str = "transposed",
 ) -> tuple[nn.Module, Discriminator]:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
     make_g, make_d = MODELS[name]
-    return make_g(z_dim, conditional, g_width), make_d(d_norm, conditional, d_width)
+    return make_g(z_dim, conditional, g_width, g_upsample), make_d(d_norm, conditional, d_width)

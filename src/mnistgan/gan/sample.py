@@ -91,7 +91,7 @@ def check_generator_file(obj: Any) -> str | None:
 
 def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
     cfg = train_config_from_dict(obj["train_config"])
-    g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
+    g, _ = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width, cfg.g_upsample)
     g.load_state_dict(obj["state_dict"])
     return g.eval(), cfg
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 
 from mnistgan.config import TrainConfig
-from mnistgan.data import N_CLASSES
-from mnistgan.gan.losses import Loss, gradient_penalty
+from mnistgan.data import N_CLASSES, SHAPES
+from mnistgan.gan.losses import Loss, gradient_penalty, r1_penalty
 from mnistgan.gan.models import build_gan
 from mnistgan.runtime import allreduce_grads
 
@@ -58,7 +59,7 @@ def build_state(cfg: TrainConfig, seed: int, device: torch.device, rank: int = 0
     """Models, optimizers and the noise generator; every rank of a data-parallel run builds the same
     initial weights (same seed) and its own noise stream."""
     torch.manual_seed(seed)  # weight initialisation
-    g, d = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
+    g, d = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width, cfg.g_upsample)
     g, d = g.to(device), d.to(device)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False) if cfg.ema > 0 else None
     if world > 1 and device.type == "cuda":
@@ -112,6 +113,37 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         torch._foreach_copy_(b_ema, b)
 
 
+def r1_due(cfg: TrainConfig, step: int) -> bool:
+    """Lazy R1: the penalty on every r1_every-th step only (scaled by r1_every, so its average pull is the same)."""
+    return cfg.r1_weight > 0 and step % cfg.r1_every == 0
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The share of the base lrs used at `step` (0-based): 1, then linearly down to 0 at cfg.steps after
+    lr_decay_from x steps. A function of the step alone, so a resumed run continues the same schedule."""
+    start = cfg.lr_decay_from * cfg.steps
+    if cfg.lr_decay_from <= 0 or step < start:
+        return 1.0
+    return max(0.0, (cfg.steps - step) / (cfg.steps - start))
+
+
+def topk_count(cfg: TrainConfig, step: int, batch: int) -> int:
+    """Top-k G updates (Sinha et al. 2020): how many of a batch's fakes, those D rates most real, the G loss
+    keeps at `step`: max(topk_min, topk_decay^epoch) of the batch, epoch = images seen / 60,000."""
+    if cfg.topk_min >= 1:
+        return batch
+    epoch = step * cfg.batch_size * cfg.d_steps / SHAPES["x_train"][0]
+    return max(1, math.ceil(batch * max(cfg.topk_min, cfg.topk_decay**epoch)))
+
+
+def set_learning_rates(state: GANState) -> None:
+    """Both optimizers at lr_factor of their base lr for the coming step (only with lr_decay_from > 0)."""
+    f = lr_factor(state.cfg, state.step)
+    for opt, base in ((state.opt_g, state.cfg.lr), (state.opt_d, state.cfg.lr_d or state.cfg.lr)):
+        for group in opt.param_groups:
+            group["lr"] = base * f
+
+
 def step_arithmetic(
     state: GANState,
     loss: Loss,
@@ -129,13 +161,15 @@ def step_arithmetic(
     batches: d_steps pairs of real images (B, 1, 28, 28) in [-1, 1] and labels (B,); draws: their noise.
     The last discriminator update's fakes are reused for the generator update (one G forward saved).
     Logits are taken in fp32 (a no-op without autocast). Nothing here reads a device value, so the step
-    can be captured in a CUDA graph.
-    Returns (5,) device tensor: loss_d, loss_g, mean real logit, mean fake logit, gradient penalty.
+    can be captured in a CUDA graph (without R1 and top-k, which vary by step: config.plain_step_only).
+    Returns (5,) device tensor: loss_d, loss_g, mean real logit, mean fake logit, and the gradient penalty
+    (wgan-gp) or the R1 penalty of an R1 step.
     """
     cfg = state.cfg
     g, d = g or state.g, d or state.d
     gp = torch.zeros((), device=batches[0][0].device)
-    for (real, y_all), (z, y_fake, eps) in zip(batches, draws, strict=True):
+    r1_step = r1_due(cfg, state.step)
+    for i, ((real, y_all), (z, y_fake, eps)) in enumerate(zip(batches, draws, strict=True)):
         y_real = y_all if cfg.conditional else None
         with autocast():
             fake = g(z, y_fake)  # (B, 1, 28, 28), keeps its graph for the generator update
@@ -146,6 +180,9 @@ def step_arithmetic(
             # Interpolates carry the real labels: the penalty constrains D(., y_real) between the two.
             gp = gradient_penalty(lambda x: d(x, y_real), real, fake, eps, autocast)  # noqa: B023
             loss_d = loss_d + cfg.gp_weight * gp
+        if r1_step and i == 0:  # the first D update of an R1 step
+            gp = r1_penalty(lambda x: d(x, y_real), real, autocast)  # noqa: B023
+            loss_d = loss_d + 0.5 * cfg.r1_weight * cfg.r1_every * gp
         state.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         allreduce_grads(state.d, state.world)
@@ -155,7 +192,8 @@ def step_arithmetic(
     try:
         with autocast():
             logit_g = d(fake, y_fake).float()
-        loss_g = loss.g(logit_g)
+        k = topk_count(cfg, state.step, len(logit_g))
+        loss_g = loss.g(logit_g if k == len(logit_g) else logit_g.topk(k).values)  # (k,): the fakes D rates best
         state.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         allreduce_grads(state.g, state.world)
@@ -175,6 +213,8 @@ def update_sampler(state: GANState) -> None:
 def train_step(state: GANState, loss: Loss, batches: Batches) -> torch.Tensor:
     """The plain eager step: draw the noise, `step_arithmetic`, then the EMA update; (5,) losses."""
     device = batches[0][0].device
+    if state.cfg.lr_decay_from > 0:
+        set_learning_rates(state)
     draws = [draw_noise(state, real.shape[0], device, loss.gradient_penalty) for real, _ in batches]
     out = step_arithmetic(state, loss, batches, draws)
     update_sampler(state)

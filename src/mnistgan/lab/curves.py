@@ -48,8 +48,10 @@ FACTORS = (32, 16, 8)  # FID targets as multiples of the real-data floor at the 
 
 
 def candidate_config(name: str) -> Any:
-    """The TrainConfig of a named recipe (unbounded steps: the clock stops it)."""
-    return dataclasses.replace(TrainConfig(), **recipe_overrides(name), steps=10**9, fid_every=0, log_every=5)
+    """The TrainConfig of a named recipe: unbounded steps (the clock stops it) unless the recipe fixes them."""
+    overrides = recipe_overrides(name)
+    steps = overrides.pop("steps", 10**9)
+    return dataclasses.replace(TrainConfig(), **overrides, steps=steps, fid_every=0, log_every=5)
 
 
 class _Stop(Exception):  # noqa: N818 - control flow out of loop.train's callback
