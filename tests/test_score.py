@@ -225,10 +225,11 @@ def test_cli_dispatcher(capsys):
 
     assert cli.main(["--help"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["score", "generate", "bench", "verify", "ui"]  # every user command, in --help
+    assert listed == ["score", "generate", "bench", "verify", "ui", "server", "tracking"]  # every user command
     assert cli.main(["nonsense"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "mnistgan: error: unknown command 'nonsense'; commands: score, generate, bench, verify, ui")  # fmt: skip
+        "mnistgan: error: unknown command 'nonsense'; commands: score, generate, bench, verify, ui, server, "
+        "tracking")  # fmt: skip
     assert cli.main(["score", "--help"]) == 0
     assert "--classifier" in capsys.readouterr().out
 
