@@ -41,7 +41,7 @@ def _tiny_mnist() -> MNIST:
 @pytest.fixture
 def tiny_model(monkeypatch):
     """A dcgan-small eight times narrower, registered as model "tiny" for the duration of a test."""
-    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w: models.SmallGenerator(z, c, width=8),
+    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w, up: models.SmallGenerator(z, c, width=8, upsample=up),
                                                 lambda n, c, w: models.small_discriminator(n, c, width=8)))  # fmt: skip
     return "tiny"
 

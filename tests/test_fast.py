@@ -287,7 +287,7 @@ def test_gpu_arithmetic_trains_as_well_as_plain_on_a_tiny_problem(monkeypatch):
     """The quality check at CPU scale: loop.train with the fast path in its GPU arithmetic
     (bf16 autocast + channels_last, forced on the CPU) and the plain path, equal steps, same seed, on
     four-template images; both must learn, and reach about the same quality."""
-    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w: models.SmallGenerator(z, c, width=8),
+    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w, up: models.SmallGenerator(z, c, width=8, upsample=up),
                                                 lambda n, c, w: models.small_discriminator(n, c, width=8)))  # fmt: skip
     templates = _templates()
     g = torch.Generator().manual_seed(0)

@@ -64,6 +64,8 @@ def pg_rows(state: Path, sql: str) -> list[tuple]:
 def test_dvc_exp_run_logs_a_finished_run_to_postgres_and_the_generator_downloads_through_the_server(
     srv, tmp_path, tmp_path_factory
 ):
+    import mlflow
+
     uri, state = srv
     root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
     dvc(["exp", "run", "-n", "on-server", "-S", "seed=7"], root, extra_env={"MLFLOW_TRACKING_URI": uri})
@@ -75,6 +77,10 @@ def test_dvc_exp_run_logs_a_finished_run_to_postgres_and_the_generator_downloads
     ev = json.loads((root / "metrics/eval.json").read_text())
     assert metrics["generated.fid"] == pytest.approx(ev["generated"]["fid"])
     assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()  # nothing went local
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert len(client.get_metric_history(run_id, "loss_d")) > 3  # the loss curves
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert any(p.startswith("images/final_samples") and p.endswith(".png") for p in images), images
 
     elsewhere = tmp_path / "elsewhere"  # another folder, no repo: only the server's address
     elsewhere.mkdir()
