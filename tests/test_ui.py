@@ -46,10 +46,11 @@ def test_ui_prints_the_model_training_runs_table_serves_it_and_stops_cleanly(tmp
     import mlflow
 
     uri, port = f"sqlite:///{tmp_path}/mlflow.db", free_port()
+    # Ctrl-C as from a terminal: a shell starts background jobs with SIGINT ignored, and a child inherits that
     proc = subprocess.Popen([sys.executable, "-m", "mnistgan.lab.ui", "--port", str(port), "--no-browser",
                              "--wait", "90"],
                             cwd=tmp_path, env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         url = _first_line(proc, timeout=120)
         assert url, f"no address printed; exit {proc.poll()}; stderr: {proc.stderr.read() if proc.poll() else ''}"
