@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import glob
 import json
 import os
@@ -36,9 +35,9 @@ from pathlib import Path
 from mnistgan import tracking
 from mnistgan.cli import OneLineParser, run_command
 from mnistgan.errors import UserError
+from mnistgan.lab.ui import HOST, check_port_free
 
 PROG = "mnistgan server"
-HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 STATE_DIR = ".mlflow-server"
 DB_NAME = DB_USER = "mlflow"
@@ -260,16 +259,6 @@ def check_database(uri: str, timeout: int = 5) -> None:
 # ---- the MLflow server ----------------------------------------------------------------------------------
 
 
-def check_port_free(port: int) -> None:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
-        try:
-            s.bind((HOST, port))
-        except OSError as e:
-            why = "is taken (make ui? another server?)" if e.errno == errno.EADDRINUSE else f"is unusable ({e})"
-            raise UserError(f"port {port} on {HOST} {why}; choose another: make server PORT=...") from None
-
-
 def answers(base: str, path: str = "/health", timeout: float = 2) -> int | None:
     """The HTTP status of GET base+path; None when nothing answers."""
     try:
@@ -385,7 +374,7 @@ def start(port: int, workers: int, wait: float) -> str:
                 start_cluster(paths, user)
         wait_ready(lambda: None if alive(started["pid"]) else -1, base, wait, paths.log)
         return f"already running: MLFLOW_TRACKING_URI={base}"
-    check_port_free(port)
+    check_port_free(port, taken="make ui? another server?", choose="choose another: make server PORT=...")
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.artifacts.mkdir(exist_ok=True)
     external = os.environ.get("MLFLOW_BACKEND_URI", "")

@@ -76,15 +76,18 @@ def ensure_experiment(uri: str, name: str) -> str:
         raise UserError(f"tracking store {uri}: {first}") from None
 
 
-def check_port_free(port: int) -> None:
+def check_port_free(port: int, taken: str = "another MLflow UI?",
+                    choose: str = "choose another with --port (make ui PORT=...)") -> None:  # fmt: skip
+    """UserError naming the port when a server could not listen on HOST:port; `taken` guesses who holds it,
+    `choose` says how to pick another (`make ui` and `make server` word them for their own command)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
         try:
             s.bind((HOST, port))
         except OSError as e:
             if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                why = "is taken (another MLflow UI?)" if e.errno == errno.EADDRINUSE else "is not allowed"
-                raise UserError(f"port {port} on {HOST} {why}; choose another with --port (make ui PORT=...)") from None
+                why = f"is taken ({taken})" if e.errno == errno.EADDRINUSE else "is not allowed"
+                raise UserError(f"port {port} on {HOST} {why}; {choose}") from None
             raise UserError(f"cannot use port {port} on {HOST} ({e.strerror or e})") from None
 
 
