@@ -12,7 +12,8 @@ from mnistgan.data import load_mnist
 from mnistgan.evaluation.classifier import load_classifier
 from mnistgan.evaluation.scoring import network_features, real_features, score_all
 from mnistgan.evaluation.suite import mean_std_over_sets
-from mnistgan.gan.sample import check_generator_file, generator_from_file, sample_images
+from mnistgan.gan.rejection import discriminator_from_checkpoint, draw_samples
+from mnistgan.gan.sample import check_generator_file, generator_from_file
 from mnistgan.io import load_npy, load_torch, read_json, save_png, write_json
 from mnistgan.pictures import nearest_training_grid
 
@@ -58,11 +59,14 @@ def main(params: Params) -> None:
 def scores_over_seeds(params: Params, models: dict, reals: dict, common: dict) -> dict:
     """Draw sample.n images for each of evaluate.seeds from the generator and score each set."""
     cfg, paths = params.evaluate, params.paths
-    g, train_cfg = generator_from_file(load_torch(paths.generator, made_by="train", check=check_generator_file))
-    n, bs = params.sample.n, params.sample.batch_size
+    gen_file = load_torch(paths.generator, made_by="train", check=check_generator_file)
+    g, train_cfg = generator_from_file(gen_file)
+    d = None
+    if params.sample.drs_percentile > 0:  # the sets are drawn as the sample stage draws its own
+        d = discriminator_from_checkpoint(load_torch(paths.checkpoint, made_by="train"), gen_file, paths.checkpoint)
     scores = []
     for seed in cfg.seeds:
-        images = sample_images(g, n, train_cfg.z_dim, train_cfg.conditional, seed, bs, params.sample.truncation)
+        images, _ = draw_samples(g, d, params.sample, train_cfg, seed)
         scores.append(score_all(images, models, reals, (), intervals=False, **common)["generated"])
     return {**mean_std_over_sets(scores), "seeds": list(cfg.seeds), "n_samples": params.sample.n}
 

@@ -6,7 +6,8 @@ import numpy as np
 from _common import Params, run_stage
 
 from mnistgan import tracking
-from mnistgan.gan.sample import check_generator_file, generator_from_file, interpolation_images, sample_images
+from mnistgan.gan.rejection import MAX_ROUNDS, discriminator_from_checkpoint, draw_samples
+from mnistgan.gan.sample import check_generator_file, generator_from_file, interpolation_images
 from mnistgan.io import load_torch, read_json, save_npy, save_png
 from mnistgan.pictures import by_class_grid, image_grid
 
@@ -15,8 +16,13 @@ def main(params: Params) -> None:
     cfg, paths = params.sample, params.paths
     gen_file = load_torch(paths.generator, made_by="train", check=check_generator_file)
     g, train_cfg = generator_from_file(gen_file)
-    images = sample_images(g, cfg.n, train_cfg.z_dim, train_cfg.conditional, cfg.seed, cfg.batch_size,
-                           cfg.truncation)  # fmt: skip
+    d = None
+    if cfg.drs_percentile > 0:  # the run's own discriminator judges the samples
+        d = discriminator_from_checkpoint(load_torch(paths.checkpoint, made_by="train"), gen_file, paths.checkpoint)
+    images, drs = draw_samples(g, d, cfg, train_cfg, cfg.seed)
+    if drs is not None:
+        print(f"sample: discriminator rejection sampling kept {drs.accepted} of {drs.proposals} proposals "
+              f"({drs.acceptance:.0%}; burn-in {drs.burn_in}, {drs.forced} kept after {MAX_ROUNDS} tries)")  # fmt: skip
     save_npy(paths.samples, images)  # (n, 28, 28) uint8
     # Conditional samples cycle through labels 0..9 (sample_noise), so row r of the grid is digit r.
     grid = by_class_grid(images, np.arange(cfg.n) % 10) if train_cfg.conditional else image_grid(images[:100])

@@ -58,6 +58,7 @@ BAD = [
     ({"classifier": {"epochs": 0}}, "classifier.epochs: 0 is out of range; must be >= 1"),
     ({"sample": {"n": "many"}}, "sample.n: expected an integer"),
     ({"sample": {"truncation": -1.5}}, "sample.truncation: -1.5 is out of range; must be >= 0"),
+    ({"sample": {"drs_percentile": 100}}, "sample.drs_percentile: 100.0 is out of range; must be <= 99.9"),
     ({"evaluate": {"n_reference": 100000}}, "evaluate.n_reference: 100000 is out of range"),
     ({"evaluate": {"n_reference": 500, "train_images": 500}}, "evaluate.n_reference: 500 is out of range"),
     (

@@ -64,6 +64,12 @@ def test_recipes_are_one_change_on_the_base_and_found_by_params():
     assert recipe_name(upsampled) == "default-upsample-nearest"  # not "default", whose keys it also matches
     assert curves.candidate_config("default-lr-decay").steps == 6000  # a length of its own: the decay needs it
     assert curves.candidate_config("default").steps == 10**9
+    # the previous default (no R1) and the hour-long recipe are told apart from the default by their values
+    previous = {k: str(v) for k, v in recipe_overrides("previous-default").items()}
+    assert recipe_name(previous) == "previous-default"
+    assert recipe_name(previous | {"r1_weight": "0.1"}) == "default"
+    assert recipe_name(previous | {"r1_weight": "0.1", "steps": "100000"}) == "long"
+    assert curves.candidate_config("long").steps == 100000
     with pytest.raises(KeyError, match="known recipes"):
         recipe_overrides("nope")
 

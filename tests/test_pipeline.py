@@ -15,9 +15,9 @@ from schema_utils import schema_problems
 
 pytestmark = pytest.mark.slow
 RECORD_ENV = "MNISTGAN_RECORD_PARAMS"  # stages/_common.py: each stage writes the params keys it read
-# FID during training (off in TINY to save time elsewhere) and two extra sample sets scored by evaluate
-# (evaluate.seeds: mean and std over them in eval.json).
-FID_AND_SEEDS = {"train": {"fid_every": 60, "fid_samples": 300},
+# FID during training (off in TINY to save time elsewhere), discriminator rejection sampling, and two extra
+# sample sets scored by evaluate (evaluate.seeds: mean and std over them in eval.json), drawn the same way.
+FID_AND_SEEDS = {"train": {"fid_every": 60, "fid_samples": 300}, "sample": {"drs_percentile": 50.0},
                  "evaluate": {"seeds": [5, 6], "spaces": ["classifier/penultimate", "classifier/blocks",
                                                           "extractor/blocks"]}}  # fmt: skip
 

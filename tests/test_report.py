@@ -63,7 +63,7 @@ def test_recipe_runs_are_named_and_budgets_shown():
     row |= {"params.train.steps": "1000000", "params.train.max_seconds": "200.0"}
     label = __import__("mnistgan.lab.report", fromlist=["recipe_label"]).recipe_label(row)
     assert label.startswith("`default`: dcgan-small, ns") and "conditional" in label and label.endswith("200 s)")
-    assert "d_width 32" in label  # a key that differs from the base is shown
+    assert "d_width 32" in label and "r1_weight 0.1" in label  # keys that differ from the base are shown
 
 
 def test_scores_of_different_extractors_are_never_averaged_and_the_table_says_so():

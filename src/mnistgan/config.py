@@ -126,6 +126,8 @@ class SampleConfig:
     seed: int = _opt(1234, lo=0)
     batch_size: int = _opt(1000, lo=1)
     truncation: float = _opt(0.0, lo=0, doc="noise cut to ±truncation (the truncation trick; 0 = the full normal)")
+    drs_percentile: float = _opt(0.0, lo=0, hi=99.9, doc="discriminator rejection sampling: gamma at this "
+                                 "percentile of F over a burn-in (higher keeps fewer); 0 = off")  # fmt: skip
 
 
 @dataclass(frozen=True)

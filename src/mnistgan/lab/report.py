@@ -77,7 +77,7 @@ def recipe_label(row: Any) -> str:
         label += " without warm-up"
     if str(get("conditional")) == "True":
         label += ", conditional"
-    extras = [f"{k} {get(k)}" for k in ("lr_d", "beta1", "g_width", "d_width", "d_steps")
+    extras = [f"{k} {get(k)}" for k in ("lr_d", "beta1", "g_width", "d_width", "d_steps", "r1_weight")
               if str(get(k)) not in ("?", str(BASE[k]))]  # fmt: skip
     budget = f"{float(get('max_seconds')):.0f} s" if str(get("max_seconds")) not in ("?", "0.0", "0") \
         else f"{get('steps')} steps"  # fmt: skip
