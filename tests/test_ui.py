@@ -112,7 +112,7 @@ def test_the_view_parameter_is_the_one_mlflows_ui_reads():
 
 
 def test_an_older_experiment_without_a_description_gets_one():
-    """tracking._experiment_id adds the description (and the kind) to an experiment made before them."""
+    """tracking.experiment_id adds the description (and the kind) to an experiment made before them."""
     calls: list[tuple[str, str, str]] = []
 
     class Client:
@@ -129,9 +129,9 @@ def test_an_older_experiment_without_a_description_gets_one():
         def get_experiment_by_name(name: str) -> Experiment:
             return Experiment()
 
-    assert tracking._experiment_id(FakeMlflow, "mnistgan", Path("/nowhere")) == "3"
+    assert tracking.experiment_id(FakeMlflow, "mnistgan", Path("/nowhere")) == "3"
     assert calls == [("3", "mlflow.note.content", tracking.EXPERIMENT_NOTE)]
     Experiment.tags = {"mlflow.note.content": "the user's own words"}  # never overwritten, the kind still added
     calls.clear()
-    tracking._experiment_id(FakeMlflow, "mnistgan", Path("/nowhere"))
+    tracking.experiment_id(FakeMlflow, "mnistgan", Path("/nowhere"))
     assert calls == [("3", "mlflow.experimentKind", "custom_model_development")]

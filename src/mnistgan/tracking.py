@@ -136,7 +136,7 @@ def with_retry(fn: Any, *args: Any, budget_s: float = 60.0, **kwargs: Any) -> An
 
 
 @contextmanager
-def _store_init_lock(uri: str) -> Iterator[None]:
+def store_init_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive lock, shared by every process on this machine, around the first use of a
     SQLite store. MLflow creates and migrates the tables when a process first opens a store; two
     processes doing that at once on a fresh `mlflow.db` (`dvc queue start -j 2`) fail with errors such
@@ -281,7 +281,9 @@ EXPERIMENT_NOTE = (
 )
 
 
-def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
+def experiment_id(mlflow: Any, name: str, root: Path) -> str:
+    """The id of experiment `name`, created when missing (artifacts under `root` for a local store), with its
+    description and kind tags added when absent (experiments made by older code)."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -312,14 +314,14 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
     try:
         check_store(uri)
         mlflow.set_tracking_uri(uri)
-        with _store_init_lock(uri):
+        with store_init_lock(uri):
             with_retry(mlflow.MlflowClient, uri)  # builds this process's store: creates or migrates tables
         if run_id:  # this process holds the run now (tagged before it is RUNNING again: no sweep closes it)
             for key, value in stale_runs.owner_tags().items():
                 with_retry(mlflow.MlflowClient().set_tag, run_id, key, value)
             active = with_retry(mlflow.start_run, run_id=run_id)
         else:
-            exp_id = with_retry(_experiment_id, mlflow, experiment, repo_root())
+            exp_id = with_retry(experiment_id, mlflow, experiment, repo_root())
             # Named after the DVC experiment (`dvc exp run`), else after the commit (`dvc repro`).
             name = run_name or os.environ.get("DVC_EXP_NAME") or f"repro-{git_commit()[:7]}"
             active = with_retry(mlflow.start_run, experiment_id=exp_id, run_name=name, tags=stale_runs.owner_tags())

@@ -19,7 +19,6 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 from mnistgan import tracking
 from mnistgan.cli import OneLineParser, run_command
 from mnistgan.errors import UserError
-from mnistgan.lab.ui import HOST, check_port_free
+from mnistgan.lab.ui import HOST, alive, check_port_free, stop_group
 
 PROG = "mnistgan server"
 DEFAULT_PORT = 5000
@@ -301,53 +300,6 @@ def wait_ready(exited: Callable[[], int | None], base: str, wait: float, log: Pa
         if time.monotonic() > deadline:
             raise UserError(f"mlflow server did not answer on {base} within {wait:g} s; its log: {log}")
         time.sleep(0.5)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie (killed, not yet reaped) is not alive
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-def stop_group(pid: int, grace: float = 15.0) -> None:
-    """SIGTERM to the server's process group (mlflow, uvicorn and its workers); SIGKILL after `grace` s."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it when it is ours (the tests start it in-process)
-            if not _group_alive(pid):
-                return
-            time.sleep(0.1)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return alive(pgid) or any(_in_group(p, pgid) for p in os.listdir("/proc") if p.isdigit())
-
-
-def _in_group(pid: str, pgid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and int(fields[2]) == pgid
 
 
 def read_started(paths: Paths) -> dict:

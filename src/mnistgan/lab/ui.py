@@ -68,9 +68,9 @@ def ensure_experiment(uri: str, name: str) -> str:
     tracking.check_store(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        with tracking._store_init_lock(uri):
+        with tracking.store_init_lock(uri):
             tracking.with_retry(mlflow.MlflowClient, uri)  # creates or migrates the tables
-        return tracking.with_retry(tracking._experiment_id, mlflow, name, tracking.repo_root())
+        return tracking.with_retry(tracking.experiment_id, mlflow, name, tracking.repo_root())
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"tracking store {uri}: {first}") from None
@@ -136,6 +136,37 @@ def wait_healthy(proc: subprocess.Popen, base: str, wait: float, log: Path) -> N
         time.sleep(0.25)
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def stop_group(pid: int, grace: float = 15.0) -> None:
+    """SIGTERM to a server's process group (mlflow, uvicorn and its workers); SIGKILL after `grace` s.
+    Shared by `make ui` and `make server`."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it when it is ours
+            if not _group_alive(pid):
+                return
+            time.sleep(0.1)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -143,25 +174,15 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return alive(pgid) or any(_in_group(p, pgid) for p in os.listdir("/proc") if p.isdigit())
 
 
-def stop_server(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the server's process group (mlflow, uvicorn and its workers); SIGKILL to what is left
-    after `grace` seconds."""
-    deadline = time.monotonic() + grace
+def _in_group(pid: str, pgid: int) -> bool:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        proc.poll()
-        return
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not _group_alive(proc.pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=5)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[2]) == pgid
 
 
 def has_display() -> bool:
@@ -202,7 +223,8 @@ def serve(uri: str, experiment: str, port: int, wait: float, browser: bool) -> i
             # a second Ctrl-C must not cut the clean-up short and leave the server running
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            stop_server(proc)
+            stop_group(proc.pid, grace=10.0)
+            proc.poll()  # its exit status, if stop_group did not reap it already
             signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous)
 
