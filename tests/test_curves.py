@@ -91,3 +91,8 @@ def test_sweep_queues_only_the_keys_that_differ_from_params(capsys):
     assert lines[0] == "dvc exp run --queue -S seed=0,1,2 -S train.max_seconds=90.0 -S train.steps=1000000"
     assert lines[1].endswith("-S seed=0,1 -S train.max_seconds=90.0 -S train.steps=1000000 -S train.conditional=false")
     assert recipes.main(["--dry-run", "--recipes", "nope"]) == 2
+
+
+def test_the_recorded_command_names_the_sub_command_once():
+    assert curves.own_arguments(["curves", "--recipes", "long"]) == ["--recipes", "long"]  # via `mnistgan curves`
+    assert curves.own_arguments(["--recipes", "long"]) == ["--recipes", "long"]  # via python -m

@@ -250,6 +250,11 @@ def machine_line() -> str:
             f"torch {torch.__version__}, numpy {np.__version__}")  # fmt: skip
 
 
+def own_arguments(argv: list[str]) -> list[str]:
+    """The command's own arguments: `mnistgan curves ...` passes the sub-command name through sys.argv."""
+    return argv[1:] if argv[:1] == ["curves"] else argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(CANDIDATES), help="comma-separated names (default: all)")
@@ -331,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
             curves = list(pool.map(_curve_job, names, *[[v] * len(names) for v in job]))
     meta = {"machine": machine_line(), "date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
             "check_every": args.check_every, "samples": args.samples,
-            "command": f"{PROG} " + " ".join(sys.argv[1:])}  # fmt: skip
+            "command": f"{PROG} " + " ".join(own_arguments(sys.argv[1:]))}  # fmt: skip
     print(write_outputs(curves, [meta], out))
     return 0
 
