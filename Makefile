@@ -58,7 +58,7 @@ compare: venv
 	$(VENV)/bin/python -m mnistgan.lab.report compare
 
 # The README's recipes over seeds, each trained for the default run's wall-clock seconds (one at a time), then the table.
-SWEEP_SECONDS ?= 450
+SWEEP_SECONDS ?= 390
 sweep: venv
 	$(VENV)/bin/python -m mnistgan.lab.recipes --seconds $(SWEEP_SECONDS) --run
 	$(MAKE) results
