@@ -97,9 +97,8 @@ def rejection_sample(g: nn.Module, d: nn.Module, n: int, z_dim: int, conditional
     # burn-in: M and gamma per label group, from noise of their own stream
     burn_rng = torch.Generator().manual_seed(seed + 1)
     z_burn = normal_noise(burn_rng, (n, z_dim), truncation)
-    y_burn = label_of(torch.arange(n)) if conditional else None
-    _, burn_logits = _judge(g, d, z_burn, y_burn, batch_size)
-    burn_group = label_of(torch.arange(n))
+    burn_group = label_of(torch.arange(n))  # the burn-in's labels when conditional
+    _, burn_logits = _judge(g, d, z_burn, burn_group if conditional else None, batch_size)
     max_logit = torch.stack([burn_logits[burn_group == k].max() for k in range(groups)])  # (groups,)
     burn_f = _f_score(burn_logits, max_logit[burn_group])
     gamma = torch.stack([torch.quantile(burn_f[burn_group == k], percentile / 100) for k in range(groups)])

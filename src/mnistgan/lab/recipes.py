@@ -29,7 +29,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "unconditional": {"lr": 4e-4, "d_width": 32, "r1_weight": 0.1},  # the default without labels
     # the default until the third round (lr-4e-4-d-width-32-conditional below; "default" in the third round)
     "previous-default": {"lr": 4e-4, "d_width": 32, "conditional": True},
-    # the default for an hour of training on a 2-core CPU (docs/curves/long)
+    # the default for an hour of training on a 2-core CPU (docs/curves/hour)
     "long": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "steps": 100000},
     "baseline": {"ema_warmup": False},  # the pipeline's recipe before the search (EMA without the ramp)
     "ema-warmup": {},
@@ -50,8 +50,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lr-4e-4-batch-32": {"lr": 4e-4, "batch_size": 32},
     "lr-4e-4-conditional": {"lr": 4e-4, "conditional": True},
     "lr-4e-4-d-width-32-conditional": {"lr": 4e-4, "d_width": 32, "conditional": True},
-    # Third round, for cleaner digits: the previous default plus one change each. "steps" fixes a run's length where the
-    # change depends on it (the lr decay); the others run until the clock stops them.
+    # Third round, for cleaner digits: the previous default plus one change each. "steps" fixes a run's length
+    # where the change depends on it (the lr decay); the others run until the clock stops them.
     "default-upsample-nearest": {"lr": 4e-4, "d_width": 32, "conditional": True, "g_upsample": "nearest"},
     "default-upsample-bilinear": {"lr": 4e-4, "d_width": 32, "conditional": True, "g_upsample": "bilinear"},
     "default-r1-0.1": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1},
