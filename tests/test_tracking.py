@@ -1,4 +1,5 @@
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,24 @@ def test_real_run_logs_to_sqlite(tmp_path, monkeypatch):
     assert df.iloc[0]["params.train.lr"] == "0.1" and df.iloc[0]["metrics.loss_d"] == 1.5
     exp = mlflow.get_experiment_by_name("t")
     assert exp.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+
+
+def test_reopening_a_run_absent_from_the_store_warns_in_one_line(tmp_path, monkeypatch, capsys):
+    # metrics/train.json is committed: its run id may come from another clone's store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    present = tracking.open_run("t", required=True)
+    present.end()
+    capsys.readouterr()  # MLflow's own lines while it creates the store
+    cfg = types.SimpleNamespace(experiment="t", required=True)
+    run = tracking.reopen_run(cfg, "0123456789abcdef0123456789abcdef")
+    assert type(run) is tracking.NullRun
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: run 0123456789abcdef0123456789abcdef (the training run) is not in "
+                   f"sqlite:///{tmp_path}/mlflow.db; this stage is not tracked"]  # fmt: skip
+    again = tracking.reopen_run(cfg, present.run_id)  # a run the store holds is reopened
+    assert type(again) is tracking.Run and again.run_id == present.run_id
+    again.end()
 
 
 def test_experiment_is_model_training_runs_are_named_and_mnist_is_the_dataset(tmp_path, monkeypatch):

@@ -316,6 +316,11 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
         mlflow.set_tracking_uri(uri)
         with store_init_lock(uri):
             with_retry(mlflow.MlflowClient, uri)  # builds this process's store: creates or migrates tables
+        if run_id and not _run_exists(mlflow, run_id):
+            # e.g. metrics/train.json from another clone or store (it is committed): later stages still run
+            print(f"warning: run {run_id} (the training run) is not in {uri}; this stage is not tracked",
+                  file=sys.stderr)  # fmt: skip
+            return NullRun()
         if run_id:  # this process holds the run now (tagged before it is RUNNING again: no sweep closes it)
             for key, value in stale_runs.owner_tags().items():
                 with_retry(mlflow.MlflowClient().set_tag, run_id, key, value)
@@ -333,6 +338,16 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
         print(f"warning: tracking store {uri} unreachable; this run is not tracked", file=sys.stderr)
         return NullRun()
     return Run(mlflow, active.info.run_id)
+
+
+def _run_exists(mlflow: Any, run_id: str) -> bool:
+    try:
+        with_retry(mlflow.MlflowClient().get_run, run_id)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def open_training_run(params: Any, mnist: Any, run_id: str | None, device: str, world: int) -> NullRun:
