@@ -58,6 +58,18 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "default-r1-1": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 1.0},
     "default-lr-decay": {"lr": 4e-4, "d_width": 32, "conditional": True, "lr_decay_from": 0.5, "steps": 6000},
     "default-topk": {"lr": 4e-4, "d_width": 32, "conditional": True, "topk_min": 0.5, "topk_decay": 0.9},
+    # Fourth round: the R1 default plus one change each, run longer to see where each levels off
+    "default-nearest": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "g_upsample": "nearest"},
+    "default-decay": {
+        "lr": 4e-4,
+        "d_width": 32,
+        "conditional": True,
+        "r1_weight": 0.1,
+        "lr_decay_from": 0.6,
+        "steps": 11000,
+    },  # the default's length, the lr falling to 0 over its last 40%
+    "default-ema-0.9995": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "ema": 0.9995},
+    "default-batch-128": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "batch_size": 128},
     # The document's DCGAN trained as written: the baseline the others are measured against.
     "seed-literal": {"model": "dcgan-large", "loss": "minimax", "d_norm": "batch", "ema": 0.0},
 }
