@@ -374,7 +374,8 @@ def training_callbacks(run: NullRun, state: Any) -> dict[str, Any]:
 
 
 def reopen_run(cfg: Any, run_id: str | None) -> NullRun:
-    """The train stage's run, for the later stages; NullRun when train ran untracked."""
+    """The train stage's run, for the later stages; NullRun when train ran untracked or its run is not in
+    this store."""
     if not run_id:
         return NullRun()
     return open_run(cfg.experiment, cfg.required, run_id=run_id)

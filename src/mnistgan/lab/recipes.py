@@ -22,15 +22,18 @@ BASE: dict[str, Any] = {
     "g_width": 64, "d_width": 64, "d_steps": 1, "r1_weight": 0.0,
 }  # fmt: skip
 
+# params.yaml's recipe (the previous default with R1): the fourth round's candidates start from it
+R1_DEFAULT: dict[str, Any] = {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1}
+
 # name -> overrides of BASE. Each changes one thing, so a curve says what that one thing buys.
 CANDIDATES: dict[str, dict[str, Any]] = {
     # params.yaml's recipe, chosen from the curves below (there: default-r1-0.1, the third round's winner)
-    "default": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1},
+    "default": R1_DEFAULT,
     "unconditional": {"lr": 4e-4, "d_width": 32, "r1_weight": 0.1},  # the default without labels
     # the default until the third round (lr-4e-4-d-width-32-conditional below; "default" in the third round)
     "previous-default": {"lr": 4e-4, "d_width": 32, "conditional": True},
     # the default for an hour of training on a 2-core CPU (docs/curves/hour)
-    "long": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "steps": 100000},
+    "long": R1_DEFAULT | {"steps": 100000},
     "baseline": {"ema_warmup": False},  # the pipeline's recipe before the search (EMA without the ramp)
     "ema-warmup": {},
     "ttur": {"lr": 1e-4, "lr_d": 4e-4, "beta1": 0.0},
@@ -59,17 +62,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "default-lr-decay": {"lr": 4e-4, "d_width": 32, "conditional": True, "lr_decay_from": 0.5, "steps": 6000},
     "default-topk": {"lr": 4e-4, "d_width": 32, "conditional": True, "topk_min": 0.5, "topk_decay": 0.9},
     # Fourth round: the R1 default plus one change each, run longer to see where each levels off
-    "default-nearest": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "g_upsample": "nearest"},
-    "default-decay": {
-        "lr": 4e-4,
-        "d_width": 32,
-        "conditional": True,
-        "r1_weight": 0.1,
-        "lr_decay_from": 0.6,
-        "steps": 11000,
-    },  # the default's length, the lr falling to 0 over its last 40%
-    "default-ema-0.9995": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "ema": 0.9995},
-    "default-batch-128": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1, "batch_size": 128},
+    "default-nearest": R1_DEFAULT | {"g_upsample": "nearest"},
+    "default-decay": R1_DEFAULT | {"lr_decay_from": 0.6, "steps": 11000},  # the lr to 0 over the last 40%
+    "default-ema-0.9995": R1_DEFAULT | {"ema": 0.9995},
+    "default-batch-128": R1_DEFAULT | {"batch_size": 128},
     # The document's DCGAN trained as written: the baseline the others are measured against.
     "seed-literal": {"model": "dcgan-large", "loss": "minimax", "d_norm": "batch", "ema": 0.0},
 }
