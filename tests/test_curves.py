@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -49,6 +50,41 @@ def test_curve_checks_on_schedule_and_reports_thresholds(monkeypatch):
     table = curves.render_table([c], (0.5, 1.0))
     assert "| `ema-warmup` | (the base recipe) |" in table and "| 800.0 | 600.0 | 600.0 |" in table
     json.dumps({k: v for k, v in c.items() if k != "grid"})  # what curves.json holds must serialise
+
+
+def test_a_recipe_of_fixed_steps_is_scored_at_its_end(monkeypatch):
+    clock = iter(range(10**6))
+    monkeypatch.setattr(curves.time, "perf_counter", lambda: 0.25 * next(clock))
+    fixed = dataclasses.replace(curves.candidate_config("ema-warmup"), steps=12, batch_size=8, log_every=5)
+    monkeypatch.setattr(curves, "candidate_config", lambda name: fixed)
+    c = curves.run_curve("ema-warmup", tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0,
+                         check_every=0.75, log=lambda s: None)  # fmt: skip
+    # loss rows at steps 5, 10 and 12 (the last) come at 0.5, 0.75 and 1.0 s: the 0.75 s check falls on step 10,
+    # and the run ends before the 1.5 s mark
+    assert [k["step"] for k in c["checks"]] == [10, 12] and c["steps"] == 12
+    assert c["checks"][-1]["at"] == c["checks"][-1]["seconds"] == c["train_seconds"] > c["checks"][-2]["seconds"]
+    assert [k["fid"] for k in c["checks"]] == [900.0, 800.0]
+
+
+def test_merge_keeps_the_later_run_of_a_recipe(tmp_path, monkeypatch):
+    clock = iter(range(10**6))
+    monkeypatch.setattr(curves.time, "perf_counter", lambda: 0.25 * next(clock))
+    fixed = dataclasses.replace(curves.candidate_config("ema-warmup"), steps=12, batch_size=8, log_every=5)
+    monkeypatch.setattr(curves, "candidate_config", lambda name: fixed)
+
+    def run(name):
+        return curves.run_curve(name, tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0, check_every=0.25,
+                                log=lambda s: None) | {"samples": 10, "threads": 1}  # fmt: skip
+
+    meta = {"machine": "m", "date": "d", "seconds": 1.0, "check_every": 0.25, "samples": 10, "command": "first"}
+    curves.write_outputs([run("ema-warmup"), run("baseline")], [meta], tmp_path / "a")
+    curves.write_outputs([run("ema-warmup") | {"steps": 99}], [meta | {"command": "rerun"}], tmp_path / "b")
+    curves.merge([str(tmp_path / "a"), str(tmp_path / "b")], tmp_path / "both")
+    merged = json.loads((tmp_path / "both" / "curves.json").read_text())
+    assert [(c["recipe"], c["steps"]) for c in merged["curves"]] == [("ema-warmup", 99), ("baseline", 12)]
+    assert [m["command"] for m in merged["runs"]] == ["first", "rerun"]
+    with np.load(tmp_path / "both" / "grids.npz") as grids:
+        assert sorted(grids.files) == ["baseline", "ema-warmup"]
 
 
 def test_recipes_are_one_change_on_the_base_and_found_by_params():

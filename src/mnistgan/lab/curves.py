@@ -106,10 +106,15 @@ def run_curve(
     error = None
     try:
         core.train(state, x, y, on_log=on_log, progress=False)
+        clock["train"] += time.perf_counter() - clock["since"]  # a recipe of fixed steps: its last ones
     except _Stop:
         pass
     except core.DivergenceError as e:
         error = str(e)
+    if error is None and (not checks or checks[-1]["step"] != state.step):
+        # A recipe of fixed steps ends between two checks: its end is scored too, at the time it took
+        clock["next"] = clock["train"]
+        check(state.step)
     sampler = core.finalize_sampler(state, device)
     z, labels = fixed_noise(cfg.z_dim, cfg.conditional, seed + 5)  # conditional: row r is digit r
     grid = generate(sampler, z, labels).numpy()  # (100, 28, 28) uint8
@@ -368,15 +373,16 @@ def write_outputs(curves: list[dict[str, Any]], metas: list[dict[str, Any]], out
 
 
 def merge(folders: list[str], out: Path) -> str:
-    """Put the curves of several runs (each a folder with curves.json) in one table and one picture."""
-    metas, curves = [], []
+    """Put the curves of several runs (each a folder with curves.json) in one table and one picture. A recipe
+    run again in a later folder (a rerun, say) replaces its earlier curve."""
+    metas, curves = [], {}
     for folder in folders:
         data = read_json(Path(folder) / "curves.json")
         metas += data.get("runs") or [data["meta"]]
         grids = Path(folder) / "grids.npz"
         with np.load(grids) if grids.exists() else contextlib.nullcontext({}) as g:
-            curves += [c | ({"grid": g[c["recipe"]]} if c["recipe"] in g else {}) for c in data["curves"]]
-    return write_outputs(curves, metas, out)
+            curves |= {c["recipe"]: c | ({"grid": g[c["recipe"]]} if c["recipe"] in g else {}) for c in data["curves"]}
+    return write_outputs(list(curves.values()), metas, out)
 
 
 if __name__ == "__main__":
