@@ -66,6 +66,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "default-decay": R1_DEFAULT | {"lr_decay_from": 0.6, "steps": 11000},  # the lr to 0 over the last 40%
     "default-ema-0.9995": R1_DEFAULT | {"ema": 0.9995},
     "default-batch-128": R1_DEFAULT | {"batch_size": 128},
+    "default-r1-topk": R1_DEFAULT | {"topk_min": 0.5, "topk_decay": 0.9},  # default-topk above, with R1
     # The document's DCGAN trained as written: the baseline the others are measured against.
     "seed-literal": {"model": "dcgan-large", "loss": "minimax", "d_norm": "batch", "ema": 0.0},
 }
