@@ -52,11 +52,16 @@ def test_curve_checks_on_schedule_and_reports_thresholds(monkeypatch):
     json.dumps({k: v for k, v in c.items() if k != "grid"})  # what curves.json holds must serialise
 
 
-def test_a_recipe_of_fixed_steps_is_scored_at_its_end(monkeypatch):
+@pytest.fixture
+def twelve_step_recipes(monkeypatch):
+    """Every recipe a tiny one of 12 steps (loss rows at 5, 10, 12), on a fake clock of 0.25 s per reading."""
     clock = iter(range(10**6))
     monkeypatch.setattr(curves.time, "perf_counter", lambda: 0.25 * next(clock))
     fixed = dataclasses.replace(curves.candidate_config("ema-warmup"), steps=12, batch_size=8, log_every=5)
     monkeypatch.setattr(curves, "candidate_config", lambda name: fixed)
+
+
+def test_a_recipe_of_fixed_steps_is_scored_at_its_end(twelve_step_recipes):
     c = curves.run_curve("ema-warmup", tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0,
                          check_every=0.75, log=lambda s: None)  # fmt: skip
     # loss rows at steps 5, 10 and 12 (the last) come at 0.5, 0.75 and 1.0 s: the 0.75 s check falls on step 10,
@@ -66,12 +71,7 @@ def test_a_recipe_of_fixed_steps_is_scored_at_its_end(monkeypatch):
     assert [k["fid"] for k in c["checks"]] == [900.0, 800.0]
 
 
-def test_merge_keeps_the_later_run_of_a_recipe(tmp_path, monkeypatch):
-    clock = iter(range(10**6))
-    monkeypatch.setattr(curves.time, "perf_counter", lambda: 0.25 * next(clock))
-    fixed = dataclasses.replace(curves.candidate_config("ema-warmup"), steps=12, batch_size=8, log_every=5)
-    monkeypatch.setattr(curves, "candidate_config", lambda name: fixed)
-
+def test_merge_keeps_the_later_run_of_a_recipe(tmp_path, twelve_step_recipes):
     def run(name):
         return curves.run_curve(name, tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0, check_every=0.25,
                                 log=lambda s: None) | {"samples": 10, "threads": 1}  # fmt: skip
