@@ -83,9 +83,9 @@ def run_curve(
     checks: list[dict[str, float]] = []
     clock = {"train": 0.0, "since": time.perf_counter(), "next": check_every}
 
-    def check(step: int) -> None:
+    def check(step: int, mark: float | None = None) -> None:
         scores = monitor.scores(state.sampler)
-        mark = min(clock["next"], seconds)  # the scheduled time this check stands for
+        mark = min(clock["next"], seconds) if mark is None else mark  # the time this check stands for
         checks.append({"at": mark, "seconds": round(clock["train"], 2), "step": step,
                        **{k: round(v, 3) for k, v in scores.items()}})  # fmt: skip
         log(f"  {name:>16}  {clock['train']:7.1f} s  step {step:>6}  FID {scores['fid']:9.2f}  "
@@ -112,9 +112,7 @@ def run_curve(
     except core.DivergenceError as e:
         error = str(e)
     if error is None and (not checks or checks[-1]["step"] != state.step):
-        # A recipe of fixed steps ends between two checks: its end is scored too, at the time it took
-        clock["next"] = clock["train"]
-        check(state.step)
+        check(state.step, mark=clock["train"])  # a recipe of fixed steps ended between two checks: score its end
     sampler = core.finalize_sampler(state, device)
     z, labels = fixed_noise(cfg.z_dim, cfg.conditional, seed + 5)  # conditional: row r is digit r
     grid = generate(sampler, z, labels).numpy()  # (100, 28, 28) uint8
