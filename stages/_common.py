@@ -15,6 +15,7 @@ from typing import Any
 # installed or editable package that points at another checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mnistgan import numerics  # noqa: E402
 from mnistgan.config import Params, load_params  # noqa: E402
 from mnistgan.errors import EXIT_BAD_INPUT, UserError  # noqa: E402
 
@@ -22,7 +23,9 @@ from mnistgan.errors import EXIT_BAD_INPUT, UserError  # noqa: E402
 # end-to-end test compares them with dvc.yaml's per-key params (a key read but not declared would not
 # rerun the stage when it changes). Only then are the params wrapped; a normal run reads plain dataclasses.
 RECORD_ENV = "MNISTGAN_RECORD_PARAMS"
-SECTIONS = ("prepare", "classifier", "extractor", "train", "sample", "evaluate")  # paths, tracking: not behaviour
+# paths, tracking: not behaviour
+SECTIONS = ("prepare", "classifier", "extractor", "train", "sample", "evaluate", "numerics")
+NO_NUMBERS = ("check", "prepare")  # stages that compute no floats: numerics does not apply to them
 
 
 def recording(params: Params, reads: set[str]) -> Params:
@@ -54,7 +57,10 @@ def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
     record, reads = os.environ.get(RECORD_ENV), set()
     try:
         params = load_params("params.yaml")
-        code = main(recording(params, reads) if record else params) or 0
+        params = recording(params, reads) if record else params
+        if name not in NO_NUMBERS:  # before the stage's first tensor operation
+            numerics.apply(params.numerics.mode, params.numerics.threads)
+        code = main(params) or 0
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT

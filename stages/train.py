@@ -7,7 +7,7 @@ import sys
 
 from _common import Params, run_stage
 
-from mnistgan import tracking
+from mnistgan import numerics, tracking
 from mnistgan.data import load_mnist
 from mnistgan.io import save_torch, write_csv, write_json
 
@@ -30,7 +30,7 @@ def main(params: Params) -> int:
     from mnistgan.tensors import training_tensors
 
     rank, world, device = runtime.init_distributed(cfg.device)
-    runtime.set_threads(cfg.threads, world, device)
+    runtime.set_threads(params.numerics.threads, world, device)
     data = load_mnist(paths.mnist)
     n = cfg.train_images or len(data.x_train)
     x, y = training_tensors(data.x_train[:n], data.y_train[:n], device)  # (n, 1, 28, 28) in [-1, 1], (n,)
@@ -40,7 +40,8 @@ def main(params: Params) -> int:
     if cfg.fid_every and lead:  # loaded before the run opens: a missing classifier fails the stage at once
         monitor = FidMonitor.for_config(load_classifier(paths.classifier), data, cfg, cfg.fid_samples, params.seed)
     run_id = resume(state, paths.checkpoint, log=lambda m: print(f"train: {m}", file=sys.stderr) if lead else None)
-    run = tracking.open_training_run(params, data, run_id, str(device), world) if lead else tracking.NullRun()
+    platform = numerics.fingerprint(params.numerics.mode, str(device))  # metrics/platform.json and the run's tags
+    run = tracking.open_training_run(params, data, run_id, platform, world) if lead else tracking.NullRun()
     stop: dict[str, str] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stop.setdefault("signal", signal.Signals(signum).name))
@@ -70,12 +71,13 @@ def main(params: Params) -> int:
     reference = monitor.reference if monitor else None
     write_csv(paths.train_fid, ["step", "fid", "fid_real"], core.fid_rows(state, reference))
     write_json(paths.metrics_train, core.run_summary(result, state, run.run_id, reference))
+    write_json(paths.platform, platform)
     run.log_metrics({"train_seconds": result.seconds, "images_per_second": result.images_per_second,
                      "train_steps": result.steps})  # fmt: skip
     run.log_artifact(paths.generator, "model")
     run.log_generator_model(paths.generator)  # an MLflow Model, registered as mnistgan-generator
-    run.log_artifact(paths.train_losses)
-    run.log_artifact(paths.train_fid)
+    for artifact in (paths.train_losses, paths.train_fid, paths.platform):
+        run.log_artifact(artifact)
     run.end()
     resumed = f"; resumed at step {result.resumed_from}, {result.seconds_this_process:.0f} s in this process" \
         if result.resumed_from else ""  # fmt: skip

@@ -27,7 +27,8 @@ TINY = {
     "classifier": {"epochs": 1, "train_images": 2000, "batch_size": 100},
     "extractor": {"epochs": 1, "train_images": 2000, "batch_size": 100},
     "train": {"train_images": 2000, "steps": 120, "batch_size": 32, "log_every": 10, "image_every": 60,
-              "checkpoint_every": 40, "threads": 1, "fid_every": 0},
+              "checkpoint_every": 40, "fid_every": 0},
+    "numerics": {"threads": 1},  # one thread: two pytest workers share the two cores
     "sample": {"n": 600, "batch_size": 300},
     # the classifier's features only (the quick path); test_pipeline adds the other feature spaces
     "evaluate": {"n_reference": 600, "splits": 3, "batch_size": 300, "train_images": 3000,
@@ -35,11 +36,18 @@ TINY = {
 }  # fmt: skip
 
 
+# Another CPU kind, emulated on this one: every numeric library held below the path it would take here
+# (ATen's kernels without SIMD, oneDNN's convolutions at SSE4.1, MKL's SSE4.2 branch where MKL honours it).
+OTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "SSE4_2"}
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
     e.pop("MLFLOW_TRACKING_URI", None)
     e.pop("DVC_EXP_NAME", None)
+    for name in OTHER_CPU:  # a test that emulates another CPU sets them itself
+        e.pop(name, None)
     e.update({"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
               "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
               "GIT_COMMITTER_EMAIL": "t@t", "PYTHONUNBUFFERED": "1"})  # fmt: skip

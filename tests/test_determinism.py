@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from pipeline_utils import ROOT, TINY, copy_repo, copy_tree, deep_update, dvc
+from pipeline_utils import OTHER_CPU, ROOT, TINY, copy_repo, copy_tree, deep_update, dvc
 
 from mnistgan.lab.verify import varying_outputs
 
@@ -116,3 +116,18 @@ def test_two_forced_runs_give_identical_bytes_and_a_clean_status(tmp_path, tmp_p
     assert "up to date" in status, status
     again = dvc(["repro"], root).stdout
     assert "Running stage" not in again, again
+
+
+def test_portable_numerics_keep_the_bytes_that_another_cpu_kind_moves(tmp_path, tmp_path_factory):
+    """Another CPU kind, emulated by holding every library below this CPU's path: with native numerics (the
+    default) the bytes move from the first trained network on; with portable ones the whole pipeline keeps them."""
+    root, first = copy_reproduced(tmp_path_factory, tmp_path / "native")
+    dvc(["repro", "--force", "--single-item", "classifier"], root, extra_env=OTHER_CPU)
+    assert sha256(root / "models/classifier.pt") != first["models/classifier.pt"]
+
+    portable = deep_update(copy.deepcopy(PARAMS), {"numerics": {"mode": "portable"}})
+    here, other = copy_repo(tmp_path / "here", portable), copy_repo(tmp_path / "other", portable)
+    dvc(["repro"], here)
+    dvc(["repro"], other, extra_env=OTHER_CPU)
+    assert json.loads((other / "metrics/platform.json").read_text())["aten"] == "AVX2"  # the caps were overruled
+    assert output_hashes(other) == output_hashes(here)

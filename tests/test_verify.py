@@ -1,26 +1,27 @@
-"""`mnistgan verify`: the pipeline of HEAD rerun in a temporary clone, every output's md5 compared with the
-committed dvc.lock, the user's checkout left as it was.
+"""`mnistgan verify` and `mnistgan spread`: the pipeline of HEAD rerun in a temporary clone, every output's md5
+compared with the committed dvc.lock and, where bytes differ, the headline scores with the committed seed
+spread; the user's checkout left as it was.
 
-One end-to-end run on a copy of the suite's shared tiny pipeline run (its dvc.lock committed with one md5
-altered); the rest are pure functions and the bad-input exits, which need no pipeline.
+One end-to-end test on a copy of the suite's shared tiny pipeline run: its spread over three seeds, a rerun
+under another emulated CPU kind (within noise), and the lock and metrics of a shorter run (not reproduced).
+The rest are pure functions (the levels themselves: tests/test_noise.py) and the bad-input exits.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_utils import ROOT, env, run
+from pipeline_utils import OTHER_CPU, ROOT, dvc, env, run
 from test_determinism import copy_reproduced, output_hashes
 
 from mnistgan.errors import UserError
-from mnistgan.lab.verify import Row, compare_locks, main, stale_stages, varying_outputs
-
-ALTERED = "data/samples.npy"
+from mnistgan.lab.verify import Row, compare_locks, main, stale_stages, unexplained_outputs, varying_outputs
 
 
 def lock(outs: dict[str, str], deps: dict[str, str] | None = None, params: dict | None = None) -> dict:
@@ -58,8 +59,17 @@ def test_stale_stages_names_changed_sources_and_params_but_not_upstream_outputs(
     assert stale_stages(old, new) == {"s": ["s.py", "param lr"]}
 
 
+def test_an_output_that_differs_although_its_stage_had_the_committed_inputs_is_unexplained():
+    committed = lock({"o": "1" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 1})
+    same_inputs = lock({"o": "2" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 1})
+    assert unexplained_outputs(committed, same_inputs, compare_locks(committed, same_inputs, {})) == ["o"]
+    for moved in (lock({"o": "2" * 32}, deps={"s.py": "a", "up": "y"}, params={"lr": 1}),  # an upstream output
+                  lock({"o": "2" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 2})):  # fmt: skip
+        assert unexplained_outputs(committed, moved, compare_locks(committed, moved, {})) == []
+
+
 def test_varying_outputs_come_from_dvc_yaml_meta(tmp_path):
-    assert set(varying_outputs(ROOT)) == {"metrics/train.json", "models/checkpoint.pt"}
+    assert set(varying_outputs(ROOT)) == {"metrics/train.json", "metrics/platform.json", "models/checkpoint.pt"}
     assert "wall-clock" in varying_outputs(ROOT)["metrics/train.json"]
     (tmp_path / "params.yaml").write_text("paths: {out: o.json}\n")
     (tmp_path / "dvc.yaml").write_text(
@@ -102,49 +112,50 @@ def sha256_files(root: Path, folder: str) -> dict[str, str]:
             for p in sorted((root / folder).rglob("*")) if p.is_file()}  # fmt: skip
 
 
+def verify_lines(root: Path, extra_env: dict[str, str] | None = None) -> tuple[int, list[str], str]:
+    p = run([sys.executable, "-m", "mnistgan.lab.verify"], root, check=False, env=env() | (extra_env or {}))
+    return p.returncode, p.stdout.splitlines(), p.stderr
+
+
 @pytest.mark.slow
-def test_verify_reruns_in_a_clone_names_the_altered_output_and_leaves_the_checkout_alone(tmp_path, tmp_path_factory):
+def test_verify_judges_another_platform_within_noise_another_recipe_not_and_leaves_the_checkout_alone(
+    tmp_path, tmp_path_factory
+):
     root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "the tiny run's outputs"], root)
+    # The recipe's spread over three seeds; the committed run is seed 0's, trained once.
+    p = run([sys.executable, "-m", "mnistgan.lab.spread", "--seeds", "0,1,2"], root)
+    assert "spread: seed 0: the committed run" in p.stderr and "Running stage 'train'" in p.stderr
+    spread = json.loads((root / "metrics/spread.json").read_text())
+    assert spread["seeds"] == [0, 1, 2] and spread["runs"][0]["source"].startswith("committed")
+    run(["git", "add", "metrics/spread.json"], root)
+    run(["git", "commit", "-q", "-m", "the spread over seeds"], root)
     locked = yaml.safe_load((root / "dvc.lock").read_text())
     real = {o["path"]: o["md5"] for s in locked["stages"].values() for o in s["outs"]}
-    fake = "0123456789ab" + real[ALTERED][12:]
-    for out in locked["stages"]["sample"]["outs"]:
-        if out["path"] == ALTERED:
-            out["md5"] = fake
-    (root / "dvc.lock").write_text(yaml.safe_dump(locked, sort_keys=False))
-    run(["git", "add", "dvc.lock"], root)
-    run(["git", "commit", "-q", "-m", "dvc.lock with one md5 altered"], root)
     head = run(["git", "rev-parse", "HEAD"], root).stdout
     before = {"lock": (root / "dvc.lock").read_bytes(), "outputs": output_hashes(root),
               "cache": sha256_files(root, ".dvc/cache")}  # fmt: skip
     tmp, summary = tmp_path / "tmp", tmp_path / "summary.md"
     tmp.mkdir()
 
-    p = run([sys.executable, "-m", "mnistgan.lab.verify"], root, check=False,
-            env={**env(), "TMPDIR": str(tmp), "GITHUB_STEP_SUMMARY": str(summary)})  # fmt: skip
-
-    assert p.returncode == 1, p.stdout + p.stderr[-3000:]
-    assert "Running stage 'train'" in p.stderr, "DVC's progress is not streamed"
-    assert "verify: warning" not in p.stderr, p.stderr  # a clean checkout; the lock differs in one output only
-    lines = p.stdout.splitlines()
-    assert f"DIFFERS  {ALTERED} (committed 0123456789ab, reproduced {real[ALTERED][:12]})" in lines
+    # Another platform: the same commit rerun with every library below this CPU's path.
+    code, lines, err = verify_lines(root, OTHER_CPU | {"TMPDIR": str(tmp), "GITHUB_STEP_SUMMARY": str(summary)})
+    assert code == 0, "\n".join(lines) + err[-3000:]
+    assert "Running stage 'train'" in err, "DVC's progress is not streamed"
+    assert lines[-1].startswith("verify: reproduced within noise: ") and lines[-1].endswith("range of 3 seeds")
+    assert lines[0].split() == ["platform", "committed", "rerun"]
+    assert any(line.startswith("* aten") for line in lines) and any(line.startswith("  cpu ") for line in lines)
+    assert f"same     {'data/mnist'}" in lines  # no arithmetic in prepare
+    assert any(line.startswith("DIFFERS  models/classifier.pt (committed ") for line in lines)
     varying = varying_outputs(root)
-    for path in real:
-        if path in varying:
-            assert f"skipped  {path} (varies: {varying[path]})" in lines
-        elif path != ALTERED:
-            assert f"same     {path}" in lines, f"{path} not reproduced:\n{p.stdout}"
-    assert len(lines) == len(real) + 1
-    assert lines[-1].startswith("verify: FAILED: 1 output not reproduced") and lines[-1].endswith(ALTERED)
-
+    assert {line.split()[1] for line in lines if line.startswith("skipped ")} == set(varying) & set(real)
+    assert sum(line.startswith("score    ") for line in lines) == 2 * len(spread["ranges"])
     report = (root / "reports/verify.md").read_text()
-    assert f"| `{ALTERED}` | **DIFFERS** | `0123456789ab` | `{real[ALTERED][:12]}` |" in report
-    assert "| `models/generator.pt` | same |" in report and "`dvc metrics diff HEAD~1 --md`" in report
-    assert "`dvc params diff HEAD~1 --md`" in report
+    assert "**reproduced within noise:" in report and "| aten | DEFAULT | " not in report and "| aten |" in report
+    assert "| `models/classifier.pt` | **DIFFERS** |" in report and "`dvc metrics diff HEAD~1 --md`" in report
     assert summary.read_text() == report
-    # the rerun drew the same sample grid as the shared run
-    assert (root / "reports/verify/samples.png").read_bytes() == (root / "plots/samples.png").read_bytes()
-
+    assert (root / "reports/verify/samples.png").is_file()
     # The user's checkout: same dvc.lock, outputs, DVC cache and commit, no MLflow store; the clone is gone.
     assert (root / "dvc.lock").read_bytes() == before["lock"]
     assert output_hashes(root) == before["outputs"]
@@ -154,3 +165,19 @@ def test_verify_reruns_in_a_clone_names_the_altered_output_and_leaves_the_checko
     assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()
     # (the stages' own temporary files, e.g. the MLflow store's init lock, may stay: only the clone must go)
     assert [t.name for t in tmp.iterdir() if t.name.startswith("mnistgan-verify-")] == []
+
+    # Another recipe: the dvc.lock and metrics of a run with a sixth of the steps, committed with the recipe's params.
+    params_path = root / "params.yaml"
+    recipe = params_path.read_text()
+    params = yaml.safe_load(recipe)
+    params["train"]["steps"] = 20
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(["repro"], root)
+    params_path.write_text(recipe)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "outputs of a sixth of the steps"], root)
+    code, lines, err = verify_lines(root)
+    assert code == 1, "\n".join(lines)
+    assert lines[-1].startswith("verify: NOT reproduced: ") and "(committed) outside [" in lines[-1], lines[-1]
+    assert "(rerun) outside" not in lines[-1]  # the rerun itself is a draw of the recipe
+    assert "stale for stage train (param train.steps" in err

