@@ -54,8 +54,10 @@ test-fast: venv
 soak: venv
 	MNISTGAN_SOAK=1 $(VENV)/bin/python -m pytest tests/test_soak.py -s
 
+# Then what portable numerics cost per stage (a section of its own: each mode runs in processes of its own).
 bench: venv
 	$(VENV)/bin/python -m mnistgan.lab.bench --markdown BENCHMARKS.md --out reports/bench.json
+	$(VENV)/bin/python -m mnistgan.lab.bench --sections numerics --markdown BENCHMARKS.md --out reports/bench_numerics.json
 
 # The corruption ladder and the reading table of the scores (needs the classifier and extractor stages).
 calibrate: venv

@@ -1,5 +1,6 @@
 """Tools around the pipeline that no stage runs: benchmarks, time-to-quality curves, recipes, the
-calibration ladder, reports, `mnistgan verify` and `mnistgan ui`.
+calibration ladder, reports, `mnistgan verify` with the seed spread it judges by (`mnistgan spread`), and
+`mnistgan ui`.
 
 May import everything below it: mnistgan.evaluation, mnistgan.gan and the shared base.
 """

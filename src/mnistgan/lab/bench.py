@@ -15,8 +15,9 @@ Sections (the CPU default: matrix, throughput, recipes, metrics; a GPU adds pari
 - parity: the default recipe for the same steps with train.fast off and on (loop.train, same seed and
   batches): final FID of both. On a GPU the fast path must train as well as the plain one; on the CPU the
   fast path is the plain arithmetic, so the two must agree exactly.
-- numerics: each stage's work timed under numerics.mode portable and native (mnistgan.lab.portability), at
-  params.yaml's numerics.threads: what the same bytes on every x86-64 CPU cost.
+- numerics (`--sections numerics`, a section of BENCHMARKS.md of its own): each stage's work timed under
+  numerics.mode portable and native (mnistgan.lab.portability), at params.yaml's numerics.threads: what the
+  same bytes on every x86-64 CPU cost.
 - metrics: the whole scoring core (mnistgan.evaluation.scoring.score_all, every feature space) on 10,000 images,
   with the real images' features precomputed as `mnistgan score` caches them.
 
@@ -72,7 +73,7 @@ class BenchSettings:
     max_steps: int = 400
     n_data: int = 60000  # images resident on the device for the throughput runs
     matmul_n: int = 2048
-    sections: tuple[str, ...] = ("matrix", "throughput", "recipes", "metrics", "numerics")
+    sections: tuple[str, ...] = ("matrix", "throughput", "recipes", "metrics")
     recipes: tuple[str, ...] = ("default", "baseline")
     recipe_seconds: float = 150.0
     recipe_check_every_s: float = 15.0
@@ -282,7 +283,7 @@ def update_markdown(text: str, kind: str, body: str) -> str:
     if i >= 0 and j > i:
         return text[:i] + block + text[j + len(end) :]
     sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-    title = "GPU" if kind == "gpu" else "CPU"
+    title = {"gpu": "GPU", "cpu": "CPU", "numerics": "Numerics"}[kind]
     return f"{text}{sep}## {title} (generated)\n\n{block}\n"
 
 
@@ -383,7 +384,7 @@ def bench_command(args: argparse.Namespace, argv: list[str]) -> int:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.markdown:
         path = Path(args.markdown)
-        kind = "gpu" if device.type == "cuda" else "cpu"
+        kind = "numerics" if settings.sections == ("numerics",) else "gpu" if device.type == "cuda" else "cpu"
         path.write_text(update_markdown(path.read_text() if path.exists() else "", kind, text))
         print(f"updated the {kind.upper()} section of {path}")
     return 0
