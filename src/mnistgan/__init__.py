@@ -2,7 +2,8 @@
 
 Reading order (imports point down only: lab -> evaluation -> gan -> base; tests/test_architecture.py holds it):
 1. base, this folder: config (params.yaml as frozen dataclasses), errors, io, data, tensors, runtime,
-   numerics (each library's code path, the platform fingerprint), pictures; tracking and descriptions (MLflow, its only importers besides gan/pyfunc_generator); cli.
+   numerics (each library's code path, the platform fingerprint), pictures; tracking and descriptions
+   (MLflow, its only importers besides gan/pyfunc_generator); cli.
 2. gan/: models, losses, step (GANState, one training step), loop (train), fast, checkpoint, sample,
    generate (`mnistgan generate`). Imports base only: training needs no scoring network.
 3. evaluation/: classifier (the yardstick), metrics, suite (all scores + intervals), scoring, monitor,

@@ -285,7 +285,10 @@ def judge(rows: list[Row], spread: dict[str, Any] | None, evals: tuple[Any, Any]
         which = "committed" if evals[0] is None else "rerun's"
         return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and the {which} "
                        "metrics/eval.json is missing")  # fmt: skip
-    checks = tuple(noise.check_scores(spread, evals[0], evals[1]))
+    try:
+        checks = tuple(noise.check_scores(spread, evals[0], evals[1]))
+    except (ValueError, KeyError) as e:  # an eval.json or spread.json without a score: nothing to judge by
+        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and the scores cannot be judged ({e})")
     outside = [c.line() for c in checks if not c.inside]
     if outside:
         return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {'; '.join(outside)}", checks)
