@@ -20,7 +20,6 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import multiprocessing as mp
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from mnistgan.gan.sample import fixed_noise, generate
 from mnistgan.gan.step import build_state
 from mnistgan.io import InputError, read_json, write_json
 from mnistgan.lab.recipes import BASE, CANDIDATES, recipe_overrides
+from mnistgan.lab.throughput import machine_line
 from mnistgan.pictures import image_grid
 from mnistgan.tensors import training_tensors
 
@@ -245,12 +245,6 @@ def save_grids(curves: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout(pad=0.3)
     fig.savefig(path)
     plt.close(fig)
-
-
-def machine_line() -> str:
-    cpu = f"{platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()})"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, numpy {np.__version__}")  # fmt: skip
 
 
 def own_arguments(argv: list[str]) -> list[str]:

@@ -8,17 +8,15 @@ import dataclasses
 import datetime as _dt
 import gc
 import os
-import platform
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from mnistgan import numerics
 from mnistgan.config import TrainConfig
 from mnistgan.gan import fast
 from mnistgan.gan.losses import get_loss
@@ -49,17 +47,14 @@ def _cleanup(device: torch.device) -> None:
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
+    """The platform fingerprint (mnistgan.numerics: CPU, each library's path, threads, versions, OS) with the
+    date, the core count, the load and, on a GPU, the card: where a benchmark ran."""
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": str(device),
-        "torch": torch.__version__,
+        **numerics.fingerprint("native", str(device)),
         "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "cpu": _cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -71,14 +66,11 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """One line of `machine_info` for a report's header."""
+    i = info or machine_info(torch.device("cpu"))
+    return (f"{i['cpu']} ({i['machine']}; ATen {i['aten']}, oneDNN {i['onednn']}, MKL {i['mkl']}), {i['threads']} "
+            f"torch threads, Python {i['python']}, torch {i['torch']}, numpy {i['numpy']}")  # fmt: skip
 
 
 def matmul_rate(device: torch.device, n: int, reps: int = 10) -> dict[str, Any]:
