@@ -53,13 +53,24 @@ def test_headline_scores_are_multiples_and_shares_of_real_that_a_retrained_yards
 
 
 def test_a_spread_needs_three_seeds_and_names_its_recipe():
-    with pytest.raises(ValueError, match="at least 3 seeds"):
+    with pytest.raises(ValueError, match="at least 3 seeds, got \\[0, 1\\]"):
         noise.build_spread([{"seed": 0, "eval": SEEDS[0]}, {"seed": 1, "eval": SEEDS[1]}], RECIPE)
     assert SPREAD["seeds"] == [0, 1, 2]
     assert set(SPREAD["ranges"]) == set(noise.HEADLINES)
     assert not any(k.startswith(("seed", "paths.", "tracking.", "numerics.")) for k in SPREAD["recipe"])
     assert noise.recipe_changes(SPREAD, RECIPE) == []
     assert noise.recipe_changes(SPREAD, RECIPE | {"train.steps": 5500}) == ["train.steps"]
+
+
+def test_a_run_of_another_platform_joins_the_spread_of_the_same_recipe():
+    # the same seed on another CPU kind: another draw (its scores as the spread keeps them)
+    runs = [*SPREAD["runs"], {"seed": 0, "scores": noise.headline_scores(eval_json(13.94, 5.31)), "source": "xeon"}]
+    wider = noise.build_spread(runs, RECIPE)
+    assert wider["seeds"] == [0, 1, 2, 0] and len(wider["ranges"]["fid_multiple"]["values"]) == 4
+    # a params.yaml of older code, flat, says which recipe its run was (keys of other code are ignored)
+    raw = {"seed": 0, "train": {"lr": "4e-4", "steps": 11000, "threads": 0}, "evaluate": {"spaces": ["a"]}}
+    assert noise.flatten_raw(raw) == {"seed": 0, "train.lr": 0.0004, "train.steps": 11000, "train.threads": 0,
+                                      "evaluate.spaces": ["a"]}  # fmt: skip
 
 
 def test_exact_when_every_compared_output_matches():
@@ -75,7 +86,7 @@ def test_within_noise_when_the_bytes_differ_and_every_score_lies_in_the_seeds_ra
     assert (v.level, v.code) == (WITHIN_NOISE, 0), v.line
     assert len(v.checks) == 2 * len(noise.HEADLINES) and all(c.inside for c in v.checks)
     assert v.line.startswith(f"verify: {WITHIN_NOISE}: 1 output differs in bytes")
-    assert v.line.endswith("range of 3 seeds")
+    assert v.line.endswith("range of 3 runs")
 
 
 def test_a_claim_edited_by_hand_is_not_reproduced_and_named():
@@ -83,7 +94,7 @@ def test_a_claim_edited_by_hand_is_not_reproduced_and_named():
     claimed["generated"]["fid"] *= 0.7  # 30% better than produced
     v = judge(DIFFERS, SPREAD, (claimed, SEEDS[0]), RECIPE)
     assert (v.level, v.code) == (NOT_REPRODUCED, 1)
-    assert "fid_multiple 1.832 (committed) outside [" in v.line and "of 3 seeds" in v.line
+    assert "fid_multiple 1.832 (committed) outside [" in v.line and "of 3 runs" in v.line
     assert "(rerun)" not in v.line  # the rerun itself is a fair draw
 
 

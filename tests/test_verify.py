@@ -143,7 +143,7 @@ def test_verify_judges_another_platform_within_noise_another_recipe_not_and_leav
     code, lines, err = verify_lines(root, OTHER_CPU | {"TMPDIR": str(tmp), "GITHUB_STEP_SUMMARY": str(summary)})
     assert code == 0, "\n".join(lines) + err[-3000:]
     assert "Running stage 'train'" in err, "DVC's progress is not streamed"
-    assert lines[-1].startswith("verify: reproduced within noise: ") and lines[-1].endswith("range of 3 seeds")
+    assert lines[-1].startswith("verify: reproduced within noise: ") and lines[-1].endswith("range of 3 runs")
     assert lines[0].split() == ["platform", "committed", "rerun"]
     assert any(line.startswith("* aten") for line in lines) and any(line.startswith("  cpu ") for line in lines)
     assert f"same     {'data/mnist'}" in lines  # no arithmetic in prepare

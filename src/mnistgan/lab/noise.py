@@ -67,6 +67,25 @@ def recipe(params: Params) -> dict[str, Any]:
             if not k.startswith(NOT_RECIPE)}  # fmt: skip
 
 
+def flatten_raw(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A params.yaml as parsed by YAML, flat like `recipe` ("train.lr": 0.0004), whatever code it was made for."""
+    out: dict[str, Any] = {}
+    for k, v in (raw or {}).items():
+        if isinstance(v, dict):
+            out.update(flatten_raw(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = float(v) if isinstance(v, str) and _is_number(v) else v
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def prediction_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The range one more draw falls in with this confidence: mean ± t · sd · sqrt(1 + 1/n)."""
     n = len(values)
@@ -79,18 +98,19 @@ def prediction_interval(values: list[float], confidence: float = CONFIDENCE) -> 
 
 
 def build_spread(runs: list[dict[str, Any]], recipe_params: dict[str, Any]) -> dict[str, Any]:
-    """metrics/spread.json from runs [{"seed", "eval" (parsed eval.json), "platform", "source"}]."""
-    if len(runs) < MIN_SEEDS:
-        raise ValueError(f"a spread needs at least {MIN_SEEDS} seeds, got {len(runs)}")
-    per_run = [{"seed": r["seed"], "source": r.get("source", ""), "scores": headline_scores(r["eval"]),
-                "platform": r.get("platform", {})} for r in runs]  # fmt: skip
+    """metrics/spread.json from runs [{"seed", "eval" (a parsed eval.json) or "scores" (its headline scores),
+    "platform", "source"}]: three different seeds at least; more runs of a seed are draws on other platforms."""
+    if len({r["seed"] for r in runs}) < MIN_SEEDS:
+        raise ValueError(f"a spread needs at least {MIN_SEEDS} seeds, got {sorted({r['seed'] for r in runs})}")
+    per_run = [{"seed": r["seed"], "source": r.get("source", ""), "platform": r.get("platform") or {},
+                "scores": r["scores"] if "scores" in r else headline_scores(r["eval"])} for r in runs]  # fmt: skip
     ranges = {}
     for name in HEADLINES:
         values = [r["scores"][name] for r in per_run]
         low, high = prediction_interval(values)
         ranges[name] = {"low": low, "high": high, "mean": sum(values) / len(values), "values": values}
     return {
-        "what": f"{CONFIDENCE:.0%} prediction interval of one more seed's score, mean ± t(n-1) sd sqrt(1 + 1/n): all "
+        "what": f"{CONFIDENCE:.0%} prediction interval of one more run's score, mean ± t(n-1) sd sqrt(1 + 1/n): all "
         f"{len(HEADLINES)} scores of a fair new draw inside with {FAMILY_CONFIDENCE:.0%} (Bonferroni)",
         "seeds": [r["seed"] for r in per_run],
         "ranges": ranges,
@@ -114,7 +134,7 @@ class ScoreCheck:
     value: float
     low: float
     high: float
-    n_seeds: int
+    n_runs: int
 
     @property
     def inside(self) -> bool:
@@ -123,7 +143,7 @@ class ScoreCheck:
     def line(self) -> str:
         where = "inside" if self.inside else "outside"
         return (f"{self.name} {self.value:.4g} ({self.whose}) {where} [{self.low:.4g}, {self.high:.4g}] "
-                f"of {self.n_seeds} seeds")  # fmt: skip
+                f"of {self.n_runs} runs")  # fmt: skip
 
 
 def check_scores(spread: dict[str, Any], committed: dict[str, Any], rerun: dict[str, Any]) -> list[ScoreCheck]:
@@ -131,7 +151,7 @@ def check_scores(spread: dict[str, Any], committed: dict[str, Any], rerun: dict[
 
     Both are held to it: the rerun must be a draw of the recipe, and the commit's claim too (a claim edited
     by hand, with its dvc.lock md5 to match, is no draw of the recipe)."""
-    n = len(spread.get("seeds") or [])
+    n = len(spread.get("runs") or [])
     checks = []
     for whose, eval_json in (("committed", committed), ("rerun", rerun)):
         for name, value in headline_scores(eval_json).items():

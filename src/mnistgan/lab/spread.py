@@ -6,10 +6,15 @@ Only the GAN's `seed` changes from run to run; the feature networks keep their o
 seed is not trained again when its dvc.lock records the params of params.yaml: its committed
 metrics/eval.json and metrics/platform.json are that seed's run. The user's checkout gets only the new
 metrics/spread.json; commit it with the dvc.lock it belongs to.
+
+`--add REV` adds the committed run of another revision of the same recipe to the spread in the checkout,
+without training: typically the same seed on another platform (another CPU kind, a GPU), whose draw belongs
+in the noise another platform's rerun is judged by.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -23,7 +28,7 @@ from mnistgan.cli import OneLineParser, run_command
 from mnistgan.config import load_params
 from mnistgan.errors import UserError
 from mnistgan.lab import noise
-from mnistgan.lab.clone import clone_commit, dvc_bin, pin_cache, repo_root, run_env, stream
+from mnistgan.lab.clone import clone_commit, commit, dvc_bin, git, pin_cache, repo_root, run_env, stream
 
 PROG = "mnistgan spread"
 
@@ -118,6 +123,44 @@ def spread(cwd: Path, seeds: list[int], keep: bool = False) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def add_revisions(cwd: Path, revisions: list[str]) -> int:
+    """Add each revision's committed run to metrics/spread.json (see the module docstring)."""
+    root, _ = repo_root(cwd)
+    path = root / noise.SPREAD_FILE
+    if not path.is_file():
+        raise UserError(f"{noise.SPREAD_FILE}: not found; make the spread first (make spread)")
+    spread = json.loads(path.read_text())
+    runs = list(spread["runs"])
+    for rev in revisions:
+        sha = commit(rev, root)
+        if sha is None:
+            raise UserError(f"--add {rev}: unknown revision")
+        raw = yaml.safe_load(_show(root, sha, "params.yaml"))
+        flat = noise.flatten_raw(raw)
+        changed = sorted(k for k, v in spread["recipe"].items() if flat.get(k) != v)
+        if changed:
+            raise UserError(f"--add {rev}: another recipe ({', '.join(changed[:5])} differ from the spread's)")
+        paths = raw.get("paths") or {}
+        eval_json = json.loads(_show(root, sha, paths.get("metrics_eval", "metrics/eval.json")))
+        platform_text = _show(root, sha, paths.get("platform", "metrics/platform.json"), required=False)
+        runs.append({"seed": raw.get("seed", 0), "scores": noise.headline_scores(eval_json), "source": f"committed "
+                     f"{sha[:12]}", "platform": json.loads(platform_text) if platform_text else {}})  # fmt: skip
+    result = noise.build_spread(runs, spread["recipe"])
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print("\n".join(table(result)))
+    print(f"spread: wrote {noise.SPREAD_FILE} ({len(runs)} runs); commit it")
+    return 0
+
+
+def _show(root: Path, sha: str, name: str, required: bool = True) -> str:
+    p = git(["show", f"{sha}:{name}"], root, check=False)
+    if p.returncode != 0:
+        if required:
+            raise UserError(f"{sha[:12]}: no {name} committed there")
+        return ""
+    return p.stdout
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -129,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated GAN seeds, 3 at least (%(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone (its path goes to stderr)")
-    return run_command(parser, lambda args: spread(Path.cwd(), _seeds(args.seeds), args.keep), argv)
+    parser.add_argument("--add", help="comma-separated revisions whose committed run of this recipe joins the spread")
+
+    def command(args: argparse.Namespace) -> int:
+        if args.add:
+            return add_revisions(Path.cwd(), [r for r in args.add.split(",") if r.strip()])
+        return spread(Path.cwd(), _seeds(args.seeds), args.keep)
+
+    return run_command(parser, command, argv)
 
 
 if __name__ == "__main__":

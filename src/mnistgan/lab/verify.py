@@ -293,7 +293,7 @@ def judge(rows: list[Row], spread: dict[str, Any] | None, evals: tuple[Any, Any]
     if outside:
         return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {'; '.join(outside)}", checks)
     return Verdict(WITHIN_NOISE, f"verify: {WITHIN_NOISE}: {n} in bytes; every headline score of the commit "
-                   f"and of the rerun lies within the range of {len(spread['seeds'])} seeds", checks)  # fmt: skip
+                   f"and of the rerun lies within the range of {len(spread['runs'])} runs", checks)  # fmt: skip
 
 
 def _score_changes(evals: tuple[Any, Any]) -> list[tuple[str, float, float]]:
