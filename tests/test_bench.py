@@ -53,7 +53,7 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
         n_data=64, matmul_n=64, samples=64, metric_samples=64, recipes=("default",), recipe_seconds=0.4,
         recipe_check_every_s=0.2, parity_steps=3, parity_overrides=(("model", "tiny"), ("batch_size", 16),
                                                                     ("log_every", 1)),
-        sections=bench.SECTIONS,
+        sections=tuple(s for s in bench.SECTIONS if s != "numerics"),
     )  # fmt: skip
     lines: list[str] = []
     t = time.perf_counter()
@@ -76,6 +76,23 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     assert "| plain | 8 |" in md and "| fast | 8 |" in md and "| `default` |" in md and "| on | 3 |" in md
     assert "Metric suite" in md and "4 feature spaces" in md
     assert any("FID" in line for line in lines)
+
+
+def test_numerics_section_times_each_mode_in_processes_of_its_own():
+    settings = bench.BenchSettings(sections=("numerics",), numerics_rounds=1, numerics_steps=2, numerics_images=256)
+    lines: list[str] = []
+    result = bench.run_bench(settings, torch.device("cpu"), log=lines.append)
+    nm = result["numerics"]
+    assert [r["stage"] for r in nm["rows"]] == ["train", "classifier", "features"]
+    assert all(r["native"] > 0 and r["portable"] > 0 for r in nm["rows"])
+    # the fingerprint says which path each mode's libraries took
+    assert (
+        nm["fingerprints"]["portable"]["mkl"] == "COMPATIBLE" and nm["fingerprints"]["native"]["numerics"] == "native"
+    )
+    assert any(line.startswith("  round 1 portable: train ") for line in lines)
+    md = bench.render_markdown(result)
+    assert "**Numerics**" in md and "| train |" in md and "portable costs" in md
+    assert "<!-- bench:numerics:begin -->" in bench.update_markdown("# B\n", "numerics", md)
 
 
 def test_throughput_one_variant_at_a_time(tiny_model):

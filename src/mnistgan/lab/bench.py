@@ -81,6 +81,9 @@ class BenchSettings:
     parity_steps: int = 3000
     parity_overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig overrides of the parity recipe (tests)
     metric_samples: int = 10000
+    numerics_rounds: int = 3  # alternating rounds of one process per numerics mode
+    numerics_steps: int = 160  # training steps timed per process (ten R1 periods)
+    numerics_images: int = 6400  # images per process for the classifier's epoch and the feature pass
     seed: int = 0
 
 
@@ -206,7 +209,8 @@ def run_bench(settings: BenchSettings, device: torch.device, *, mnist: Any = Non
         _cleanup(device)
     if "numerics" in settings.sections:
         log("numerics (portable against native, each in its own processes):")
-        result["numerics"] = portability.measure(load_params("params.yaml").numerics.threads, log=log)
+        result["numerics"] = portability.measure(load_params("params.yaml").numerics.threads, settings.numerics_rounds,
+                                                 log, settings.numerics_steps, settings.numerics_images)  # fmt: skip
     result["total_seconds"] = time.perf_counter() - t_all
     return result
 

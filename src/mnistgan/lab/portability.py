@@ -26,7 +26,7 @@ STAGES = ("train", "classifier", "features")
 PROBE_FLAG = "--probe"
 
 
-def probe(mode: str, threads: int, train_steps: int = 160) -> dict[str, Any]:
+def probe(mode: str, threads: int, train_steps: int = 160, images: int = 6400) -> dict[str, Any]:
     """One process's timings under `mode` (call in a fresh process: see the module docstring)."""
     numerics.apply(mode, threads)
     import numpy as np
@@ -40,8 +40,8 @@ def probe(mode: str, threads: int, train_steps: int = 160) -> dict[str, Any]:
     params = load_params("params.yaml")
     cfg = params.train
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (6400, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, 6400)
+    images = rng.integers(0, 256, (images, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, len(images))
     x = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)  # (N, 1, 28, 28) in [-1, 1]
     y = torch.from_numpy(labels)
     state, loss = build_state(cfg, 0, torch.device("cpu")), get_loss(cfg.loss)
@@ -68,12 +68,14 @@ def probe(mode: str, threads: int, train_steps: int = 160) -> dict[str, Any]:
     return result | {"fingerprint": numerics.fingerprint(mode)}
 
 
-def measure(threads: int, rounds: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:
+def measure(threads: int, rounds: int = 3, log: Callable[[str], None] = print, train_steps: int = 160,
+            images: int = 6400) -> dict[str, Any]:  # fmt: skip
     """Median images/s per stage and mode over `rounds` alternating pairs of processes, and the ratio."""
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in numerics.MODES}
     for r in range(rounds):
         for mode in numerics.MODES:
-            cmd = [sys.executable, "-m", __name__, PROBE_FLAG, mode, "--threads", str(threads)]
+            cmd = [sys.executable, "-m", __name__, PROBE_FLAG, mode, "--threads", str(threads), "--steps",
+                   str(train_steps), "--images", str(images)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
             log(f"  round {r + 1} {mode}: " + ", ".join(f"{s} {runs[mode][-1][s]:,.0f}" for s in STAGES) + " images/s")
@@ -81,7 +83,7 @@ def measure(threads: int, rounds: int = 3, log: Callable[[str], None] = print) -
     for stage in STAGES:
         median = {mode: statistics.median(run[stage] for run in runs[mode]) for mode in numerics.MODES}
         rows.append({"stage": stage, **median, "portable_cost": 1 - median["portable"] / median["native"]})
-    return {"threads": threads, "rounds": rounds, "rows": rows,
+    return {"threads": threads, "rounds": rounds, "train_steps": train_steps, "images": images, "rows": rows,
             "fingerprints": {mode: runs[mode][0]["fingerprint"] for mode in numerics.MODES}}  # fmt: skip
 
 
@@ -95,5 +97,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="one timing process (mnistgan.lab.portability.measure)")
     parser.add_argument(PROBE_FLAG, choices=numerics.MODES, required=True)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--images", type=int, default=6400)
     args = parser.parse_args()
-    print(json.dumps(probe(args.probe, args.threads)))
+    print(json.dumps(probe(args.probe, args.threads, args.steps, args.images)))
