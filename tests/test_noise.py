@@ -14,17 +14,33 @@ from mnistgan.lab import noise
 from mnistgan.lab.verify import EXACT, NOT_REPRODUCED, WITHIN_NOISE, Row, judge, platform_lines, platform_table
 
 
-def eval_json(fid: float = 14.0, real_fid: float = 5.3, score: float = 9.5, precision: float = 0.66,
-              recall: float = 0.78, classes: int = 10) -> dict:  # fmt: skip
+def eval_json(
+    fid: float = 14.0,
+    real_fid: float = 5.3,
+    score: float = 9.5,
+    precision: float = 0.66,
+    recall: float = 0.78,
+    classes: int = 10,
+) -> dict:
     """The parts of a metrics/eval.json the headline scores read."""
-    return {"generated": {"fid": fid, "inception_score": score, "precision": precision, "recall": recall,
-                          "classes_covered": classes},
-            "real_reference": {"fid": real_fid, "inception_score": 9.7}}  # fmt: skip
+    return {
+        "generated": {
+            "fid": fid,
+            "inception_score": score,
+            "precision": precision,
+            "recall": recall,
+            "classes_covered": classes,
+        },
+        "real_reference": {"fid": real_fid, "inception_score": 9.7},
+    }
 
 
 RECIPE = noise.recipe(load_params(ROOT / "params.yaml"))
-SEEDS = [eval_json(13.9, 5.31, 9.54, 0.663, 0.783), eval_json(14.3, 5.31, 9.50, 0.670, 0.779),
-         eval_json(14.1, 5.31, 9.58, 0.655, 0.788)]  # fmt: skip
+SEEDS = [
+    eval_json(13.9, 5.31, 9.54, 0.663, 0.783),
+    eval_json(14.3, 5.31, 9.50, 0.670, 0.779),
+    eval_json(14.1, 5.31, 9.58, 0.655, 0.788),
+]
 SPREAD = noise.build_spread([{"seed": i, "eval": e} for i, e in enumerate(SEEDS)], RECIPE)
 DIFFERS = [Row("DIFFERS", "models/generator.pt", "a" * 32, "b" * 32), Row("same", "data/mnist.dir", "c", "c")]
 
@@ -44,8 +60,9 @@ def test_prediction_interval_is_students_t_for_one_more_draw():
 
 def test_headline_scores_are_multiples_and_shares_of_real_that_a_retrained_yardstick_keeps():
     scores = noise.headline_scores(eval_json(fid=14.0, real_fid=5.0, score=9.5))
-    assert scores == pytest.approx({"fid_multiple": 2.8, "score_ratio": 9.5 / 9.7, "precision": 0.66,
-                                    "recall": 0.78, "classes_covered": 10})  # fmt: skip
+    assert scores == pytest.approx(
+        {"fid_multiple": 2.8, "score_ratio": 9.5 / 9.7, "precision": 0.66, "recall": 0.78, "classes_covered": 10}
+    )
     # the same samples scored by a retrained classifier: raw FID and the real reference both move
     assert noise.headline_scores(eval_json(fid=13.15, real_fid=5.04))["fid_multiple"] == pytest.approx(2.609, abs=1e-3)
     with pytest.raises(ValueError, match="metrics/eval.json: no 'inception_score'"):
@@ -69,8 +86,13 @@ def test_a_run_of_another_platform_joins_the_spread_of_the_same_recipe():
     assert wider["seeds"] == [0, 1, 2, 0] and len(wider["ranges"]["fid_multiple"]["values"]) == 4
     # a params.yaml of older code, flat, says which recipe its run was (keys of other code are ignored)
     raw = {"seed": 0, "train": {"lr": "4e-4", "steps": 11000, "threads": 0}, "evaluate": {"spaces": ["a"]}}
-    assert noise.flatten_raw(raw) == {"seed": 0, "train.lr": 0.0004, "train.steps": 11000, "train.threads": 0,
-                                      "evaluate.spaces": ["a"]}  # fmt: skip
+    assert noise.flatten_raw(raw) == {
+        "seed": 0,
+        "train.lr": 0.0004,
+        "train.steps": 11000,
+        "train.threads": 0,
+        "evaluate.spaces": ["a"],
+    }
 
 
 def test_exact_when_every_compared_output_matches():

@@ -58,8 +58,10 @@ def test_unknown_mode_is_refused():
         numerics.apply("fast", 0)
 
 
-@pytest.mark.skipif(numerics.cpu_isa(set(numerics._cpuinfo().get("flags", "").split())) in ("none", "sse41", "avx"),
-                    reason="portable mode is defined for x86-64 CPUs with AVX2")  # fmt: skip
+@pytest.mark.skipif(
+    numerics.cpu_isa(set(numerics._cpuinfo().get("flags", "").split())) in ("none", "sse41", "avx"),
+    reason="portable mode is defined for x86-64 CPUs with AVX2",
+)
 def test_portable_bytes_do_not_depend_on_the_path_this_cpu_would_take_and_native_bytes_do():
     portable, portable_other = probe("portable"), probe("portable", OTHER_CPU)
     native, native_other = probe("native"), probe("native", OTHER_CPU)
@@ -67,8 +69,13 @@ def test_portable_bytes_do_not_depend_on_the_path_this_cpu_would_take_and_native
     assert native["sha256"] != native_other["sha256"]
     # the fingerprint says which path each library took
     fp, other = portable_other["fingerprint"], native_other["fingerprint"]
-    assert (fp["numerics"], fp["aten"], fp["mkl"], fp["onednn"], fp["threads"]) == ("portable", "AVX2", "COMPATIBLE",
-                                                                                    "avx2", 1)  # fmt: skip
+    assert (fp["numerics"], fp["aten"], fp["mkl"], fp["onednn"], fp["threads"]) == (
+        "portable",
+        "AVX2",
+        "COMPATIBLE",
+        "avx2",
+        1,
+    )
     assert (other["numerics"], other["aten"], other["mkl"], other["onednn"]) == ("native", "DEFAULT", "SSE4_2", "sse41")
     assert numerics.differences(fp, other) == ["numerics", "aten", "onednn", "mkl"]
     for key in ("cpu", "cpu_vendor", "torch", "numpy", "mkl_version", "os", "libc", "python"):

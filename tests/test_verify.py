@@ -63,8 +63,10 @@ def test_an_output_that_differs_although_its_stage_had_the_committed_inputs_is_u
     committed = lock({"o": "1" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 1})
     same_inputs = lock({"o": "2" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 1})
     assert unexplained_outputs(committed, same_inputs, compare_locks(committed, same_inputs, {})) == ["o"]
-    for moved in (lock({"o": "2" * 32}, deps={"s.py": "a", "up": "y"}, params={"lr": 1}),  # an upstream output
-                  lock({"o": "2" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 2})):  # fmt: skip
+    for moved in (
+        lock({"o": "2" * 32}, deps={"s.py": "a", "up": "y"}, params={"lr": 1}),  # an upstream output
+        lock({"o": "2" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 2}),
+    ):
         assert unexplained_outputs(committed, moved, compare_locks(committed, moved, {})) == []
 
 

@@ -209,8 +209,13 @@ def run_bench(settings: BenchSettings, device: torch.device, *, mnist: Any = Non
         _cleanup(device)
     if "numerics" in settings.sections:
         log("numerics (portable against native, each in its own processes):")
-        result["numerics"] = portability.measure(load_params("params.yaml").numerics.threads, settings.numerics_rounds,
-                                                 log, settings.numerics_steps, settings.numerics_images)  # fmt: skip
+        result["numerics"] = portability.measure(
+            load_params("params.yaml").numerics.threads,
+            settings.numerics_rounds,
+            log,
+            settings.numerics_steps,
+            settings.numerics_images,
+        )
     result["total_seconds"] = time.perf_counter() - t_all
     return result
 
@@ -271,8 +276,12 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
                   f"of {', '.join(ms['networks'])}, cached by `mnistgan score`: "
                   f"{ms['real_features_seconds']:.1f} s)."]  # fmt: skip
     if nm := result.get("numerics"):
-        lines += ["", f"**Numerics**: each stage's work under `numerics.mode` native and portable, {nm['threads']} "
-                  f"threads, median of {nm['rounds']} alternating rounds (random inputs; images/s):", ""]  # fmt: skip
+        lines += [
+            "",
+            f"**Numerics**: each stage's work under `numerics.mode` native and portable, {nm['threads']} "
+            f"threads, median of {nm['rounds']} alternating rounds (random inputs; images/s):",
+            "",
+        ]
         lines += _table(["stage", "native", "portable", "portable costs"], portability.markdown_rows(nm))
     skipped = [f"{k}: {v['skipped']}" for k, v in result.items() if isinstance(v, dict) and "skipped" in v]
     lines += [""] + [f"- skipped {s}" for s in skipped] if skipped else []

@@ -45,8 +45,9 @@ def dvc_bin() -> str:
 
 def stream(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
     """Run `cmd`, copying its output line by line to stderr (stdout is kept for the verdict lines)."""
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace", bufsize=1) as p:  # fmt: skip
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+    ) as p:
         assert p.stdout is not None
         for line in p.stdout:
             sys.stderr.write(line)
@@ -65,12 +66,16 @@ def run_env(tmp: Path) -> dict[str, str]:
     env = git_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages call `python`
     env.pop("DVC_EXP_NAME", None)  # would name the throwaway MLflow run after some experiment
-    env.update({
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-        "DVC_SITE_CACHE_DIR": str(tmp / "dvc-site-cache"),  # DVC's per-repo state and index, normally /var/tmp
-        "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-        "PYTHONUNBUFFERED": "1",  # progress lines as they happen, not when a stage's buffer fills
-    })  # fmt: skip
+    env.update(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+            "DVC_SITE_CACHE_DIR": str(tmp / "dvc-site-cache"),  # DVC's per-repo state and index, normally /var/tmp
+            "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
+            "PYTHONUNBUFFERED": "1",  # progress lines as they happen, not when a stage's buffer fills
+        }
+    )
     return env
 
 

@@ -40,14 +40,18 @@ def _ratio(a: float, b: float) -> float:
 
 # name -> (what it is, how it is read from a parsed metrics/eval.json)
 HEADLINES: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
-    "fid_multiple": ("FID as a multiple of the real data's FID (classifier features)",
-                     lambda e: _ratio(e["generated"]["fid"], e["real_reference"]["fid"])),
-    "score_ratio": ("Inception-style score as a share of the real data's",
-                    lambda e: _ratio(e["generated"]["inception_score"], e["real_reference"]["inception_score"])),
+    "fid_multiple": (
+        "FID as a multiple of the real data's FID (classifier features)",
+        lambda e: _ratio(e["generated"]["fid"], e["real_reference"]["fid"]),
+    ),
+    "score_ratio": (
+        "Inception-style score as a share of the real data's",
+        lambda e: _ratio(e["generated"]["inception_score"], e["real_reference"]["inception_score"]),
+    ),
     "precision": ("share of samples inside the real digits' neighbourhoods", lambda e: e["generated"]["precision"]),
     "recall": ("share of real digits inside the samples' neighbourhoods", lambda e: e["generated"]["recall"]),
     "classes_covered": ("digit classes among the samples", lambda e: e["generated"]["classes_covered"]),
-}  # fmt: skip
+}
 
 
 CONFIDENCE = 1 - (1 - FAMILY_CONFIDENCE) / len(HEADLINES)  # each score's range (Bonferroni)
@@ -63,8 +67,9 @@ def headline_scores(eval_json: dict[str, Any]) -> dict[str, float]:
 
 def recipe(params: Params) -> dict[str, Any]:
     """The params that make the recipe, flat ("train.lr": 0.0004): all but NOT_RECIPE."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()
-            if not k.startswith(NOT_RECIPE)}  # fmt: skip
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items() if not k.startswith(NOT_RECIPE)
+    }
 
 
 def flatten_raw(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,8 +107,15 @@ def build_spread(runs: list[dict[str, Any]], recipe_params: dict[str, Any]) -> d
     "platform", "source"}]: three different seeds at least; more runs of a seed are draws on other platforms."""
     if len({r["seed"] for r in runs}) < MIN_SEEDS:
         raise ValueError(f"a spread needs at least {MIN_SEEDS} seeds, got {sorted({r['seed'] for r in runs})}")
-    per_run = [{"seed": r["seed"], "source": r.get("source", ""), "platform": r.get("platform") or {},
-                "scores": r["scores"] if "scores" in r else headline_scores(r["eval"])} for r in runs]  # fmt: skip
+    per_run = [
+        {
+            "seed": r["seed"],
+            "source": r.get("source", ""),
+            "platform": r.get("platform") or {},
+            "scores": r["scores"] if "scores" in r else headline_scores(r["eval"]),
+        }
+        for r in runs
+    ]
     ranges = {}
     for name in HEADLINES:
         values = [r["scores"][name] for r in per_run]
@@ -142,8 +154,10 @@ class ScoreCheck:
 
     def line(self) -> str:
         where = "inside" if self.inside else "outside"
-        return (f"{self.name} {self.value:.4g} ({self.whose}) {where} [{self.low:.4g}, {self.high:.4g}] "
-                f"of {self.n_runs} runs")  # fmt: skip
+        return (
+            f"{self.name} {self.value:.4g} ({self.whose}) {where} [{self.low:.4g}, {self.high:.4g}] "
+            f"of {self.n_runs} runs"
+        )
 
 
 def check_scores(spread: dict[str, Any], committed: dict[str, Any], rerun: dict[str, Any]) -> list[ScoreCheck]:

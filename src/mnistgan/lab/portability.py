@@ -68,14 +68,26 @@ def probe(mode: str, threads: int, train_steps: int = 160, images: int = 6400) -
     return result | {"fingerprint": numerics.fingerprint(mode)}
 
 
-def measure(threads: int, rounds: int = 3, log: Callable[[str], None] = print, train_steps: int = 160,
-            images: int = 6400) -> dict[str, Any]:  # fmt: skip
+def measure(
+    threads: int, rounds: int = 3, log: Callable[[str], None] = print, train_steps: int = 160, images: int = 6400
+) -> dict[str, Any]:
     """Median images/s per stage and mode over `rounds` alternating pairs of processes, and the ratio."""
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in numerics.MODES}
     for r in range(rounds):
         for mode in numerics.MODES:
-            cmd = [sys.executable, "-m", __name__, PROBE_FLAG, mode, "--threads", str(threads), "--steps",
-                   str(train_steps), "--images", str(images)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                __name__,
+                PROBE_FLAG,
+                mode,
+                "--threads",
+                str(threads),
+                "--steps",
+                str(train_steps),
+                "--images",
+                str(images),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
             log(f"  round {r + 1} {mode}: " + ", ".join(f"{s} {runs[mode][-1][s]:,.0f}" for s in STAGES) + " images/s")
@@ -83,14 +95,22 @@ def measure(threads: int, rounds: int = 3, log: Callable[[str], None] = print, t
     for stage in STAGES:
         median = {mode: statistics.median(run[stage] for run in runs[mode]) for mode in numerics.MODES}
         rows.append({"stage": stage, **median, "portable_cost": 1 - median["portable"] / median["native"]})
-    return {"threads": threads, "rounds": rounds, "train_steps": train_steps, "images": images, "rows": rows,
-            "fingerprints": {mode: runs[mode][0]["fingerprint"] for mode in numerics.MODES}}  # fmt: skip
+    return {
+        "threads": threads,
+        "rounds": rounds,
+        "train_steps": train_steps,
+        "images": images,
+        "rows": rows,
+        "fingerprints": {mode: runs[mode][0]["fingerprint"] for mode in numerics.MODES},
+    }
 
 
 def markdown_rows(section: dict[str, Any]) -> list[list[str]]:
     """Table rows: stage, native images/s, portable images/s, what portable costs."""
-    return [[r["stage"], f"{r['native']:,.0f}", f"{r['portable']:,.0f}", f"{100 * r['portable_cost']:+.0f}%"]
-            for r in section["rows"]]  # fmt: skip
+    return [
+        [r["stage"], f"{r['native']:,.0f}", f"{r['portable']:,.0f}", f"{100 * r['portable_cost']:+.0f}%"]
+        for r in section["rows"]
+    ]
 
 
 if __name__ == "__main__":

@@ -72,8 +72,14 @@ def run_seeds(clone: Path, seeds: list[int], env: dict[str, str], head: str) -> 
     for seed in seeds:
         if seed == params.seed and own_fresh:
             print(f"spread: seed {seed}: the committed run ({head[:12]})", file=sys.stderr)
-            runs.append({"seed": seed, "eval": _read_json(files[0]), "platform": _read_json(files[1]),
-                         "source": f"committed {head[:12]}"})  # fmt: skip
+            runs.append(
+                {
+                    "seed": seed,
+                    "eval": _read_json(files[0]),
+                    "platform": _read_json(files[1]),
+                    "source": f"committed {head[:12]}",
+                }
+            )
             continue
         raw["seed"] = seed
         params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -143,8 +149,14 @@ def add_revisions(cwd: Path, revisions: list[str]) -> int:
         paths = raw.get("paths") or {}
         eval_json = json.loads(_show(root, sha, paths.get("metrics_eval", "metrics/eval.json")))
         platform_text = _show(root, sha, paths.get("platform", "metrics/platform.json"), required=False)
-        runs.append({"seed": raw.get("seed", 0), "scores": noise.headline_scores(eval_json), "source": f"committed "
-                     f"{sha[:12]}", "platform": json.loads(platform_text) if platform_text else {}})  # fmt: skip
+        runs.append(
+            {
+                "seed": raw.get("seed", 0),
+                "scores": noise.headline_scores(eval_json),
+                "source": f"committed {sha[:12]}",
+                "platform": json.loads(platform_text) if platform_text else {},
+            }
+        )
     result = noise.build_spread(runs, spread["recipe"])
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print("\n".join(table(result)))

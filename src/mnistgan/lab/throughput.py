@@ -69,8 +69,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 def machine_line(info: dict[str, Any] | None = None) -> str:
     """One line of `machine_info` for a report's header."""
     i = info or machine_info(torch.device("cpu"))
-    return (f"{i['cpu']} ({i['machine']}; ATen {i['aten']}, oneDNN {i['onednn']}, MKL {i['mkl']}), {i['threads']} "
-            f"torch threads, Python {i['python']}, torch {i['torch']}, numpy {i['numpy']}")  # fmt: skip
+    return (
+        f"{i['cpu']} ({i['machine']}; ATen {i['aten']}, oneDNN {i['onednn']}, MKL {i['mkl']}), {i['threads']} "
+        f"torch threads, Python {i['python']}, torch {i['torch']}, numpy {i['numpy']}"
+    )
 
 
 def matmul_rate(device: torch.device, n: int, reps: int = 10) -> dict[str, Any]:

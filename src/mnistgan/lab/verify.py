@@ -202,8 +202,11 @@ def unexplained_outputs(committed: dict[str, Any], reproduced: dict[str, Any], r
         old = old_stages.get(name)
         if old is None:
             continue
-        same_inputs = (old.get("cmd") == new.get("cmd") and old.get("params") == new.get("params")
-                       and _md5s(old.get("deps")) == _md5s(new.get("deps")))  # fmt: skip
+        same_inputs = (
+            old.get("cmd") == new.get("cmd")
+            and old.get("params") == new.get("params")
+            and _md5s(old.get("deps")) == _md5s(new.get("deps"))
+        )
         if same_inputs:
             found += sorted(p for p in _md5s(new.get("outs")) if p in differs)
     return found
@@ -250,8 +253,14 @@ class Verdict:
         return 1 if self.level == NOT_REPRODUCED else 0
 
 
-def judge(rows: list[Row], spread: dict[str, Any] | None, evals: tuple[Any, Any], recipe: dict[str, Any],
-          exact: bool = False, unexplained: list[str] | None = None) -> Verdict:  # fmt: skip
+def judge(
+    rows: list[Row],
+    spread: dict[str, Any] | None,
+    evals: tuple[Any, Any],
+    recipe: dict[str, Any],
+    exact: bool = False,
+    unexplained: list[str] | None = None,
+) -> Verdict:
     """Exact when every compared output has the committed md5. Otherwise (unless `exact` demands bytes) the
     rerun is judged as a new draw of the recipe: each headline score of the committed and of the rerun's
     metrics/eval.json (`evals`) must lie within the committed seed spread's range (mnistgan.lab.noise).
@@ -260,31 +269,42 @@ def judge(rows: list[Row], spread: dict[str, Any] | None, evals: tuple[Any, Any]
     failed = [r for r in rows if r.failed]
     if not failed:
         same, skipped = sum(r.status == "same" for r in rows), sum(r.status == "skipped" for r in rows)
-        return Verdict(EXACT, f"verify: {EXACT}: all {same} compared outputs match the committed dvc.lock "
-                       f"({skipped} skipped: they vary)")  # fmt: skip
+        return Verdict(
+            EXACT,
+            f"verify: {EXACT}: all {same} compared outputs match the committed dvc.lock ({skipped} skipped: they vary)",
+        )
     missing = [r.path for r in failed if r.status == "missing"]
     if missing:
         return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: missing from one dvc.lock: {', '.join(missing)}")
     if unexplained:
         changed = [f"{name} {a:.4g} committed, {b:.4g} rerun" for name, a, b in _score_changes(evals)]
-        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {', '.join(unexplained)} differ although their "
-                       "stage had the committed inputs on the same platform" + (f" ({'; '.join(changed)})"
-                                                                                 if changed else ""))  # fmt: skip
+        return Verdict(
+            NOT_REPRODUCED,
+            f"verify: {NOT_REPRODUCED}: {', '.join(unexplained)} differ although their "
+            "stage had the committed inputs on the same platform" + (f" ({'; '.join(changed)})" if changed else ""),
+        )
     n = "1 output differs" if len(failed) == 1 else f"{len(failed)} outputs differ"
     if exact:
         names = ", ".join(r.path for r in failed)
         return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED} exactly (--exact): {n}: {names}")
     if spread is None:
-        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and no {noise.SPREAD_FILE} "
-                       "is committed to judge the scores by (run `make spread`)")  # fmt: skip
+        return Verdict(
+            NOT_REPRODUCED,
+            f"verify: {NOT_REPRODUCED}: {n} in bytes and no {noise.SPREAD_FILE} "
+            "is committed to judge the scores by (run `make spread`)",
+        )
     changed = noise.recipe_changes(spread, recipe)
     if changed:
-        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and {noise.SPREAD_FILE} "
-                       f"was made for another recipe ({', '.join(changed[:5])} differ; run `make spread`)")  # fmt: skip
+        return Verdict(
+            NOT_REPRODUCED,
+            f"verify: {NOT_REPRODUCED}: {n} in bytes and {noise.SPREAD_FILE} "
+            f"was made for another recipe ({', '.join(changed[:5])} differ; run `make spread`)",
+        )
     if evals[0] is None or evals[1] is None:
         which = "committed" if evals[0] is None else "rerun's"
-        return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and the {which} "
-                       "metrics/eval.json is missing")  # fmt: skip
+        return Verdict(
+            NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {n} in bytes and the {which} metrics/eval.json is missing"
+        )
     try:
         checks = tuple(noise.check_scores(spread, evals[0], evals[1]))
     except (ValueError, KeyError) as e:  # an eval.json or spread.json without a score: nothing to judge by
@@ -292,8 +312,12 @@ def judge(rows: list[Row], spread: dict[str, Any] | None, evals: tuple[Any, Any]
     outside = [c.line() for c in checks if not c.inside]
     if outside:
         return Verdict(NOT_REPRODUCED, f"verify: {NOT_REPRODUCED}: {'; '.join(outside)}", checks)
-    return Verdict(WITHIN_NOISE, f"verify: {WITHIN_NOISE}: {n} in bytes; every headline score of the commit "
-                   f"and of the rerun lies within the range of {len(spread['runs'])} runs", checks)  # fmt: skip
+    return Verdict(
+        WITHIN_NOISE,
+        f"verify: {WITHIN_NOISE}: {n} in bytes; every headline score of the commit "
+        f"and of the rerun lies within the range of {len(spread['runs'])} runs",
+        checks,
+    )
 
 
 def _score_changes(evals: tuple[Any, Any]) -> list[tuple[str, float, float]]:
@@ -324,8 +348,15 @@ def platform_lines(table: list[tuple[str, str, str, bool]]) -> list[str]:
     return lines
 
 
-def markdown(head: str, rows: list[Row], stale: dict[str, list[str]], seconds: float, against: str,
-             verdict: Verdict | None = None, table: list[tuple[str, str, str, bool]] | None = None) -> str:  # fmt: skip
+def markdown(
+    head: str,
+    rows: list[Row],
+    stale: dict[str, list[str]],
+    seconds: float,
+    against: str,
+    verdict: Verdict | None = None,
+    table: list[tuple[str, str, str, bool]] | None = None,
+) -> str:
     """reports/verify.md: the level, the fingerprints, the scores judged, the per-output table, stale stages,
     then `against` (the diffs)."""
     lines = [
@@ -341,8 +372,11 @@ def markdown(head: str, rows: list[Row], stale: dict[str, list[str]], seconds: f
         lines += [f"| {k} | {a} | {'**' + b + '**' if d else b} |" for k, a, b, d in table]
     if verdict and verdict.checks:
         lines += ["", "| score | whose | value | range over the seeds | |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c.name} | {c.whose} | {c.value:.4g} | [{c.low:.4g}, {c.high:.4g}] | "
-                  f"{'inside' if c.inside else '**outside**'} |" for c in verdict.checks]  # fmt: skip
+        lines += [
+            f"| {c.name} | {c.whose} | {c.value:.4g} | [{c.low:.4g}, {c.high:.4g}] | "
+            f"{'inside' if c.inside else '**outside**'} |"
+            for c in verdict.checks
+        ]
     lines += ["", "| output | result | committed md5 | reproduced md5 |", "| --- | --- | --- | --- |"]
     for r in rows:
         status = {"DIFFERS": "**DIFFERS**", "skipped": f"skipped (varies: {r.note})",
