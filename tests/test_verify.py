@@ -70,6 +70,17 @@ def test_an_output_that_differs_although_its_stage_had_the_committed_inputs_is_u
         assert unexplained_outputs(committed, moved, compare_locks(committed, moved, {})) == []
 
 
+def test_the_spread_reuses_the_committed_run_only_when_its_lock_records_the_params_of_params_yaml():
+    from mnistgan.lab.spread import lock_matches_params
+
+    committed = lock({"o": "1"}, params={"train.lr": 0.0004, "seed": 0})
+    committed["stages"]["check"] = {"params": {"params.yaml": {"train": {"lr": 0.0004, "steps": 10}, "seed": 0}}}
+    raw = {"seed": 0, "train": {"lr": 0.0004, "steps": 10}}
+    assert lock_matches_params(committed, raw)
+    assert not lock_matches_params(committed, {"seed": 1, "train": {"lr": 0.0004, "steps": 10}})  # the seed
+    assert not lock_matches_params(committed, {"seed": 0, "train": {"lr": 0.001}})
+
+
 def test_varying_outputs_come_from_dvc_yaml_meta(tmp_path):
     assert set(varying_outputs(ROOT)) == {"metrics/train.json", "metrics/platform.json", "models/checkpoint.pt"}
     assert "wall-clock" in varying_outputs(ROOT)["metrics/train.json"]

@@ -33,22 +33,16 @@ from mnistgan.lab.clone import clone_commit, commit, dvc_bin, git, pin_cache, re
 PROG = "mnistgan spread"
 
 
-def _lookup(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def lock_matches_params(lock: dict[str, Any], raw_params: dict[str, Any]) -> bool:
     """True when every param value the dvc.lock records equals params.yaml's: the committed outputs were made
     by this recipe and seed (a lock not updated after a change of params.yaml is not)."""
     for stage in (lock.get("stages") or {}).values():
         for values in (stage.get("params") or {}).values():
-            for key, value in values.items():
-                if _lookup(raw_params, key) != value:
+            for key, value in values.items():  # "train.lr": 0.0004, or a whole section as a dict
+                node: Any = raw_params
+                for part in key.split("."):
+                    node = node.get(part) if isinstance(node, dict) else None
+                if node != value:
                     return False
     return True
 
