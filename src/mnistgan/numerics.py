@@ -91,16 +91,16 @@ def _mkl_version(build: str) -> str:
     return "none"
 
 
-def _openblas() -> dict[str, str]:
-    """numpy's BLAS and the kernel it chose for this CPU (threadpoolctl reads OpenBLAS's core name)."""
+def _openblas(build: dict[str, Any]) -> dict[str, str]:
+    """numpy's BLAS as built (`np.show_config`: the same in every process, whichever other BLAS is loaded) and
+    the kernel OpenBLAS chose for this CPU (threadpoolctl reads its core name)."""
+    found = {"blas": f"{build.get('name', 'unknown')} {build.get('version', '')}".strip()}
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return {}
-    for lib in threadpool_info():
-        if lib.get("internal_api") == "openblas":
-            return {"openblas": str(lib.get("version")), "openblas_core": str(lib.get("architecture"))}
-    return {}
+        return found
+    cores = sorted({str(lib.get("architecture")) for lib in threadpool_info() if lib.get("internal_api") == "openblas"})
+    return found | ({"openblas_core": ",".join(cores)} if cores else {})
 
 
 def fingerprint(mode: str, device: str = "cpu") -> dict[str, Any]:
@@ -112,7 +112,8 @@ def fingerprint(mode: str, device: str = "cpu") -> dict[str, Any]:
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     isa = cpu_isa(flags)
-    simd = np.show_config(mode="dicts").get("SIMD Extensions", {})  # type: ignore[union-attr]
+    config: dict[str, Any] = np.show_config(mode="dicts")  # type: ignore[assignment]
+    simd = config.get("SIMD Extensions", {})
     found: dict[str, Any] = {
         "numerics": mode,
         "device": device,
@@ -132,7 +133,7 @@ def fingerprint(mode: str, device: str = "cpu") -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "libc": " ".join(platform.libc_ver()).strip() or "unknown",
     }
-    found.update(_openblas())
+    found.update(_openblas(config.get("Build Dependencies", {}).get("blas", {})))
     if device.startswith("cuda") and torch.cuda.is_available():
         found["gpu"] = torch.cuda.get_device_name(torch.device(device))
         found["cuda"] = str(torch.version.cuda)
