@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes", help="comma-separated recipe names for the recipes section")
     p.add_argument("--recipe-seconds", type=float, help="training seconds per recipe")
     p.add_argument("--parity-steps", type=int, help="steps per run in the parity section")
+    p.add_argument("--numerics-rounds", type=int, help="alternating rounds of the numerics section (3)")
     p.add_argument("--data", help="MNIST: .npz from --export-data or a folder of the prepare stage's arrays")
     p.add_argument("--classifier", default="models/classifier.pt", help="default: %(default)s")
     p.add_argument("--extractor", default="models/extractor.pt", help="default: %(default)s")
@@ -355,7 +356,8 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchS
     changes: dict[str, Any] = {}
     ints = lambda v: tuple(map(int, split(v)))  # noqa: E731
     for key, convert in (("model", str), ("batch_sizes", ints), ("variants", split), ("sections", split),
-                         ("recipes", split), ("recipe_seconds", float), ("parity_steps", int)):  # fmt: skip
+                         ("recipes", split), ("recipe_seconds", float), ("parity_steps", int),
+                         ("numerics_rounds", int)):  # fmt: skip
         if getattr(args, key):
             changes[key] = convert(getattr(args, key))
     for key, known in (("variants", VARIANTS), ("sections", SECTIONS)):
