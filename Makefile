@@ -50,9 +50,14 @@ test: venv
 test-fast: venv
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
-# Queued experiments under random SIGKILLs (tests/test_soak.py): minutes of its own, so not in `make test`.
+# Queued experiments under random SIGKILLs (tests/test_soak.py), then the reproducibility checks across emulated
+# CPU kinds (a seed spread and two full reruns of the tiny pipeline; portable against native numerics): minutes
+# of their own, so not in `make test`.
 soak: venv
 	MNISTGAN_SOAK=1 $(VENV)/bin/python -m pytest tests/test_soak.py -s
+	MNISTGAN_SOAK=1 $(VENV)/bin/python -m pytest -n 2 --dist loadfile \
+		tests/test_verify.py::test_verify_judges_another_platform_within_noise_another_recipe_not_and_leaves_the_checkout_alone \
+		tests/test_determinism.py::test_portable_numerics_keep_the_bytes_that_another_cpu_kind_moves
 
 # Then what portable numerics cost per stage (a section of its own: each mode runs in processes of its own).
 bench: venv

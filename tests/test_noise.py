@@ -11,7 +11,8 @@ from scipy import stats
 
 from mnistgan.config import load_params
 from mnistgan.lab import noise
-from mnistgan.lab.verify import EXACT, NOT_REPRODUCED, WITHIN_NOISE, Row, judge, platform_lines, platform_table
+from mnistgan.lab.noise import platform_lines, platform_table
+from mnistgan.lab.verify import EXACT, NOT_REPRODUCED, WITHIN_NOISE, Row, judge
 
 
 def eval_json(

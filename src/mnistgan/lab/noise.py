@@ -172,3 +172,20 @@ def check_scores(spread: dict[str, Any], committed: dict[str, Any], rerun: dict[
             r = spread["ranges"][name]
             checks.append(ScoreCheck(name, whose, value, r["low"], r["high"], n))
     return checks
+
+
+def platform_table(committed: dict[str, Any] | None, rerun: dict[str, Any] | None) -> list[tuple[str, str, str, bool]]:
+    """(key, committed value, rerun value, differs) for every key of either fingerprint."""
+    a, b = committed or {}, rerun or {}
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, str(a.get(k, "-")), str(b.get(k, "-")), a.get(k) != b.get(k)) for k in keys]
+
+
+def platform_lines(table: list[tuple[str, str, str, bool]]) -> list[str]:
+    """The two fingerprints side by side on stdout; `*` marks a difference."""
+    if not table:
+        return ["platform: neither the commit nor the rerun has a platform fingerprint"]
+    width = max(len(v) for _, v, _, _ in table) + 2
+    lines = [f"  {'platform':<14}{'committed':<{width}}rerun"]
+    lines += [f"{'*' if differs else ' '} {k:<14}{a:<{width}}{b}" for k, a, b, differs in table]
+    return lines

@@ -331,23 +331,6 @@ def _score_changes(evals: tuple[Any, Any]) -> list[tuple[str, float, float]]:
     return [(name, a[name], b[name]) for name in a if a[name] != b[name]]
 
 
-def platform_table(committed: dict[str, Any] | None, rerun: dict[str, Any] | None) -> list[tuple[str, str, str, bool]]:
-    """(key, committed value, rerun value, differs) for every key of either fingerprint."""
-    a, b = committed or {}, rerun or {}
-    keys = list(a) + [k for k in b if k not in a]
-    return [(k, str(a.get(k, "-")), str(b.get(k, "-")), a.get(k) != b.get(k)) for k in keys]
-
-
-def platform_lines(table: list[tuple[str, str, str, bool]]) -> list[str]:
-    """The two fingerprints side by side on stdout; `*` marks a difference."""
-    if not table:
-        return ["platform: neither the commit nor the rerun has a platform fingerprint"]
-    width = max(len(v) for _, v, _, _ in table) + 2
-    lines = [f"  {'platform':<14}{'committed':<{width}}rerun"]
-    lines += [f"{'*' if differs else ' '} {k:<14}{a:<{width}}{b}" for k, a, b, differs in table]
-    return lines
-
-
 def markdown(
     head: str,
     rows: list[Row],
@@ -472,8 +455,8 @@ def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False, exact: bool 
         for name, what in stale.items():
             print(f"verify: warning: the committed dvc.lock is stale for stage {name} ({', '.join(what)} differ "
                   "from the commit's): run `dvc repro` and commit dvc.lock", file=sys.stderr)  # fmt: skip
-        table = platform_table(before["platform"], _read_json(files["platform"]))
-        print("\n".join(platform_lines(table)))
+        table = noise.platform_table(before["platform"], _read_json(files["platform"]))
+        print("\n".join(noise.platform_lines(table)))
         for row in rows:
             print(row.line())
         evals = (before["metrics_eval"], _read_json(files["metrics_eval"]))
