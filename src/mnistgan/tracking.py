@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from mnistgan import stale_runs
 from mnistgan.config import flatten
@@ -409,26 +410,27 @@ def last_image(run_id: str, key: str, dest: Path) -> Path | None:
     return Path(client.download_artifacts(run_id, max(steps)[1], str(dest)))
 
 
-def load_generator_model(uri: str) -> Any:
-    """An MLflow generator model (`models:/mnistgan-generator/latest`, `runs:/ID/generator`, ...) from this
-    project's store, as a function (digits, seeds, truncation) -> uint8 (rows, 28, 28)."""
+def download_generator_file(uri: str, dest: Path) -> Path:
+    """The generator weights of an MLflow generator model (`models:/mnistgan-generator/latest`, `runs:/ID/generator`,
+    ...) from this project's store, downloaded into `dest`.
+
+    Only the weights file is taken, to be loaded with torch's weights-only unpickler by this package's own code:
+    the Python file stored beside it (models-from-code) is never run, so a model changed on the server cannot
+    run code on the machine that generates from it.
+    """
     mlflow = import_mlflow(True)
     mlflow.set_tracking_uri(tracking_uri())
     try:
         with _quiet_mlflow_logs():
-            model = mlflow.pyfunc.load_model(uri)
-    except Exception as e:  # MlflowException (no such model or version), OSError, a model of another kind...
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    except Exception as e:  # MlflowException (no such model or version), OSError, ...
         raise InputError(f"--model-uri {uri}: cannot load ({_first_line(e)})") from None
-
-    def predict(digits: np.ndarray, seeds: np.ndarray, truncation: float) -> np.ndarray:
-        import pandas as pd  # lazy: mlflow's run tables
-
-        try:
-            return model.predict(pd.DataFrame({"digit": digits, "seed": seeds}), params={"truncation": truncation})
-        except Exception as e:  # the model's own ValueError (a digit of an unconditional generator), wrapped
-            raise InputError(f"--model-uri {uri}: {_first_line(e)}") from None
-
-    return predict
+    try:
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        return local / flavor["artifacts"][GENERATOR_ARTIFACT]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise InputError(f"--model-uri {uri}: not a generator model of this project (no {GENERATOR_ARTIFACT!r} "
+                         "artifact in its MLmodel)") from None  # fmt: skip
 
 
 def _first_line(e: BaseException) -> str:

@@ -7,11 +7,13 @@ Image i is drawn from seed `--seed + i` alone (sample.digits_from_seeds), so it 
 what the registered MLflow model returns for the row (digit, seed + i). The generator comes from
 models/generator.pt (the train stage's output), `--generator FILE` or `--model-uri models:/NAME/VERSION`
 (an MLflow Model logged by the train stage, from the store of `MLFLOW_TRACKING_URI` or this repo's
-mlflow.db).
+mlflow.db: only its weights file is downloaded, and loaded like a local one, so no code stored with the model
+runs here).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from mnistgan.data import N_CLASSES
 from mnistgan.errors import UserError
 from mnistgan.io import load_torch, save_npy, save_png
 from mnistgan.pictures import image_grid
-from mnistgan.tracking import load_generator_model
+from mnistgan.tracking import download_generator_file
 
 PROG = "mnistgan generate"
 DEFAULT_GENERATOR = "models/generator.pt"
@@ -65,18 +67,25 @@ def generate_images(args) -> np.ndarray:  # noqa: ANN001
     """uint8 (n, 28, 28): image i from (args.digit, args.seed + i)."""
     digits = np.full(args.n, args.digit, np.int64)
     seeds = np.arange(args.seed, args.seed + args.n, dtype=np.int64)
-    if args.model_uri:
-        return load_generator_model(args.model_uri)(digits, seeds, args.truncation)
+    if args.model_uri:  # its weights file only, loaded as a local one (no code from the store runs)
+        with tempfile.TemporaryDirectory(prefix="mnistgan-model-") as tmp:
+            return images_from_file(download_generator_file(args.model_uri, Path(tmp)), args.model_uri, "",
+                                    digits, seeds, args.truncation)  # fmt: skip
+    path = args.generator or Path(DEFAULT_GENERATOR)
+    hint = "train" if args.generator is None else ""  # the default file is the train stage's output
+    return images_from_file(path, str(path), hint, digits, seeds, args.truncation)
+
+
+def images_from_file(path: Path, name: str, made_by: str, digits: np.ndarray, seeds: np.ndarray,
+                     truncation: float) -> np.ndarray:  # fmt: skip
     # lazy: torch, after the arguments are checked
     from mnistgan.gan.sample import check_generator_file, digits_from_seeds, generator_from_file
 
-    path = args.generator or Path(DEFAULT_GENERATOR)
-    hint = "train" if args.generator is None else ""  # the default file is the train stage's output
-    g, cfg = generator_from_file(load_torch(path, made_by=hint, check=check_generator_file))
+    g, cfg = generator_from_file(load_torch(path, made_by=made_by, check=check_generator_file))
     try:
-        return digits_from_seeds(g, cfg.z_dim, cfg.conditional, digits, seeds, args.truncation)
+        return digits_from_seeds(g, cfg.z_dim, cfg.conditional, digits, seeds, truncation)
     except ValueError as e:  # e.g. a digit asked of an unconditional generator
-        raise UserError(f"{path}: {e}") from None
+        raise UserError(f"{name}: {e}") from None
 
 
 def write_images(images: np.ndarray, out: Path, nrow: int, scale: int) -> None:
