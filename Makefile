@@ -52,12 +52,13 @@ test-fast: venv
 
 # Queued experiments under random SIGKILLs (tests/test_soak.py), then the reproducibility checks across emulated
 # CPU kinds (a seed spread and two full reruns of the tiny pipeline; portable against native numerics): minutes
-# of their own, so not in `make test`.
+# of their own, so not in `make test`; and the team server across two network namespaces (logins, roles, HTTPS).
 soak: venv
 	MNISTGAN_SOAK=1 $(VENV)/bin/python -m pytest tests/test_soak.py -s
 	MNISTGAN_SOAK=1 $(VENV)/bin/python -m pytest -n 2 --dist loadfile \
 		tests/test_verify.py::test_verify_judges_another_platform_within_noise_another_recipe_not_and_leaves_the_checkout_alone \
-		tests/test_determinism.py::test_portable_numerics_keep_the_bytes_that_another_cpu_kind_moves
+		tests/test_determinism.py::test_portable_numerics_keep_the_bytes_that_another_cpu_kind_moves \
+		tests/test_team_server.py
 
 # Then what portable numerics cost per stage (a section of its own: each mode runs in processes of its own).
 bench: venv
@@ -85,10 +86,13 @@ PORT ?= 5000
 ui: venv
 	$(VENV)/bin/python -m mnistgan.lab.ui --port $(PORT)
 
-# The team's MLflow tracking server on 127.0.0.1:$(PORT): a PostgreSQL cluster under .mlflow-server/ (or the
-# database named by MLFLOW_BACKEND_URI), artifacts served through the server. Both run until server-stop.
+# The team's MLflow tracking server on $(HOST):$(PORT): a PostgreSQL cluster under .mlflow-server/ (or the
+# database named by MLFLOW_BACKEND_URI), artifacts served through the server. Both run until server-stop. On any
+# HOST but the loopback it asks for logins (mnistgan server user add NAME --role reader|editor); CERT= KEY=: HTTPS.
+HOST ?= 127.0.0.1
 server: venv
-	$(VENV)/bin/python -m mnistgan.lab.server start --port $(PORT)
+	$(VENV)/bin/python -m mnistgan.lab.server start --host $(HOST) --port $(PORT) \
+		$(if $(CERT),--cert $(CERT)) $(if $(KEY),--key $(KEY))
 
 server-stop: venv
 	$(VENV)/bin/python -m mnistgan.lab.server stop

@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +44,7 @@ from mnistgan.descriptions import (
 )
 from mnistgan.errors import InputError, TrackingError
 from mnistgan.pictures import image_grid
+from mnistgan.store import check_store, refused
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -68,30 +67,6 @@ def repo_root(start: Path | None = None) -> Path:
 def tracking_uri(start: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI when set, else SQLite `mlflow.db` at the repo root by absolute path."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root(start) / DEFAULT_DB}"
-
-
-def check_store(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not minutes of client retries) when the store cannot be reached."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status != 200:
-                    raise TrackingError(f"tracking server {uri} answered {r.status} on /health")
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            reason = getattr(e, "reason", e)
-            raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
-        probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
-        try:  # a server whose database is down answers /health, then 503 to all else (MLflow retries for minutes)
-            urllib.request.urlopen(probe, timeout=timeout).close()
-        except urllib.error.HTTPError as e:
-            if e.code >= 500:
-                raise TrackingError(f"tracking server {uri} cannot reach its backend store (HTTP {e.code})") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise TrackingError(f"tracking server {uri} does not answer ({getattr(e, 'reason', e)})") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///") :]).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"tracking store folder {folder} does not exist or is not writable")
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -168,8 +143,9 @@ class NullRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None: ...
-    def log_dataset(self, name: str, features: np.ndarray, targets: np.ndarray, source: str, digest: str,
-                    context: str) -> None: ...  # fmt: skip
+    def log_dataset(
+        self, name: str, features: np.ndarray, targets: np.ndarray, source: str, digest: str, context: str
+    ) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_generator_model(self, generator_path: str | Path) -> None: ...
     def describe(self, changed: str | None = None, scores: dict[str, Any] | None = None) -> None: ...
@@ -196,8 +172,9 @@ class Run(NullRun):
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         with_retry(self.mlflow.log_artifact, str(path), artifact_path=folder)
 
-    def log_dataset(self, name: str, features: np.ndarray, targets: np.ndarray, source: str, digest: str,
-                    context: str) -> None:  # fmt: skip
+    def log_dataset(
+        self, name: str, features: np.ndarray, targets: np.ndarray, source: str, digest: str, context: str
+    ) -> None:
         """The run's data as an MLflow dataset input (the "Dataset" column of the runs table)."""
         dataset = self.mlflow.data.from_numpy(features, source=source, targets=targets, name=name, digest=digest)
         with_retry(self.mlflow.log_input, dataset, context=context)
@@ -210,12 +187,16 @@ class Run(NullRun):
         under the run's logged models and registered as a new version of REGISTERED_MODEL."""
         with _quiet_mlflow_logs():
             info = with_retry(
-                self.mlflow.pyfunc.log_model, name="generator", python_model=str(GENERATOR_MODEL_CODE),
+                self.mlflow.pyfunc.log_model,
+                name="generator",
+                python_model=str(GENERATOR_MODEL_CODE),
                 artifacts={GENERATOR_ARTIFACT: str(generator_path)},
                 code_paths=[str(PACKAGE_SOURCE)],  # the package's source: loads without this repo
-                signature=generator_signature(self.mlflow), input_example=GENERATOR_INPUT_EXAMPLE,
-                pip_requirements=generator_requirements(), registered_model_name=REGISTERED_MODEL,
-            )  # fmt: skip
+                signature=generator_signature(self.mlflow),
+                input_example=GENERATOR_INPUT_EXAMPLE,
+                pip_requirements=generator_requirements(),
+                registered_model_name=REGISTERED_MODEL,
+            )
         if not self.client.get_registered_model(REGISTERED_MODEL).description:
             with_retry(self.client.update_registered_model, REGISTERED_MODEL, description=REGISTERED_MODEL_NOTE)
         version = info.registered_model_version
@@ -235,8 +216,9 @@ class Run(NullRun):
         note = run_note(changed, scores)
         with_retry(self.mlflow.set_tags, {CHANGED_TAG: changed, NOTE_TAG: note})
         if scores:
-            versions = with_retry(self.client.search_model_versions,
-                                  f"name='{REGISTERED_MODEL}' and run_id='{self.run_id}'")  # fmt: skip
+            versions = with_retry(
+                self.client.search_model_versions, f"name='{REGISTERED_MODEL}' and run_id='{self.run_id}'"
+            )
             for v in versions:
                 for key, value in version_tags(scores).items():
                     with_retry(self.client.set_model_version_tag, REGISTERED_MODEL, v.version, key, value)
@@ -292,8 +274,11 @@ def experiment_id(mlflow: Any, name: str, root: Path) -> str:
             # Absolute artifact root so queued experiments (temporary copies) store artifacts here too.
             # A server (http) keeps artifacts where it chooses (`make server` serves them): no local path then.
             local = not mlflow.get_tracking_uri().startswith(("http://", "https://"))
-            exp_id = mlflow.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri() if local else None,
-                                              tags=dict([EXPERIMENT_KIND, (NOTE_TAG, EXPERIMENT_NOTE)]))  # fmt: skip
+            exp_id = mlflow.create_experiment(
+                name,
+                artifact_location=(root / ARTIFACTS).as_uri() if local else None,
+                tags=dict([EXPERIMENT_KIND, (NOTE_TAG, EXPERIMENT_NOTE)]),
+            )
             return exp_id
         except Exception:  # another process created it first
             exp = mlflow.get_experiment_by_name(name)
@@ -320,8 +305,9 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
             with_retry(mlflow.MlflowClient, uri)  # builds this process's store: creates or migrates tables
         if run_id and not _run_exists(mlflow, run_id):
             # e.g. metrics/train.json from another clone or store (it is committed): later stages still run
-            print(f"warning: run {run_id} (the training run) is not in {uri}; this stage is not tracked",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: run {run_id} (the training run) is not in {uri}; this stage is not tracked", file=sys.stderr
+            )
             return NullRun()
         if run_id:  # this process holds the run now (tagged before it is RUNNING again: no sweep closes it)
             for key, value in stale_runs.owner_tags().items():
@@ -334,6 +320,10 @@ def open_run(experiment: str, required: bool, run_id: str | None = None, run_nam
             active = with_retry(mlflow.start_run, experiment_id=exp_id, run_name=name, tags=stale_runs.owner_tags())
         # runs of this experiment left RUNNING by killed processes on this machine: ended as KILLED
         with_retry(stale_runs.close_stale_runs, mlflow.MlflowClient(), [active.info.experiment_id])
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            raise
+        raise refused(uri, e.error_code, f"to write runs of experiment {experiment!r}") from None
     except TrackingError:
         if required:
             raise
@@ -359,8 +349,14 @@ def open_training_run(params: Any, mnist: Any, run_id: str | None, fingerprint: 
     if not run_id:
         run.log_params(flatten(params))
         run.describe(changed=params_changes(params))
-        run.log_dataset("mnist", mnist.x_train, mnist.y_train, source=os.path.abspath(params.paths.mnist),
-                        digest=mnist.train_digest()[:32], context="training")  # fmt: skip
+        run.log_dataset(
+            "mnist",
+            mnist.x_train,
+            mnist.y_train,
+            source=os.path.abspath(params.paths.mnist),
+            digest=mnist.train_digest()[:32],
+            context="training",
+        )
     run.set_tags(run_tags(fingerprint) | ({"nproc": str(world)} if world > 1 else {}))
     return run
 
@@ -371,8 +367,9 @@ def training_callbacks(run: NullRun, state: Any) -> dict[str, Any]:
         "on_log": lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step),
         "on_images": lambda step, imgs: run.log_image(image_grid(imgs.numpy()), key="samples", step=step),
         "on_fid": lambda step, value: run.log_metrics(
-            {"fid_during_training": value, "fid_seconds": state.fid_history[-1]["seconds"]}, step=step),
-    }  # fmt: skip
+            {"fid_during_training": value, "fid_seconds": state.fid_history[-1]["seconds"]}, step=step
+        ),
+    }
 
 
 def reopen_run(cfg: Any, run_id: str | None) -> NullRun:
@@ -429,8 +426,10 @@ def download_generator_file(uri: str, dest: Path) -> Path:
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
         return local / flavor["artifacts"][GENERATOR_ARTIFACT]["path"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise InputError(f"--model-uri {uri}: not a generator model of this project (no {GENERATOR_ARTIFACT!r} "
-                         "artifact in its MLmodel)") from None  # fmt: skip
+        raise InputError(
+            f"--model-uri {uri}: not a generator model of this project (no {GENERATOR_ARTIFACT!r} "
+            "artifact in its MLmodel)"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:

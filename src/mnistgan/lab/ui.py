@@ -76,8 +76,9 @@ def ensure_experiment(uri: str, name: str) -> str:
         raise UserError(f"tracking store {uri}: {first}") from None
 
 
-def check_port_free(port: int, taken: str = "another MLflow UI?",
-                    choose: str = "choose another with --port (make ui PORT=...)") -> None:  # fmt: skip
+def check_port_free(
+    port: int, taken: str = "another MLflow UI?", choose: str = "choose another with --port (make ui PORT=...)"
+) -> None:
     """UserError naming the port when a server could not listen on HOST:port; `taken` guesses who holds it,
     `choose` says how to pick another (`make ui` and `make server` word them for their own command)."""
     with socket.socket() as s:
@@ -111,16 +112,22 @@ def start_server(uri: str, port: int, log: Path) -> subprocess.Popen:
     """`mlflow ui` on HOST:port in its own session and process group, its output in `log`."""
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port)]
     cmd += ["--workers", "1"]  # one person's browser: one worker starts faster than the default four
-    env = dict(os.environ)
+    return start_mlflow_process(cmd, log, tracking.repo_root(), {}, "wb")
+
+
+def start_mlflow_process(cmd: list[str], log: Path, cwd: Path, env: dict[str, str], mode: str) -> subprocess.Popen:
+    """An MLflow server command (`mlflow ui`, `mlflow server`) in its own session and process group (so Ctrl-C
+    reaches this process only, which then stops the server's whole group), its output in `log` (mode "wb" or
+    "ab"), with `env` over this process's environment."""
+    env = dict(os.environ) | env
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("DO_NOT_TRACK", "1")
     # MLflow's job runner (seven huey processes of ~240 MB each) serves GenAI features only (LLM judges, trace
     # roll-ups); the runs of this project need none of it. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings it back.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    with open(log, "wb") as out:
-        # its own session: Ctrl-C reaches this process only, which then stops the server's whole group
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=tracking.repo_root(), start_new_session=True)  # fmt: skip
+    with open(log, mode) as out:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)  # fmt: skip
 
 
 def wait_healthy(proc: subprocess.Popen, base: str, wait: float, log: Path) -> None:
@@ -129,8 +136,10 @@ def wait_healthy(proc: subprocess.Popen, base: str, wait: float, log: Path) -> N
     while not _healthy(base):
         if proc.poll() is not None:
             last = _last_line(log)
-            raise UserError(f"mlflow ui exited with code {proc.returncode} before answering"
-                            f"{f' ({last})' if last else ''}; its log: {log}")  # fmt: skip
+            raise UserError(
+                f"mlflow ui exited with code {proc.returncode} before answering"
+                f"{f' ({last})' if last else ''}; its log: {log}"
+            )
         if time.monotonic() > deadline:
             raise UserError(f"mlflow ui did not answer on {base}/health within {wait:g} s; its log: {log}")
         time.sleep(0.25)
