@@ -19,13 +19,24 @@ from mnistgan import numerics  # noqa: E402
 from mnistgan.config import Params, load_params  # noqa: E402
 from mnistgan.errors import EXIT_BAD_INPUT, UserError  # noqa: E402
 
-# With this variable set to a folder, a stage writes the params keys it read to <folder>/<stage>.json; the
-# end-to-end test compares them with dvc.yaml's per-key params (a key read but not declared would not
-# rerun the stage when it changes). Only then are the params wrapped; a normal run reads plain dataclasses.
+# Set to a folder: a stage writes the params keys it read to <folder>/<stage>.json, the files it opened to
+# <stage>.files.json; the end-to-end test holds them to dvc.yaml's params and deps. Unset: neither is recorded.
 RECORD_ENV = "MNISTGAN_RECORD_PARAMS"
-# paths, tracking: not behaviour
-SECTIONS = ("prepare", "classifier", "extractor", "train", "sample", "evaluate", "numerics")
+SECTIONS = ("prepare", "classifier", "extractor", "train", "sample", "evaluate", "numerics")  # not paths, tracking
 NO_NUMBERS = ("check", "prepare")  # stages that compute no floats: numerics does not apply to them
+
+
+def record_opens(opened: set[str]) -> None:
+    """From now on, every file below the working directory this process opens for reading goes to `opened`."""
+    root = Path.cwd().resolve()
+
+    def opens(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], str | Path) and not set(str(args[1] or "r")) & set("wax+"):
+            path = Path(args[0]).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                opened.add(str(path.relative_to(root)))
+
+    sys.addaudithook(opens)
 
 
 def recording(params: Params, reads: set[str]) -> Params:
@@ -54,10 +65,12 @@ def recording(params: Params, reads: set[str]) -> Params:
 
 def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
     """Load params.yaml, run `main`, and turn expected failures into one line on stderr and exit 2."""
-    record, reads = os.environ.get(RECORD_ENV), set()
+    record, reads, opened = os.environ.get(RECORD_ENV), set(), set()
     try:
         params = load_params("params.yaml")
-        params = recording(params, reads) if record else params
+        if record:
+            params = recording(params, reads)
+            record_opens(opened)
         if name not in NO_NUMBERS:  # before the stage's first tensor operation
             numerics.apply(params.numerics.mode, params.numerics.threads)
         code = main(params) or 0
@@ -73,4 +86,5 @@ def run_stage(name: str, main: Callable[[Params], int | None]) -> None:
     if record and code == 0:
         Path(record).mkdir(parents=True, exist_ok=True)
         (Path(record) / f"{name}.json").write_text(json.dumps(sorted(reads)) + "\n")
+        (Path(record) / f"{name}.files.json").write_text(json.dumps(sorted(opened)) + "\n")
     sys.exit(code)

@@ -25,9 +25,15 @@ def main(params: Params, section: str = "classifier") -> None:
     result = train_classifier(cfg, cfg.seed, data.x_train, data.y_train, data.x_test, data.y_test, on_epoch=on_epoch)
     save_torch(getattr(paths, section), classifier_file(result.model, result.test_accuracy))
     # Only deterministic values here, so two runs of the same params give the same bytes.
-    write_json(getattr(paths, f"metrics_{section}"),
-               {"arch": cfg.arch, "test_accuracy": round(result.test_accuracy, 6), "train_images": result.train_images,
-                "epochs": result.epochs})  # fmt: skip
+    write_json(
+        getattr(paths, f"metrics_{section}"),
+        {
+            "arch": cfg.arch,
+            "test_accuracy": round(result.test_accuracy, 6),
+            "train_images": result.train_images,
+            "epochs": result.epochs,
+        },
+    )
     print(f"{section}: {cfg.arch} test accuracy {result.test_accuracy:.4%} in {result.seconds:.0f} s")
 
 

@@ -26,8 +26,9 @@ def main(params: Params) -> None:
     files = {"classifier": paths.classifier, "extractor": paths.extractor}
     needed = {"classifier"} | {space.split("/")[0] for space in cfg.spaces}
     models = {name: load_classifier(files[name], made_by=name) for name in sorted(needed)}
-    reals = {name: real_features(m, mnist, batch_size=cfg.batch_size, progress=True, name=name)
-             for name, m in models.items()}  # fmt: skip
+    reals = {
+        name: real_features(m, mnist, batch_size=cfg.batch_size, progress=True, name=name) for name, m in models.items()
+    }
     samples = load_npy(paths.samples, made_by="sample")
     common = {"n_reference": cfg.n_reference, "splits": cfg.splits, "batch_size": cfg.batch_size}
     result = score_all(samples, models, reals, cfg.spaces, progress=True, **common)
@@ -36,8 +37,11 @@ def main(params: Params) -> None:
     write_json(paths.metrics_eval, result)
     clf, real = models["classifier"], reals["classifier"]
     sample_feats = real.view(network_features(clf, samples[:10])[0], "penultimate")
-    save_png(paths.nearest_png, nearest_training_grid(samples, sample_feats, mnist.x_train, real.train("penultimate")),
-             scale=3)  # fmt: skip
+    save_png(
+        paths.nearest_png,
+        nearest_training_grid(samples, sample_feats, mnist.x_train, real.train("penultimate")),
+        scale=3,
+    )
     run = tracking.reopen_run(params.tracking, read_json(paths.metrics_train, made_by="train").get("mlflow_run_id"))
     tracking.log_scores(run, result, read_json(paths.metrics_classifier, made_by="classifier"), paths.metrics_eval)
     run.log_artifact(paths.nearest_png)
@@ -46,14 +50,20 @@ def main(params: Params) -> None:
     if cfg.seeds:
         fid = result["generated_over_seeds"]["fid"]
         print(f"evaluate: FID over {len(cfg.seeds)} sample sets {fid['mean']:.3f} ± {fid['std']:.3f}")
-    print(f"evaluate: score {g['inception_score']:.3f} (real {r['inception_score']:.3f}), FID {g['fid']:.3f} "
-          f"(real {r['fid']:.3f} at N={result['n_reference']}), classes {g['classes_covered']}/10")  # fmt: skip
+    print(
+        f"evaluate: score {g['inception_score']:.3f} (real {r['inception_score']:.3f}), FID {g['fid']:.3f} "
+        f"(real {r['fid']:.3f} at N={result['n_reference']}), classes {g['classes_covered']}/10"
+    )
     lo, hi = g["fid_inf_ci95"]
-    print(f"evaluate: fid_inf {g['fid_inf']:.2f} [{lo:.2f}, {hi:.2f}] (real {r['fid_inf']:.2f}): "
-          f"{g['fid_inf'] / r['fid_inf']:.1f}x real, for any number of samples")  # fmt: skip
+    print(
+        f"evaluate: fid_inf {g['fid_inf']:.2f} [{lo:.2f}, {hi:.2f}] (real {r['fid_inf']:.2f}): "
+        f"{g['fid_inf'] / r['fid_inf']:.1f}x real, for any number of samples"
+    )
     if a:
-        print(f"evaluate: FID multiples of real over {a['n_spaces']} feature spaces {a['fid_multiple_min']:.1f} to "
-              f"{a['fid_multiple_max']:.1f} (spread {a['fid_multiple_spread']:.1f})")  # fmt: skip
+        print(
+            f"evaluate: FID multiples of real over {a['n_spaces']} feature spaces {a['fid_multiple_min']:.1f} to "
+            f"{a['fid_multiple_max']:.1f} (spread {a['fid_multiple_spread']:.1f})"
+        )
 
 
 def scores_over_seeds(params: Params, models: dict, reals: dict, common: dict) -> dict:

@@ -21,8 +21,10 @@ def main(params: Params) -> None:
         d = discriminator_from_checkpoint(load_torch(paths.checkpoint, made_by="train"), gen_file, paths.checkpoint)
     images, drs = draw_samples(g, d, cfg, train_cfg, cfg.seed)
     if drs is not None:
-        print(f"sample: discriminator rejection sampling kept {drs.accepted} of {drs.proposals} proposals "
-              f"({drs.acceptance:.0%}; burn-in {drs.burn_in}, {drs.forced} kept after {MAX_ROUNDS} tries)")  # fmt: skip
+        print(
+            f"sample: discriminator rejection sampling kept {drs.accepted} of {drs.proposals} proposals "
+            f"({drs.acceptance:.0%}; burn-in {drs.burn_in}, {drs.forced} kept after {MAX_ROUNDS} tries)"
+        )
     save_npy(paths.samples, images)  # (n, 28, 28) uint8
     # Conditional samples cycle through labels 0..9 (sample_noise), so row r of the grid is digit r.
     grid = by_class_grid(images, np.arange(cfg.n) % 10) if train_cfg.conditional else image_grid(images[:100])

@@ -49,10 +49,10 @@ def main(params: Params) -> int:
     def on_checkpoint(_step: int, ckpt: dict) -> None:
         save_torch(paths.checkpoint, ckpt | {"mlflow_run_id": run.run_id})
 
+    hooks = {"stop_requested": lambda: bool(stop), "on_checkpoint": on_checkpoint if lead else None}
     try:
         callbacks = tracking.training_callbacks(run, state) if lead else {}
-        result = core.train(state, x, y, fid=monitor, stop_requested=lambda: bool(stop), progress=lead,
-                            on_checkpoint=on_checkpoint if lead else None, **callbacks)  # fmt: skip
+        result = core.train(state, x, y, fid=monitor, progress=lead, **hooks, **callbacks)
     except core.StopRequested as e:
         run.end("KILLED")
         print(f"train: {stop['signal']}: {e}; `dvc repro` resumes from {paths.checkpoint}", file=sys.stderr)
@@ -69,7 +69,7 @@ def main(params: Params) -> int:
     save_torch(paths.generator, core.generator_file(state, core.finalize_sampler(state, device)))
     write_csv(paths.train_losses, ["step", *core.LOSS_COLUMNS], state.history)
     reference = monitor.reference if monitor else None
-    write_csv(paths.train_fid, ["step", "fid", "fid_real"], core.fid_rows(state, reference))
+    write_csv(paths.train_fid, core.FID_COLUMNS, core.fid_rows(state, reference))
     write_json(paths.metrics_train, core.run_summary(result, state, run.run_id, reference))
     write_json(paths.platform, platform)
     run.log_metrics({"train_seconds": result.seconds, "images_per_second": result.images_per_second,
@@ -79,10 +79,7 @@ def main(params: Params) -> int:
     for artifact in (paths.train_losses, paths.train_fid, paths.platform):
         run.log_artifact(artifact)
     run.end()
-    resumed = f"; resumed at step {result.resumed_from}, {result.seconds_this_process:.0f} s in this process" \
-        if result.resumed_from else ""  # fmt: skip
-    print(f"train: {result.steps} steps on {result.device} in {result.seconds:.0f} s "
-          f"({result.images_per_second:.0f} images/s{resumed})")  # fmt: skip
+    print(f"train: {result.summary()}")
     return 0
 
 

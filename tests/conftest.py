@@ -18,10 +18,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # spread (two more seeds) and two reruns of the whole tiny pipeline in clones: among the longest now.
 # test_server.py and test_workers.py (a PostgreSQL-backed MLflow server each, three and two pipeline runs
 # against it): about 130 and 120 seconds. test_soak.py runs only under `make soak`.
-SLOWEST_FIRST = ("test_recovery.py", "test_verify.py", "test_pipeline.py", "test_server.py", "test_workers.py",
-                 "test_determinism.py", "test_scoring.py", "test_distributed.py", "test_bench.py", "test_numerics.py",
-                 "test_data.py", "test_score_cli.py", "test_curves.py", "test_calibrate.py",
-                 "test_metrics.py")  # fmt: skip
+SLOWEST_FIRST = (
+    "test_recovery.py",
+    "test_verify.py",
+    "test_pipeline.py",
+    "test_server.py",
+    "test_workers.py",
+    "test_determinism.py",
+    "test_scoring.py",
+    "test_distributed.py",
+    "test_bench.py",
+    "test_numerics.py",
+    "test_data.py",
+    "test_score_cli.py",
+    "test_curves.py",
+    "test_calibrate.py",
+    "test_metrics.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,21 +19,50 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What a fresh clone would not have: the venv, caches, outputs of earlier runs, the MLflow store.
-SKIP = {".venv", ".git", "mlflow.db", "mlartifacts", "mlruns", ".pytest_cache", ".ruff_cache", "__pycache__",
-        "data", "models", "plots", "metrics", "dvc.lock", ".gl", ".whl", "reports", ".mlflow-server"}  # fmt: skip
+SKIP = {
+    ".venv",
+    ".git",
+    "mlflow.db",
+    "mlartifacts",
+    "mlruns",
+    ".pytest_cache",
+    ".ruff_cache",
+    "__pycache__",
+    "data",
+    "models",
+    "plots",
+    "metrics",
+    "dvc.lock",
+    ".gl",
+    ".whl",
+    "reports",
+    ".mlflow-server",
+}
 SKIP_IN_DVC = {"cache", "tmp", "config.local"}
 
 TINY = {
     "classifier": {"epochs": 1, "train_images": 2000, "batch_size": 100},
     "extractor": {"epochs": 1, "train_images": 2000, "batch_size": 100},
-    "train": {"train_images": 2000, "steps": 120, "batch_size": 32, "log_every": 10, "image_every": 60,
-              "checkpoint_every": 40, "fid_every": 0},
+    "train": {
+        "train_images": 2000,
+        "steps": 120,
+        "batch_size": 32,
+        "log_every": 10,
+        "image_every": 60,
+        "checkpoint_every": 40,
+        "fid_every": 0,
+    },
     "numerics": {"threads": 1},  # one thread: two pytest workers share the two cores
     "sample": {"n": 600, "batch_size": 300},
     # the classifier's features only (the quick path); test_pipeline adds the other feature spaces
-    "evaluate": {"n_reference": 600, "splits": 3, "batch_size": 300, "train_images": 3000,
-                 "spaces": ["classifier/penultimate"]},
-}  # fmt: skip
+    "evaluate": {
+        "n_reference": 600,
+        "splits": 3,
+        "batch_size": 300,
+        "train_images": 3000,
+        "spaces": ["classifier/penultimate"],
+    },
+}
 
 
 # Another CPU kind, emulated on this one: every numeric library held below the path it would take here
@@ -48,18 +77,29 @@ def env() -> dict[str, str]:
     e.pop("DVC_EXP_NAME", None)
     for name in OTHER_CPU:  # a test that emulates another CPU sets them itself
         e.pop(name, None)
-    e.update({"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-              "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-              "GIT_COMMITTER_EMAIL": "t@t", "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    e.update(
+        {
+            "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return e
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **kw: Any) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, cwd=cwd, env=kw.pop("env", None) or env(), capture_output=True, text=True,
-                       timeout=timeout, **kw)  # fmt: skip
+    p = subprocess.run(
+        cmd, cwd=cwd, env=kw.pop("env", None) or env(), capture_output=True, text=True, timeout=timeout, **kw
+    )
     if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n"
-                             f"--- stderr\n{p.stderr[-4000:]}")  # fmt: skip
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}"
+        )
     return p
 
 
@@ -79,8 +119,9 @@ def deep_update(d: dict, u: dict) -> dict:
 def copy_tree(src: Path, dest: Path, skip: set[str]) -> Path:
     """Copy the folder `src` (e.g. a test's pipeline copy) to `dest`, leaving out its top-level entries named
     in `skip`."""
-    shutil.copytree(src, dest, symlinks=True,
-                    ignore=lambda folder, names: {n for n in names if n in skip and folder == str(src)})  # fmt: skip
+    shutil.copytree(
+        src, dest, symlinks=True, ignore=lambda folder, names: {n for n in names if n in skip and folder == str(src)}
+    )
     return dest
 
 
@@ -110,9 +151,17 @@ def dvc(
     return run([str(BIN / "dvc"), *args], cwd, check=check, timeout=timeout, env={**env(), **(extra_env or {})})
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 # Appended to a page before it is opened: once everything has loaded, the page writes what the browser
 # made of it (tables, rows, images and whether each decoded) into a <pre> that --dump-dom prints.
 RENDER_PROBE = """<script>window.addEventListener('load', () => {
@@ -171,8 +220,9 @@ def server_state_dir() -> Path:
     return folder
 
 
-def server_cmd(command: str, state: Path, port: int | None = None, extra_env: dict[str, str] | None = None,
-               check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+def server_cmd(
+    command: str, state: Path, port: int | None = None, extra_env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """`python -m mnistgan.lab.server COMMAND` with its state in `state`, one worker (two cores for everything)."""
     args = [str(BIN / "python"), "-m", "mnistgan.lab.server", command]
     if command == "start":

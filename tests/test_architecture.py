@@ -23,8 +23,12 @@ def test_every_module_belongs_to_a_layer():
 
 def test_imports_point_down_only():
     rank = {name: i for i, name in enumerate(LAYERS)}
-    upward = sorted(f"{m} imports {dep} ({layer(m)} -> {layer(dep)})" for m, deps in graph().items() for dep in deps
-                    if rank[layer(dep)] > rank[layer(m)])  # fmt: skip
+    upward = sorted(
+        f"{m} imports {dep} ({layer(m)} -> {layer(dep)})"
+        for m, deps in graph().items()
+        for dep in deps
+        if rank[layer(dep)] > rank[layer(m)]
+    )
     assert upward == []
 
 
@@ -62,6 +66,7 @@ def test_no_import_circle():
 def test_module_and_stage_sizes():
     big = {m: n for m, p in package_modules().items() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
     assert big == {}, f"modules over {MAX_MODULE_LINES} lines"
-    stages = {p.name: n for p in (ROOT / "stages").glob("*.py")
-              if (n := len(p.read_text().splitlines())) > MAX_STAGE_LINES}  # fmt: skip
+    stages = {
+        p.name: n for p in (ROOT / "stages").glob("*.py") if (n := len(p.read_text().splitlines())) > MAX_STAGE_LINES
+    }
     assert stages == {}, f"stage scripts over {MAX_STAGE_LINES} lines"

@@ -43,7 +43,11 @@ def test_registered_generator_is_fetched_from_the_remote_byte_for_byte(tmp_path,
         assert (elsewhere / name).read_bytes() == expected, name
 
     # An unknown version is an error, not a silent fetch of the latest one.
-    missing = dvc(["artifacts", "get", str(root), ARTIFACT, "--rev", "v9.9.9", "-o", "no.pt"], elsewhere,
-                  check=False, extra_env=offline)  # fmt: skip
+    missing = dvc(
+        ["artifacts", "get", str(root), ARTIFACT, "--rev", "v9.9.9", "-o", "no.pt"],
+        elsewhere,
+        check=False,
+        extra_env=offline,
+    )
     assert missing.returncode != 0
     assert not (elsewhere / "no.pt").exists()

@@ -34,27 +34,42 @@ def _tiny_mnist() -> MNIST:
         digits[k, 4 + 2 * k : 8 + 2 * k, 6:22] = 255  # a bar whose height encodes the label
     y_train, y_test = rng.integers(0, 10, 256).astype(np.uint8), rng.integers(0, 10, 128).astype(np.uint8)
     noise = lambda n: rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)  # noqa: E731
-    return MNIST(x_train=digits[y_train] | noise(256), y_train=y_train, x_test=digits[y_test] | noise(128),
-                 y_test=y_test)  # fmt: skip
+    return MNIST(
+        x_train=digits[y_train] | noise(256), y_train=y_train, x_test=digits[y_test] | noise(128), y_test=y_test
+    )
 
 
 @pytest.fixture
 def tiny_model(monkeypatch):
     """A dcgan-small eight times narrower, registered as model "tiny" for the duration of a test."""
-    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w, up: models.SmallGenerator(z, c, width=8, upsample=up),
-                                                lambda n, c, w: models.small_discriminator(n, c, width=8)))  # fmt: skip
+    monkeypatch.setitem(
+        models.MODELS,
+        "tiny",
+        (
+            lambda z, c, w, up: models.SmallGenerator(z, c, width=8, upsample=up),
+            lambda n, c, w: models.small_discriminator(n, c, width=8),
+        ),
+    )
     return "tiny"
 
 
 def test_bench_quick_smoke_on_the_cpu(tiny_model):
     """Every section end to end with tiny sizes (and a narrow dcgan-small), in well under a minute."""
     settings = bench.BenchSettings(
-        model="tiny", batch_sizes=(8,), variants=("plain", "fast"), window_s=0.0, windows=1, min_steps=2,
-        n_data=64, matmul_n=64, samples=64, metric_samples=64, recipes=("default",), recipe_seconds=0.4,
-        recipe_check_every_s=0.2, parity_steps=3, parity_overrides=(("model", "tiny"), ("batch_size", 16),
-                                                                    ("log_every", 1)),
+        model="tiny",
+        batch_sizes=(8,),
+        variants=("plain", "fast"),
+        window_s=0.0,
+        windows=1,
+        min_steps=2,
+        n_data=64,
+        matmul_n=64,
+        samples=64,
+        metric_samples=64,
+        parity_steps=3,
+        parity_overrides=(("model", "tiny"), ("batch_size", 16), ("log_every", 1)),
         sections=tuple(s for s in bench.SECTIONS if s != "numerics"),
-    )  # fmt: skip
+    )
     lines: list[str] = []
     t = time.perf_counter()
     models = {"classifier": Classifier().eval(), "extractor": DeepClassifier().eval()}
@@ -73,7 +88,7 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     assert ms["n"] == 64 and ms["score_seconds"] > 0 and ms["networks"] == ["classifier", "extractor"]
     assert len(ms["spaces"]) == 4
     md = bench.render_markdown(result, "python -m mnistgan.lab.bench --quick")
-    assert "| plain | 8 |" in md and "| fast | 8 |" in md and "| `default` |" in md and "| on | 3 |" in md
+    assert "| plain | 8 |" in md and "| fast | 8 |" in md and "| on | 3 |" in md and "Quality per" not in md
     assert "Metric suite" in md and "4 feature spaces" in md
     assert any("FID" in line for line in lines)
 
@@ -97,26 +112,37 @@ def test_numerics_section_times_each_mode_in_processes_of_its_own():
 
 def test_throughput_one_variant_at_a_time(tiny_model):
     """The GPU mode (interleave off): each variant built, timed and freed in turn."""
-    settings = bench.BenchSettings(model=tiny_model, batch_sizes=(4, 8), variants=("fast", "plain"), window_s=0.0,
-                                   windows=2, n_data=32, interleave=False)  # fmt: skip
+    settings = bench.BenchSettings(
+        model=tiny_model,
+        batch_sizes=(4, 8),
+        variants=("fast", "plain"),
+        window_s=0.0,
+        windows=2,
+        n_data=32,
+        interleave=False,
+    )
     tp = throughput.throughput(torch.device("cpu"), settings, 0.0, lambda s: None)
     assert [(r["variant"], r["batch"]) for r in tp["rows"]] == [("fast", 4), ("plain", 4), ("fast", 8), ("plain", 8)]
     assert all(len(r["windows_s"]) == 2 and r["finite"] and r["matmul_share"] is None for r in tp["rows"])
-    assert "| fast | 4 |" in bench.render_markdown({"meta": throughput.machine_info(torch.device("cpu")),
-                                                    "throughput": tp})  # fmt: skip
+    assert "| fast | 4 |" in bench.render_markdown(
+        {"meta": throughput.machine_info(torch.device("cpu")), "throughput": tp}
+    )
 
 
 def test_sections_are_skipped_without_data():
-    settings = bench.BenchSettings(sections=("recipes", "parity", "metrics"))
+    settings = bench.BenchSettings(sections=("parity", "metrics"))
     result = bench.run_bench(settings, torch.device("cpu"), log=lambda s: None)
-    assert result["recipes"] == result["parity"] == result["metrics"] == {"skipped": "no MNIST data"}
+    assert result["parity"] == result["metrics"] == {"skipped": "no MNIST data"}
     assert "skipped metrics: no MNIST data" in bench.render_markdown(result)
 
 
 def test_exported_data_loads_back(tmp_path, monkeypatch):
     mnist = _tiny_mnist()
-    monkeypatch.setattr(bench, "load_bench_data", lambda path, real=bench.load_bench_data: (mnist, "tiny")
-                        if path is None else real(path))  # fmt: skip
+    monkeypatch.setattr(
+        bench,
+        "load_bench_data",
+        lambda path, real=bench.load_bench_data: (mnist, "tiny") if path is None else real(path),
+    )
     path = tmp_path / "m.npz"
     assert bench.main(["--export-data", str(path)]) == 0
     loaded, source = bench.load_bench_data(str(path))
@@ -134,21 +160,8 @@ def test_settings_and_command_line(capsys):
         bench.settings_from_args(bench.build_parser().parse_args(["--variants", "turbo"]), torch.device("cpu"))
     with pytest.raises(UserError, match="--sections: unknown 'ttq'"):
         bench.settings_from_args(bench.build_parser().parse_args(["--sections", "ttq"]), torch.device("cpu"))
+    with pytest.raises(UserError, match="--sections: unknown 'recipes'"):  # how fast recipes get good: curves
+        bench.settings_from_args(bench.build_parser().parse_args(["--sections", "recipes"]), torch.device("cpu"))
     assert "bench" in cli.COMMANDS and "score" in cli.COMMANDS
     assert cli.main(["bench", "--help"]) == 0
     assert "--markdown" in capsys.readouterr().out
-
-
-def test_recipe_section_reports_rate_and_time_to_thresholds():
-    """The CPU's quality-per-minute section on tiny data: one recipe, a short budget, its table row."""
-    settings = bench.BenchSettings(sections=("matrix", "recipes"), matmul_n=64, samples=64, recipes=("ema-warmup",),
-                                   recipe_seconds=0.6, recipe_check_every_s=0.3)  # fmt: skip
-    result = bench.run_bench(settings, torch.device("cpu"), mnist=_tiny_mnist(),
-                             models={"classifier": Classifier().eval()}, log=lambda s: None)  # fmt: skip
-    row = result["recipes"]["rows"][0]
-    assert row["recipe"] == "ema-warmup" and row["steps"] > 0 and row["checks"]
-    assert row["gflops"] == pytest.approx(row["images_per_second"] * row["flops_per_image"] / 1e9)
-    assert row["matmul_share"] > 0
-    assert all(f"s_to_{f}x" in row for f in (32, 16, 8))
-    md = bench.render_markdown(result)
-    assert "Quality per CPU-minute" in md and "| `ema-warmup` |" in md

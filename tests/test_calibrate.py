@@ -66,8 +66,14 @@ def test_ladder_verdict_spearman_and_tables(tmp_path):
     assert pair == "classifier/penultimate ~ extractor/blocks" and -1 <= rho <= 1
     reading = calibrate.reading_table(models, reals, x[-60:], y[-60:], spaces)
     assert [r["set"] for r in reading] == [name for name, _, _ in calibrate.READING_SETS]
-    meta = {"command": "test", "machine": "m", "date": "d", "n": 50, "n_read": 60,
-            "networks": {"classifier": "lenet", "extractor": "deep"}}  # fmt: skip
+    meta = {
+        "command": "test",
+        "machine": "m",
+        "date": "d",
+        "n": 50,
+        "n_read": 60,
+        "networks": {"classifier": "lenet", "extractor": "deep"},
+    }
     text = calibrate.render(result, reading, spaces, spaces, meta)
     assert "| additive noise: +-16 of 255 |" in text and "Rank agreement" in text and "| half junk |" in text
     calibrate.plot(result, spaces, tmp_path / "ladder.png")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,6 +13,26 @@ def test_repo_params_load_and_match_defaults_types():
     flat = flatten(params)
     assert flat["train.lr"] == params.train.lr
     assert "paths.generator" in flat and "seed" in flat
+
+
+def test_every_dataclass_default_is_params_yaml_s_value():
+    """params.yaml is the one default: a field whose default differs from it, or a key it lacks, fails here."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    committed, defaults = flatten(load_params("params.yaml")), flatten(Params())
+    assert committed.keys() == defaults.keys()
+    differing = {k: (defaults[k], committed[k]) for k in defaults if defaults[k] != committed[k]}
+    assert not differing, f"dataclass default against params.yaml: {differing}"
+    missing = [k for k in defaults if not _has(raw, k)]
+    assert not missing, f"keys with a default in code but none written in params.yaml: {missing}"
+
+
+def _has(raw, dotted):
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def test_params_are_frozen():

@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 
 from mnistgan.lab import curves
-from mnistgan.lab.recipes import BASE, CANDIDATES, recipe_name, recipe_overrides
+from mnistgan.lab.recipes import CANDIDATES, FIRST_ROUND, default_recipe, recipe_name, recipe_overrides
 
 
 def tiny_mnist(n=256, seed=0):
     rng = np.random.default_rng(seed)
-    return SimpleNamespace(x_train=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-                           y_train=rng.integers(0, 10, n).astype(np.uint8))  # fmt: skip
+    return SimpleNamespace(
+        x_train=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), y_train=rng.integers(0, 10, n).astype(np.uint8)
+    )
 
 
 class CountingMonitor:
-    """Stands in for FidMonitor: FID falls 100 per check, from 1000; the floor is 10."""
+    """Stands in for FidMonitor: FID falls 100 per check, from 1000; real images score 10."""
 
-    reference = 10.0
+    reference, real_fid = 0.0, 10.0
 
     def __init__(self):
         self.calls = 0
@@ -37,8 +38,9 @@ def test_curve_checks_on_schedule_and_reports_thresholds(monkeypatch):
     clock = iter(range(10**6))
     monkeypatch.setattr(curves.time, "perf_counter", lambda: 0.05 * next(clock))
     monitor = CountingMonitor()
-    c = curves.run_curve("ema-warmup", tiny_mnist(), lambda cfg: monitor, seconds=1.0, check_every=0.25,
-                         log=lambda s: None)  # fmt: skip
+    c = curves.run_curve(
+        "ema-warmup", tiny_mnist(), lambda cfg: monitor, seconds=1.0, check_every=0.25, log=lambda s: None
+    )
     assert [k["at"] for k in c["checks"]] == [0.25, 0.5, 0.75, 1.0]
     assert all(k["seconds"] >= k["at"] for k in c["checks"])  # taken at the first loss row past the mark
     assert [k["fid"] for k in c["checks"]] == [900.0, 800.0, 700.0, 600.0]
@@ -48,7 +50,9 @@ def test_curve_checks_on_schedule_and_reports_thresholds(monkeypatch):
     assert curves.fid_at(c["checks"], 0.5) == 800.0 and curves.fid_at(c["checks"], 0.6) is None
     c["samples"], c["threads"] = 2000, 1
     table = curves.render_table([c], (0.5, 1.0))
-    assert "| `ema-warmup` | (the base recipe) |" in table and "| 800.0 | 600.0 | 600.0 |" in table
+    # a recipe's change column says what it changes from params.yaml
+    assert "| `ema-warmup` | conditional=False, lr=0.0002, d_width=64, r1_weight=0.0 |" in table
+    assert "| 800.0 | 600.0 | 600.0 |" in table
     json.dumps({k: v for k, v in c.items() if k != "grid"})  # what curves.json holds must serialise
 
 
@@ -62,8 +66,9 @@ def twelve_step_recipes(monkeypatch):
 
 
 def test_a_recipe_of_fixed_steps_is_scored_at_its_end(twelve_step_recipes):
-    c = curves.run_curve("ema-warmup", tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0,
-                         check_every=0.75, log=lambda s: None)  # fmt: skip
+    c = curves.run_curve(
+        "ema-warmup", tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0, check_every=0.75, log=lambda s: None
+    )
     # loss rows at steps 5, 10 and 12 (the last) come at 0.5, 0.75 and 1.0 s: the 0.75 s check falls on step 10,
     # and the run ends before the 1.5 s mark
     assert [k["step"] for k in c["checks"]] == [10, 12] and c["steps"] == 12
@@ -73,8 +78,9 @@ def test_a_recipe_of_fixed_steps_is_scored_at_its_end(twelve_step_recipes):
 
 def test_merge_keeps_the_later_run_of_a_recipe(tmp_path, twelve_step_recipes):
     def run(name):
-        return curves.run_curve(name, tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0, check_every=0.25,
-                                log=lambda s: None) | {"samples": 10, "threads": 1}  # fmt: skip
+        return curves.run_curve(
+            name, tiny_mnist(), lambda cfg: CountingMonitor(), seconds=100.0, check_every=0.25, log=lambda s: None
+        ) | {"samples": 10, "threads": 1}
 
     meta = {"machine": "m", "date": "d", "seconds": 1.0, "check_every": 0.25, "samples": 10, "command": "first"}
     curves.write_outputs([run("ema-warmup"), run("baseline")], [meta], tmp_path / "a")
@@ -92,7 +98,8 @@ def test_recipes_are_one_change_on_the_base_and_found_by_params():
 
     for name in CANDIDATES:
         TrainConfig(**recipe_overrides(name))  # every recipe is a valid config
-    assert recipe_overrides("ema-warmup") == BASE
+    assert recipe_overrides("ema-warmup") == default_recipe() | FIRST_ROUND  # the first rounds' start
+    assert recipe_overrides("default") == default_recipe()  # params.yaml's, unchanged
     params = {k: str(v) for k, v in recipe_overrides("conditional").items()} | {"steps": "3000"}
     assert recipe_name(params) == "conditional"
     assert recipe_name(params | {"lr": "0.1"}) is None

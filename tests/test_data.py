@@ -43,8 +43,9 @@ def write_idx(path, array, gz=False):
 
 def test_idx_folder_source_round_trips(mnist, tmp_path):
     for name, stem in data.IDX_FILES.items():
-        write_idx(tmp_path / (stem + (".gz" if name.startswith("x") else "")), getattr(mnist, name),
-                  gz=name.startswith("x"))  # fmt: skip
+        write_idx(
+            tmp_path / (stem + (".gz" if name.startswith("x") else "")), getattr(mnist, name), gz=name.startswith("x")
+        )
     loaded = data.load_source("idx", str(tmp_path))
     for name in data.SHA256:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(mnist, name))

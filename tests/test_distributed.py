@@ -8,8 +8,9 @@ from pipeline_utils import TINY, copy_repo, deep_update, dvc
 
 pytestmark = pytest.mark.slow
 
-DDP = deep_update({k: dict(v) for k, v in TINY.items()},
-                  {"train": {"steps": 40, "nproc": 2, "log_every": 10, "checkpoint_every": 20}})  # fmt: skip
+DDP = deep_update(
+    {k: dict(v) for k, v in TINY.items()}, {"train": {"steps": 40, "nproc": 2, "log_every": 10, "checkpoint_every": 20}}
+)
 
 
 def losses(root):

@@ -28,6 +28,12 @@ CPU = torch.device("cpu")
 GPU_LIKE = FastOptions(autocast=True, channels_last=True)  # the CUDA defaults minus graphs
 
 
+def fast_config(**kw) -> TrainConfig:
+    """TrainConfig without R1: R1's steps vary, so they take the plain step (config.plain_step_only); the fast
+    path serves the recipes without it."""
+    return TrainConfig(**{"r1_weight": 0.0, **kw})
+
+
 def batches_for(cfg: TrainConfig, n: int, seed: int = 5, device: torch.device = CPU):
     """n steps' worth of batches: each a list of d_steps (images, labels) pairs."""
     gen = torch.Generator().manual_seed(seed)
@@ -72,7 +78,7 @@ CONFIGS = {
 @pytest.mark.parametrize("overrides", CONFIGS.values(), ids=CONFIGS.keys())
 def test_cpu_fast_step_is_the_plain_step_bitwise(overrides):
     """Same noise draws in the same order, the same GP, the same EMA: identical bytes after 3 steps."""
-    cfg = TrainConfig(batch_size=8, **overrides)
+    cfg = fast_config(batch_size=8, **overrides)
     plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss)
@@ -83,10 +89,11 @@ def test_cpu_fast_step_is_the_plain_step_bitwise(overrides):
 
 
 def test_fast_step_gives_finite_losses_and_changes_every_parameter():
-    cfg = TrainConfig(batch_size=16)
+    cfg = fast_config(batch_size=16)
     state = build_state(cfg, 0, CPU)
     before = {k: v.clone() for k, v in state.g.state_dict().items()} | {
-        f"d.{k}": v.clone() for k, v in state.d.state_dict().items()}  # fmt: skip
+        f"d.{k}": v.clone() for k, v in state.d.state_dict().items()
+    }
     step = make_fast_step(state, get_loss(cfg.loss))
     out = step(batches_for(cfg, 1)[0])
     assert out.shape == (5,) and torch.isfinite(out).all()
@@ -101,7 +108,7 @@ def test_train_with_fast_on_equals_plain_on_cpu():
     x, y = torch.rand(256, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (256,), generator=g)
     runs = {}
     for mode in ("off", "on"):
-        cfg = TrainConfig(batch_size=8, steps=8, log_every=4, fast=mode)
+        cfg = fast_config(batch_size=8, steps=8, log_every=4, fast=mode)
         state = build_state(cfg, 0, CPU)
         runs[mode] = (state, core.train(state, x, y, progress=False))
     assert runs["on"][1].final == runs["off"][1].final
@@ -111,7 +118,7 @@ def test_train_with_fast_on_equals_plain_on_cpu():
 
 def test_gpu_arithmetic_on_cpu_tracks_the_plain_step():
     """bf16 autocast + channels_last (what runs on CUDA, minus the graph) stays close to fp32."""
-    cfg = TrainConfig(batch_size=8, loss="wgan-gp", conditional=True)
+    cfg = fast_config(batch_size=8, loss="wgan-gp", conditional=True)
     plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss, GPU_LIKE)
@@ -127,7 +134,7 @@ def test_gpu_arithmetic_on_cpu_tracks_the_plain_step():
 def test_capture_failure_warns_once_and_continues_on_the_plain_step():
     """Asking for graphs without CUDA exercises the real capture path: it fails, warns once, and every step
     (warm-up, the failed capture's step, the rest) is exactly the plain step."""
-    cfg = TrainConfig(batch_size=8)
+    cfg = fast_config(batch_size=8)
     plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss, FastOptions(graphs=True, warmup=2))
@@ -146,7 +153,7 @@ def test_capture_failure_warns_once_and_continues_on_the_plain_step():
 def test_after_a_failed_capture_the_modules_are_back_in_the_plain_layout():
     """With channels_last on (the CUDA default), the fallback puts the weights and the optimizer state back
     in the contiguous layout, so the plain step that continues runs as it would from the start."""
-    cfg = TrainConfig(batch_size=8)
+    cfg = fast_config(batch_size=8)
     state = build_state(cfg, 0, CPU)
     step = make_fast_step(state, get_loss(cfg.loss), FastOptions(graphs=True, channels_last=True, warmup=1))
     conv = state.g.conv[0].weight
@@ -172,7 +179,7 @@ def test_compile_failure_warns_once_and_continues_on_the_plain_step(monkeypatch)
         return forward
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    cfg = TrainConfig(batch_size=8, conditional=True)
+    cfg = fast_config(batch_size=8, conditional=True)
     plain, quick = build_state(cfg, 0, CPU), build_state(cfg, 0, CPU)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss, FastOptions(compile=True))
@@ -181,8 +188,9 @@ def test_compile_failure_warns_once_and_continues_on_the_plain_step(monkeypatch)
         for batches in batches_for(cfg, 3):
             torch.testing.assert_close(step(batches), train_step(plain, loss, batches), rtol=0, atol=0)
     messages = [str(w.message) for w in caught if "mnistgan.gan.fast" in str(w.message)]
-    assert messages == ["mnistgan.gan.fast: torch.compile failed (RuntimeError: backend exploded); training "
-                        "continues on the plain step"], messages  # fmt: skip
+    assert messages == [
+        "mnistgan.gan.fast: torch.compile failed (RuntimeError: backend exploded); training continues on the plain step"
+    ], messages
     assert step.compile_failed and step.fell_back
     assert_states_equal(plain, quick)
 
@@ -194,12 +202,12 @@ def test_a_fast_path_that_cannot_be_built_trains_on_the_plain_step(monkeypatch):
         raise RuntimeError("no graphs here")
 
     monkeypatch.setattr(fast, "make_fast_step", broken)
-    x, y = batches_for(TrainConfig(batch_size=64), 1)[0][0]
+    x, y = batches_for(fast_config(batch_size=64), 1)[0][0]
     runs = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for mode in ("off", "on"):
-            cfg = TrainConfig(batch_size=8, steps=4, log_every=2, fast=mode)
+            cfg = fast_config(batch_size=8, steps=4, log_every=2, fast=mode)
             state = build_state(cfg, 0, CPU)
             runs[mode] = core.train(state, x, y, progress=False), state
     messages = [str(w.message) for w in caught if "mnistgan.gan.fast" in str(w.message)]
@@ -216,7 +224,7 @@ def _roundtrip(obj):
 
 
 def test_checkpoint_of_a_channels_last_fast_run_resumes_exactly():
-    cfg = TrainConfig(batch_size=8)
+    cfg = fast_config(batch_size=8)
     loss = get_loss(cfg.loss)
     data = batches_for(cfg, 5)
     opts = FastOptions(channels_last=True)
@@ -242,7 +250,7 @@ def test_checkpoint_of_a_channels_last_fast_run_resumes_exactly():
 def test_restore_after_the_fast_step_was_made():
     """checkpoint.restore after make_fast_step (the optimizer hooks re-lay out the reloaded state and drop the
     slots) continues exactly like a fast step made after the restore."""
-    cfg = TrainConfig(batch_size=8, loss="lsgan")
+    cfg = fast_config(batch_size=8, loss="lsgan")
     loss = get_loss(cfg.loss)
     data = batches_for(cfg, 4)
     source = build_state(cfg, 0, CPU)
@@ -287,15 +295,21 @@ def test_gpu_arithmetic_trains_as_well_as_plain_on_a_tiny_problem(monkeypatch):
     """The quality check at CPU scale: loop.train with the fast path in its GPU arithmetic
     (bf16 autocast + channels_last, forced on the CPU) and the plain path, equal steps, same seed, on
     four-template images; both must learn, and reach about the same quality."""
-    monkeypatch.setitem(models.MODELS, "tiny", (lambda z, c, w, up: models.SmallGenerator(z, c, width=8, upsample=up),
-                                                lambda n, c, w: models.small_discriminator(n, c, width=8)))  # fmt: skip
+    monkeypatch.setitem(
+        models.MODELS,
+        "tiny",
+        (
+            lambda z, c, w, up: models.SmallGenerator(z, c, width=8, upsample=up),
+            lambda n, c, w: models.small_discriminator(n, c, width=8),
+        ),
+    )
     templates = _templates()
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 4, (1024,), generator=g)
     x = (templates[idx] + 0.1 * torch.randn(1024, 1, 28, 28, generator=g)).clamp(-1, 1)
     quality = {}
     for mode in ("off", "on"):
-        cfg = TrainConfig(
+        cfg = fast_config(
             model="tiny", batch_size=32, steps=200, lr=2e-3, ema=0.0, fast=mode, log_every=50, conditional=False
         )
         if mode == "on":
@@ -319,8 +333,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.fixture
 def cuda_flags():
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)  # fmt: skip
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     yield torch.device("cuda")
     torch.use_deterministic_algorithms(saved[0])
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
@@ -333,7 +350,7 @@ def test_gpu_graph_replay_equals_eager_fp32(cuda_flags, overrides):
     """The captured step is the eager fast step: fp32, channels_last, graphs on vs off (deterministic
     kernels, so that both run the same algorithms)."""
     dev = cuda_flags
-    cfg = TrainConfig(batch_size=64, deterministic=True, **overrides)
+    cfg = fast_config(batch_size=64, deterministic=True, **overrides)
     loss = get_loss(cfg.loss)
     a, b = build_state(cfg, 0, dev), build_state(cfg, 0, dev)
     eager = make_fast_step(a, loss, FastOptions(channels_last=True))
@@ -350,7 +367,7 @@ def test_gpu_graph_replay_equals_eager_fp32(cuda_flags, overrides):
 @needs_cuda
 def test_gpu_fast_default_trains_without_host_sync(cuda_flags):
     dev = cuda_flags
-    cfg = TrainConfig(batch_size=256)
+    cfg = fast_config(batch_size=256)
     plain, quick = build_state(cfg, 0, dev), build_state(cfg, 0, dev)
     loss = get_loss(cfg.loss)
     step = make_fast_step(quick, loss)
@@ -379,7 +396,7 @@ def test_gpu_fast_default_trains_without_host_sync(cuda_flags):
 @needs_cuda
 def test_gpu_restore_after_capture_recaptures(cuda_flags):
     dev = cuda_flags
-    cfg = TrainConfig(batch_size=64, deterministic=True)
+    cfg = fast_config(batch_size=64, deterministic=True)
     loss = get_loss(cfg.loss)
     data = batches_for(cfg, 10, device=dev)
     source = build_state(cfg, 0, dev)
@@ -404,7 +421,7 @@ def test_gpu_restore_after_capture_recaptures(cuda_flags):
 @needs_cuda
 def test_gpu_deterministic_runs_repeat_bitwise(cuda_flags):
     dev = cuda_flags
-    cfg = TrainConfig(batch_size=128, deterministic=True, loss="wgan-gp")
+    cfg = fast_config(batch_size=128, deterministic=True, loss="wgan-gp")
     loss = get_loss(cfg.loss)
     data = batches_for(cfg, 6, device=dev)
     states = []

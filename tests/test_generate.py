@@ -44,8 +44,23 @@ def test_npy_and_png_outputs(gen, tmp_path, capsys):
     assert code == 0 and "12 images of digit 7 (seeds 3-14)" in out
     images = np.load(tmp_path / "a.npy")
     assert images.shape == (12, 28, 28) and images.dtype == np.uint8 and images.std() > 0
-    code, _, _ = run(capsys, "--generator", path, "--digit", 7, "--n", 12, "--seed", 3, "--nrow", 4, "--scale", 2,
-                     "--out", tmp_path / "a.png")  # fmt: skip
+    code, _, _ = run(
+        capsys,
+        "--generator",
+        path,
+        "--digit",
+        7,
+        "--n",
+        12,
+        "--seed",
+        3,
+        "--nrow",
+        4,
+        "--scale",
+        2,
+        "--out",
+        tmp_path / "a.png",
+    )
     assert code == 0
     png = np.asarray(Image.open(tmp_path / "a.png"))
     # 3 rows of 4 images of 28 px with 2-px gaps, each pixel repeated twice

@@ -62,18 +62,36 @@ def run_training(cfg, seed=0, stop_at=None, resume_from=None):
         saved[step] = buf.getvalue()
 
     with contextlib.suppress(core.StopRequested):
-        core.train(state, x, y, on_checkpoint=on_checkpoint, progress=False,
-                   stop_requested=lambda: stop_at is not None and state.step >= stop_at)  # fmt: skip
+        core.train(
+            state,
+            x,
+            y,
+            on_checkpoint=on_checkpoint,
+            progress=False,
+            stop_requested=lambda: stop_at is not None and state.step >= stop_at,
+        )
     return state, saved
 
 
 @pytest.mark.parametrize(
     "options",
-    [{"loss": "ns"}, {"loss": "wgan-gp"}, {"ema_warmup": True, "g_width": 16, "d_width": 8, "lr_d": 4e-4},
-     {"ema_warmup": False, "conditional": True, "loss": "hinge", "d_norm": "spectral"},
-     {"g_upsample": "nearest", "r1_weight": 1.0, "r1_every": 3, "lr_decay_from": 0.5, "topk_min": 0.5,
-      "topk_decay": 1e-3, "g_width": 16, "d_width": 8}],
-)  # fmt: skip
+    [
+        {"loss": "ns"},
+        {"loss": "wgan-gp"},
+        {"ema_warmup": True, "g_width": 16, "d_width": 8, "lr_d": 4e-4},
+        {"ema_warmup": False, "conditional": True, "loss": "hinge", "d_norm": "spectral"},
+        {
+            "g_upsample": "nearest",
+            "r1_weight": 1.0,
+            "r1_every": 3,
+            "lr_decay_from": 0.5,
+            "topk_min": 0.5,
+            "topk_decay": 1e-3,
+            "g_width": 16,
+            "d_width": 8,
+        },
+    ],
+)
 def test_resume_is_exact(options):
     cfg = tiny_cfg(**options)
     straight, _ = run_training(cfg)
@@ -92,8 +110,14 @@ def test_resumed_run_reports_the_whole_runs_time_and_last_losses():
     x, y = tiny_data()
     first, saved = build_state(cfg, 0, DEV), {}
     with contextlib.suppress(core.StopRequested):
-        core.train(first, x, y, on_checkpoint=lambda s, c: saved.update({s: copy.deepcopy(c)}), progress=False,
-                   stop_requested=lambda: first.step >= 7)  # fmt: skip
+        core.train(
+            first,
+            x,
+            y,
+            on_checkpoint=lambda s, c: saved.update({s: copy.deepcopy(c)}),
+            progress=False,
+            stop_requested=lambda: first.step >= 7,
+        )
     assert saved[7]["train_seconds"] > 0
 
     resumed = build_state(cfg, 0, DEV)
@@ -144,8 +168,9 @@ def test_loss_rows_and_image_callbacks():
     x, y = tiny_data()
     state = build_state(cfg, 0, DEV)
     rows, images = [], []
-    result = core.train(state, x, y, on_log=lambda s, r: rows.append(s),
-                        on_images=lambda s, im: images.append((s, im)), progress=False)  # fmt: skip
+    result = core.train(
+        state, x, y, on_log=lambda s, r: rows.append(s), on_images=lambda s, im: images.append((s, im)), progress=False
+    )
     assert rows == [4, 8, 12]
     assert [s for s, _ in images] == [6, 12]
     assert images[0][1].shape == (100, 28, 28) and images[0][1].dtype == torch.uint8

@@ -88,8 +88,9 @@ def test_kid_agrees_with_torch_fidelity():
     tf_kid = pytest.importorskip("torch_fidelity.metric_kid")
     a, b = gaussian_feats(10, 700, 32), gaussian_feats(11, 600, 32, shift=0.2)
     ours = M.features_to_kid(a, b, subsets=20, subset_size=250, seed=3)
-    ref = tf_kid.kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=20, kid_subset_size=250,
-                                        rng_seed=3, verbose=False)  # fmt: skip
+    ref = tf_kid.kid_features_to_metric(
+        torch.from_numpy(a), torch.from_numpy(b), kid_subsets=20, kid_subset_size=250, rng_seed=3, verbose=False
+    )
     assert rel_err(ours[0], ref["kernel_inception_distance_mean"]) < 1e-5
     assert rel_err(ours[1], ref["kernel_inception_distance_std"]) < 1e-5
 
@@ -102,8 +103,9 @@ def test_kid_of_a_whole_set_reuses_its_kernel_and_agrees_with_torch_fidelity(n_b
     tf_kid = pytest.importorskip("torch_fidelity.metric_kid")
     a, b = gaussian_feats(20, 300, 16), gaussian_feats(21, n_b, 16, shift=0.2)
     mean, std = M.features_to_kid(a, b, subsets=8, subset_size=1000, seed=4)
-    ref = tf_kid.kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=8, kid_subset_size=300,
-                                        rng_seed=4, verbose=False)  # fmt: skip
+    ref = tf_kid.kid_features_to_metric(
+        torch.from_numpy(a), torch.from_numpy(b), kid_subsets=8, kid_subset_size=300, rng_seed=4, verbose=False
+    )
     assert rel_err(mean, ref["kernel_inception_distance_mean"]) < 1e-9 and mean > 0
     if n_b == 300:
         assert std == 0.0 and ref["kernel_inception_distance_std"] < 1e-9 * mean
@@ -132,8 +134,14 @@ def test_precision_recall_agree_with_torch_fidelity():
     torch = pytest.importorskip("torch")
     tf_prc = pytest.importorskip("torch_fidelity.metric_prc")
     gen, real = gaussian_feats(15, 600, 16, shift=0.3), gaussian_feats(16, 700, 16)
-    ref = tf_prc.prc_features_to_metric(torch.from_numpy(gen), torch.from_numpy(real), prc_neighborhood=3,
-                                        prc_batch_size=10000, save_cpu_ram=False, verbose=False)  # fmt: skip
+    ref = tf_prc.prc_features_to_metric(
+        torch.from_numpy(gen),
+        torch.from_numpy(real),
+        prc_neighborhood=3,
+        prc_batch_size=10000,
+        save_cpu_ram=False,
+        verbose=False,
+    )
     precision, recall = M.precision_recall(gen, real, k=3)
     assert 0.05 < recall < 0.95 and 0.05 < precision < 0.95  # a test that can tell them apart
     assert abs(precision - ref["precision"]) <= 1 / 600  # float32 search: one boundary point may flip
@@ -250,12 +258,14 @@ def test_scores_do_not_depend_on_the_feature_batch_size():
     scores = []
     for batch_size in (50, 500):
         feats, probs = features_and_probs(model, x, batch_size)
-        scores.append({
-            "is": M.probs_to_inception_score(probs, 5)[0],
-            "fid": M.fid(feats, ref_feats),
-            "kid": M.features_to_kid(feats, ref_feats, subsets=10, subset_size=200)[0],
-            **M.precision_recall_density_coverage(feats, ref_feats, 3),
-        })  # fmt: skip
+        scores.append(
+            {
+                "is": M.probs_to_inception_score(probs, 5)[0],
+                "fid": M.fid(feats, ref_feats),
+                "kid": M.features_to_kid(feats, ref_feats, subsets=10, subset_size=200)[0],
+                **M.precision_recall_density_coverage(feats, ref_feats, 3),
+            }
+        )
     for key, value in scores[0].items():
         assert abs(value - scores[1][key]) <= 1e-5 * max(abs(value), 1e-3), key
 
@@ -291,12 +301,15 @@ def mnist_features():
     return {
         "ref": feats(x[:2000]),
         "clean": feats(cand),
-        "blur": {s: feats(np.rint(gaussian_filter(cand.astype(float), sigma=(0, s, s))).astype(np.uint8))
-                 for s in (0.5, 1.0, 2.0)},
-        "noise": {s: feats(np.clip(cand + rng.normal(0, s, cand.shape), 0, 255).astype(np.uint8))
-                  for s in (16, 32, 64)},
+        "blur": {
+            s: feats(np.rint(gaussian_filter(cand.astype(float), sigma=(0, s, s))).astype(np.uint8))
+            for s in (0.5, 1.0, 2.0)
+        },
+        "noise": {
+            s: feats(np.clip(cand + rng.normal(0, s, cand.shape), 0, 255).astype(np.uint8)) for s in (16, 32, 64)
+        },
         "classes": by_classes,
-    }  # fmt: skip
+    }
 
 
 def test_fid_grows_with_blur(mnist_features):

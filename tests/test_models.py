@@ -42,7 +42,10 @@ def test_large_generator_is_the_seed_architecture_layer_for_layer():
     assert [(m.in_features, m.out_features) for m in linears] == [(100, 1024), (1024, 1024), (1024, 7 * 7 * 256)]
     convs = [m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in convs] == [
-        (256, 128, (5, 5), (2, 2)), (128, 64, (5, 5), (2, 2)), (64, 1, (7, 7), (1, 1))]  # fmt: skip
+        (256, 128, (5, 5), (2, 2)),
+        (128, 64, (5, 5), (2, 2)),
+        (64, 1, (7, 7), (1, 1)),
+    ]
     assert sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules()) == 5
     assert isinstance(list(g.modules())[-1], torch.nn.Tanh)
 
@@ -50,8 +53,11 @@ def test_large_generator_is_the_seed_architecture_layer_for_layer():
 def test_large_discriminator_layers():
     _, d = build_gan("dcgan-large", 100, "batch", False)
     convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [(m.out_channels, m.kernel_size, m.stride) for m in convs] == [(32, (5, 5), (2, 2)), (64, (5, 5), (2, 2)),
-                                                                        (128, (5, 5), (2, 2))]  # fmt: skip
+    assert [(m.out_channels, m.kernel_size, m.stride) for m in convs] == [
+        (32, (5, 5), (2, 2)),
+        (64, (5, 5), (2, 2)),
+        (128, (5, 5), (2, 2)),
+    ]
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules()) == 3
     assert sum(isinstance(m, torch.nn.LeakyReLU) for m in d.modules()) == 3
 

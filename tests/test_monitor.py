@@ -71,8 +71,16 @@ def test_bad_sizes_fail_clearly():
 
 
 def test_training_loop_scores_on_schedule_without_changing_the_weights():
-    cfg = TrainConfig(batch_size=16, steps=6, log_every=3, image_every=6, checkpoint_every=6, train_images=64,
-                      fid_every=4, fid_samples=N)  # fmt: skip
+    cfg = TrainConfig(
+        batch_size=16,
+        steps=6,
+        log_every=3,
+        image_every=6,
+        checkpoint_every=6,
+        train_images=64,
+        fid_every=4,
+        fid_samples=N,
+    )
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (64,), generator=g)
     monitor = FidMonitor(classifier(), digits(100, 1), digits(N, 2), N, cfg.z_dim, cfg.conditional, seed=3)

@@ -37,8 +37,9 @@ TRAIN_OUTPUTS = ("models/generator.pt", "models/checkpoint.pt", "metrics/train.j
 def prepared(tmp_path_factory) -> Path:
     """A tiny copy of this checkout with real MNIST prepared (data/mnist), for running stages directly."""
     # No classifier here, so no FID during training (that needs one; see the test below).
-    root = copy_repo(tmp_path_factory.mktemp("prepared") / "repo",
-                     deep_update(copy.deepcopy(PARAMS), {"train": {"fid_every": 0}}))  # fmt: skip
+    root = copy_repo(
+        tmp_path_factory.mktemp("prepared") / "repo", deep_update(copy.deepcopy(PARAMS), {"train": {"fid_every": 0}})
+    )
     run([PYTHON, "stages/prepare.py"], root)
     return root
 
@@ -68,8 +69,14 @@ def stage(
 def start_stage(root: Path, name: str, log: Path) -> subprocess.Popen:
     """The stage in the background, in its own process group, its output in `log`."""
     with open(log, "wb") as f:
-        return subprocess.Popen([PYTHON, f"stages/{name}.py"], cwd=root, env=env(), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            [PYTHON, f"stages/{name}.py"],
+            cwd=root,
+            env=env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -184,12 +191,18 @@ def test_divergence_stops_marks_the_run_failed_and_keeps_the_last_good_checkpoin
     # One Adam step moves every generator weight by about lr: with lr 1e30 the generator's activations
     # overflow to inf and inf - inf gives NaN losses on the second step, whatever the data (D keeps a
     # sane lr_d so the first step's losses are finite). A checkpoint every step keeps step 1.
-    root = workdir(prepared, tmp_path / "w", {"train": {"steps": 50, "lr": 1e30, "lr_d": 0.0002, "log_every": 1,
-                                                        "checkpoint_every": 1}})  # fmt: skip
+    root = workdir(
+        prepared,
+        tmp_path / "w",
+        {"train": {"steps": 50, "lr": 1e30, "lr_d": 0.0002, "log_every": 1, "checkpoint_every": 1}},
+    )
     p = stage(root, "train")
     assert p.returncode == 3, p.stderr[-3000:]
-    msg = re.search(r"train: error: training diverged: (\w+) is (nan|inf|-inf) at step (\d+); "
-                    r"the last good checkpoint is kept in models/checkpoint.pt", p.stderr)  # fmt: skip
+    msg = re.search(
+        r"train: error: training diverged: (\w+) is (nan|inf|-inf) at step (\d+); "
+        r"the last good checkpoint is kept in models/checkpoint.pt",
+        p.stderr,
+    )
     assert msg, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     step = int(msg.group(3))
@@ -208,16 +221,21 @@ def test_divergence_stops_marks_the_run_failed_and_keeps_the_last_good_checkpoin
 
 BAD_PARAMS = [
     ("prepare", {"prepare": {"source": "kaggle"}}, "prepare.source: unknown value 'kaggle'", ["data/mnist"]),
-    ("classifier", {"classifier": {"batch_size": 5000}}, "classifier.batch_size: 5000 is larger than the training set",
-     ["models/classifier.pt", "metrics/classifier.json"]),
+    (
+        "classifier",
+        {"classifier": {"batch_size": 5000}},
+        "classifier.batch_size: 5000 is larger than the training set",
+        ["models/classifier.pt", "metrics/classifier.json"],
+    ),
     ("train", {"train": {"stpes": 100}}, "train.stpes: unknown key", list(TRAIN_OUTPUTS)),
     ("sample", {"sample": {"n": -5}}, "sample.n: -5 is out of range", ["data/samples.npy", "plots/samples.png"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "overrides", "message", "outputs"), BAD_PARAMS, ids=[b[0] for b in BAD_PARAMS])
-def test_bad_params_fail_the_stage_with_one_line_and_write_nothing(prepared, tmp_path, name, overrides, message,
-                                                                   outputs):  # fmt: skip
+def test_bad_params_fail_the_stage_with_one_line_and_write_nothing(
+    prepared, tmp_path, name, overrides, message, outputs
+):
     root = workdir(prepared, tmp_path / "w", overrides, data=False)
     before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
     p = stage(root, name)
@@ -272,8 +290,9 @@ def test_fid_during_training_without_a_classifier_fails_at_once(prepared, tmp_pa
     before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
     p = stage(root, "train")
     assert p.returncode == 2, p.stderr[-3000:]
-    assert error_line(p) == ("train: error: models/classifier.pt: file not found; rerun the classifier stage "
-                             "(dvc repro classifier)")  # fmt: skip
+    assert error_line(p) == (
+        "train: error: models/classifier.pt: file not found; rerun the classifier stage (dvc repro classifier)"
+    )
     after = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
     assert [f for f in after if f not in before and not f.startswith("mlflow")] == []
 
@@ -298,7 +317,7 @@ BAD_FILES = [
     ("train", "data/mnist/x_train.npy", _truncated_npy, "corrupt or truncated array file"),
     ("evaluate", "models/classifier.pt", _truncated_torch_file, "corrupt or unreadable torch file"),
     ("sample", "models/generator.pt", _truncated_torch_file, "corrupt or unreadable torch file"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "rel", "damage", "problem"), BAD_FILES, ids=[b[1] for b in BAD_FILES])
@@ -340,9 +359,15 @@ def test_unreachable_tracking_server_stops_the_stage_within_10_s(prepared, tmp_p
 
 
 def test_tracking_not_required_warns_and_the_outputs_complete(prepared, tmp_path):
-    root = workdir(prepared, tmp_path / "w", {"train": {"steps": 10, "checkpoint_every": 10, "log_every": 5},
-                                              "sample": {"n": 100, "batch_size": 100},
-                                              "tracking": {"required": False}})  # fmt: skip
+    root = workdir(
+        prepared,
+        tmp_path / "w",
+        {
+            "train": {"steps": 10, "checkpoint_every": 10, "log_every": 5},
+            "sample": {"n": 100, "batch_size": 100},
+            "tracking": {"required": False},
+        },
+    )
     uri = f"http://127.0.0.1:{free_port()}"
     p = stage(root, "train", {"MLFLOW_TRACKING_URI": uri})
     assert p.returncode == 0, p.stderr[-3000:]
@@ -367,8 +392,14 @@ def test_sigkill_mid_training_then_dvc_repro_resumes_to_identical_bytes(tmp_path
     root = copy_repo(tmp_path / "repo", PARAMS)
     log = tmp_path / "killed.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([str(BIN / "dvc"), "repro", "train"], cwd=root, env=env(), stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [str(BIN / "dvc"), "repro", "train"],
+            cwd=root,
+            env=env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         killed_at = wait_for_checkpoint(proc, root / "models/checkpoint.pt", 1, log)
         os.killpg(proc.pid, signal.SIGKILL)  # dvc, the shell and the stage: a power cut or the OOM killer
@@ -417,8 +448,10 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
     from pipeline_utils import ROOT
 
     e = env() | {"PYTHONPATH": str(ROOT / "src")}
-    procs = [subprocess.Popen([PYTHON, "-c", _OPEN_RUN, str(i)], cwd=tmp_path, env=e, stderr=subprocess.PIPE,
-                              text=True) for i in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen([PYTHON, "-c", _OPEN_RUN, str(i)], cwd=tmp_path, env=e, stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
     try:
         deadline = time.monotonic() + 120
         while not all((tmp_path / f"{i}.ready").exists() for i in range(3)) and time.monotonic() < deadline:

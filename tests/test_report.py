@@ -8,14 +8,26 @@ def fake_runs():
     rows = []
     for loss, fids in [("ns", [10.0, 12.0, 14.0]), ("hinge", [5.0, 7.0, 9.0])]:
         for seed, fid in enumerate(fids):
-            rows.append({"status": "FINISHED", "params.seed": str(seed), "params.train.loss": loss,
-                         "params.train.model": "dcgan-small", "params.train.d_norm": "none",
-                         "params.train.ema": "0.999",
-                         "params.train.lr": "0.0002", "params.train.batch_size": "64", "params.train.steps": "100",
-                         "params.train.conditional": "False", "params.tracking.experiment": "x",
-                         "metrics.generated.fid": fid, "metrics.generated.inception_score": 9.0,
-                         "metrics.real_reference.fid": 1.5, "metrics.train_seconds": 60.0 + seed,
-                         "tags.device": "cpu"})  # fmt: skip
+            rows.append(
+                {
+                    "status": "FINISHED",
+                    "params.seed": str(seed),
+                    "params.train.loss": loss,
+                    "params.train.model": "dcgan-small",
+                    "params.train.d_norm": "none",
+                    "params.train.ema": "0.999",
+                    "params.train.lr": "0.0002",
+                    "params.train.batch_size": "64",
+                    "params.train.steps": "100",
+                    "params.train.conditional": "False",
+                    "params.tracking.experiment": "x",
+                    "metrics.generated.fid": fid,
+                    "metrics.generated.inception_score": 9.0,
+                    "metrics.real_reference.fid": 1.5,
+                    "metrics.train_seconds": 60.0 + seed,
+                    "tags.device": "cpu",
+                }
+            )
     rows.append({**rows[0], "status": "FAILED", "metrics.generated.fid": 1000.0})
     return pd.DataFrame(rows)
 
@@ -63,7 +75,10 @@ def test_recipe_runs_are_named_and_budgets_shown():
     row |= {"params.train.steps": "1000000", "params.train.max_seconds": "200.0"}
     label = __import__("mnistgan.lab.report", fromlist=["recipe_label"]).recipe_label(row)
     assert label.startswith("`default`: dcgan-small, ns") and "conditional" in label and label.endswith("200 s)")
-    assert "d_width 32" in label and "r1_weight 0.1" in label  # keys that differ from the base are shown
+    assert "d_width" not in label and "r1_weight" not in label  # params.yaml's values: nothing to name
+    row = {f"params.train.{k}": str(v) for k, v in recipe_overrides("previous-default").items()}
+    label = __import__("mnistgan.lab.report", fromlist=["recipe_label"]).recipe_label(row | {"params.train.steps": "9"})
+    assert label.startswith("`previous-default`: ") and "r1_weight 0.0" in label  # what differs is named
 
 
 def test_scores_of_different_extractors_are_never_averaged_and_the_table_says_so():
@@ -128,8 +143,9 @@ def test_interval_verdict_uses_both_widths():
 def test_results_table_marks_each_recipe_against_the_default(monkeypatch):
     from mnistgan.lab import report
 
-    monkeypatch.setattr(report, "recipe_label", lambda row: "`default`: ns" if row["params.train.loss"] == "ns"
-                        else "`hinge`: hinge")  # fmt: skip
+    monkeypatch.setattr(
+        report, "recipe_label", lambda row: "`default`: ns" if row["params.train.loss"] == "ns" else "`hinge`: hinge"
+    )
     table = results_table(fake_runs())
     hinge = next(line for line in table.splitlines() if line.startswith("| `hinge`"))
     default = next(line for line in table.splitlines() if line.startswith("| `default`"))
@@ -143,9 +159,13 @@ def test_compare_verdict_table_from_the_runs_intervals():
     from mnistgan.lab.report import verdict_table
 
     g = "metrics.generated.fid"
-    runs = pd.DataFrame([{g: 27.8, f"{g}_ci95_low": 26.8, f"{g}_ci95_high": 29.1},
-                         {g: 46.6, f"{g}_ci95_low": 45.0, f"{g}_ci95_high": 48.3},
-                         {g: 28.5, f"{g}_ci95_low": 27.4, f"{g}_ci95_high": 29.7}])  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            {g: 27.8, f"{g}_ci95_low": 26.8, f"{g}_ci95_high": 29.1},
+            {g: 46.6, f"{g}_ci95_low": 45.0, f"{g}_ci95_high": 48.3},
+            {g: 28.5, f"{g}_ci95_low": 27.4, f"{g}_ci95_high": 29.7},
+        ]
+    )
     title, header, rows = verdict_table(runs, ["a", "b", "c"])
     assert header == ["score", "a vs b", "a vs c", "b vs c"]
     assert rows == [["fid", "better", "within noise", "worse"]]

@@ -10,8 +10,13 @@ def test_the_schema_table_is_there_and_each_key_is_documented_once():
     patterns = [p for p, _ in rows]
     assert len(patterns) == len(set(patterns))
     assert all(meaning for _, meaning in rows)
-    for key in ("generated.fid_inf", "real_reference.fid", "feature_spaces.classifier/blocks.fid_inf_multiple",
-                "generated.fid_inf_ci95", "headline_features.weights_sha256"):  # fmt: skip
+    for key in (
+        "generated.fid_inf",
+        "real_reference.fid",
+        "feature_spaces.classifier/blocks.fid_inf_multiple",
+        "generated.fid_inf_ci95",
+        "headline_features.weights_sha256",
+    ):
         assert sum(bool(key_regex(p).match(key)) for p in patterns) == 1, key
 
 

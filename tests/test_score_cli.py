@@ -91,8 +91,12 @@ def fake_pipeline(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pipeline")
     data = root / "mnist"
-    for name, array in {"x_train": digits(700, 1), "y_train": np.arange(700, dtype=np.uint8) % 10,
-                        "x_test": digits(300, 2), "y_test": np.arange(300, dtype=np.uint8) % 10}.items():  # fmt: skip
+    for name, array in {
+        "x_train": digits(700, 1),
+        "y_train": np.arange(700, dtype=np.uint8) % 10,
+        "x_test": digits(300, 2),
+        "y_test": np.arange(300, dtype=np.uint8) % 10,
+    }.items():
         save_npy(data / f"{name}.npy", array)
     torch.manual_seed(0)
     save_torch(root / "classifier.pt", classifier_file(Classifier().eval(), 0.0))
@@ -143,8 +147,15 @@ BAD_ARRAYS = {
 def test_bad_arrays_give_one_error_line_and_exit_2(tmp_path, capsys, fake_pipeline, case):
     array, pattern = BAD_ARRAYS[case]
     np.save(tmp_path / "bad.npy", array)
-    code, out, err = run_main(capsys, tmp_path / "bad.npy", "--classifier", fake_pipeline["classifier"],
-                              "--data", fake_pipeline["data"], "--no-cache")  # fmt: skip
+    code, out, err = run_main(
+        capsys,
+        tmp_path / "bad.npy",
+        "--classifier",
+        fake_pipeline["classifier"],
+        "--data",
+        fake_pipeline["data"],
+        "--no-cache",
+    )
     assert_one_line_error(code, out, err, pattern)
 
 
@@ -210,8 +221,14 @@ def test_missing_or_mismatched_pipeline_outputs(tmp_path, capsys, fake_pipeline)
 def test_entry_points_exit_2_without_a_traceback(tmp_path, entry):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     np.save(tmp_path / "x.npy", U8)
-    proc = subprocess.run([sys.executable, *entry, str(tmp_path / "x.npy"), "--classifier", str(tmp_path / "no.pt")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *entry, str(tmp_path / "x.npy"), "--classifier", str(tmp_path / "no.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
@@ -225,9 +242,21 @@ def test_entry_points_exit_2_without_a_traceback(tmp_path, entry):
 
 def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     p = fake_pipeline
-    argv = (p["samples"], "--classifier", p["classifier"], "--extractor", p["extractor"], "--data", p["data"],
-            "--n-reference", 200, "--cache-dir", tmp_path / "cache",
-            "--json", tmp_path / "out" / "score.json")  # fmt: skip
+    argv = (
+        p["samples"],
+        "--classifier",
+        p["classifier"],
+        "--extractor",
+        p["extractor"],
+        "--data",
+        p["data"],
+        "--n-reference",
+        200,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--json",
+        tmp_path / "out" / "score.json",
+    )
     code, out, err = run_main(capsys, *argv)
     assert code == 0, err
     result = json.loads(out)
@@ -252,8 +281,9 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
 
     # Second run: the real features come from the cache (one entry per network), and the result is the same.
     entries = sorted((tmp_path / "cache").iterdir())
-    assert len(entries) == 2 and all({f.name for f in e.iterdir()} == {"features.npz", "thresholds.json"}
-                                      for e in entries)  # fmt: skip
+    assert len(entries) == 2 and all(
+        {f.name for f in e.iterdir()} == {"features.npz", "thresholds.json"} for e in entries
+    )
     code, out, err = run_main(capsys, *argv)
     assert code == 0, err
     assert json.loads(out) == result
@@ -271,9 +301,11 @@ def test_score_end_to_end_with_cache(tmp_path, capsys, fake_pipeline):
     core = scoring.score_all(np.load(p["samples"]), models, reals, FEATURE_SPACES, n_reference=200)
     for part in ("generated", "real_reference"):
         assert {k: v for k, v in core[part].items() if not k.endswith("_ci95")} == pytest.approx(
-            {k: v for k, v in result[part].items() if not k.endswith("_ci95")}, rel=1e-9)  # fmt: skip
+            {k: v for k, v in result[part].items() if not k.endswith("_ci95")}, rel=1e-9
+        )
         assert {k: v for k, v in core[part].items() if k.endswith("_ci95")} == {
-            k: v for k, v in result[part].items() if k.endswith("_ci95")}  # fmt: skip
+            k: v for k, v in result[part].items() if k.endswith("_ci95")
+        }
 
 
 def test_the_reference_has_the_inputs_own_size(tmp_path, capsys, fake_pipeline, monkeypatch):
@@ -281,14 +313,24 @@ def test_the_reference_has_the_inputs_own_size(tmp_path, capsys, fake_pipeline, 
     p = fake_pipeline
     monkeypatch.chdir(tmp_path)  # no models/extractor.pt here
     np.save(tmp_path / "small.npy", digits(120, 9))
-    code, out, err = run_main(capsys, tmp_path / "small.npy", "--classifier", p["classifier"], "--data", p["data"],
-                              "--extractor", p["extractor"], "--no-cache")  # fmt: skip
+    code, out, err = run_main(
+        capsys,
+        tmp_path / "small.npy",
+        "--classifier",
+        p["classifier"],
+        "--data",
+        p["data"],
+        "--extractor",
+        p["extractor"],
+        "--no-cache",
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["generated"]["n_samples"] == result["n_reference"] == result["real_reference"]["n_samples"] == 120
     # no extractor file at the default path: the classifier's feature spaces only
-    code, out, err = run_main(capsys, tmp_path / "small.npy", "--classifier", p["classifier"], "--data", p["data"],
-                              "--no-cache")  # fmt: skip
+    code, out, err = run_main(
+        capsys, tmp_path / "small.npy", "--classifier", p["classifier"], "--data", p["data"], "--no-cache"
+    )
     assert code == 0, err
     assert sorted(json.loads(out)["feature_spaces"]) == ["classifier/blocks", "classifier/penultimate"]
 

@@ -80,8 +80,9 @@ def test_feature_spaces_agreement_and_identity(mnist, trained):
     deep = DeepClassifier().eval()
     models = {"classifier": model, "extractor": deep}
     reals = {"classifier": real, "extractor": scoring.real_features(deep, small(mnist, 6000))}
-    noisy = np.clip(mnist.x_train[-500:].astype(int) + np.random.default_rng(0).integers(-48, 49, (500, 28, 28)),
-                    0, 255).astype(np.uint8)  # fmt: skip
+    noisy = np.clip(
+        mnist.x_train[-500:].astype(int) + np.random.default_rng(0).integers(-48, 49, (500, 28, 28)), 0, 255
+    ).astype(np.uint8)
     spaces = ("classifier/penultimate", "classifier/blocks", "extractor/blocks")
     result = score(noisy, models, reals, spaces)
     assert list(result["feature_spaces"]) == list(spaces)
@@ -113,10 +114,20 @@ def test_feature_spaces_agreement_and_identity(mnist, trained):
 # precision/recall/density/coverage, classes, memorisation. Computed with this code on x86_64 (torch
 # 2.14.1, numpy 2.4.6). Float32 features differ across CPUs in the last bits: continuous scores within
 # rel 1e-4; the k-NN shares (counts of 1,000 or 9,000 decisions) within two decisions.
-GOLDEN_CONTINUOUS = {"fid": 0.016724641826134368, "kid": 0.0001341091700212571,
-                     "inception_score": 1.000154457287415, "mean_confidence": 0.11137495843861007}  # fmt: skip
-GOLDEN_KNN = {"precision": 0.892, "recall": 0.7984444444444444, "density": 1.0726666666666667,
-              "coverage": 0.21811111111111112, "memorisation": 0.0, "classes_covered": 0}  # fmt: skip
+GOLDEN_CONTINUOUS = {
+    "fid": 0.016724641826134368,
+    "kid": 0.0001341091700212571,
+    "inception_score": 1.000154457287415,
+    "mean_confidence": 0.11137495843861007,
+}
+GOLDEN_KNN = {
+    "precision": 0.892,
+    "recall": 0.7984444444444444,
+    "density": 1.0726666666666667,
+    "coverage": 0.21811111111111112,
+    "memorisation": 0.0,
+    "classes_covered": 0,
+}
 
 
 def test_golden_values_of_the_metric_chain(mnist):
@@ -158,8 +169,10 @@ def test_fid_inf_of_noisy_real_digits_does_not_depend_on_how_many_are_scored(mni
 TRAINED = [scoring.__file__.rsplit("/src/", 1)[0] + f"/{p}" for p in ("models/classifier.pt", "data/samples.npy")]
 
 
-@pytest.mark.skipif(not all(__import__("os").path.exists(p) for p in TRAINED),
-                    reason="needs the default run's classifier and samples (make repro)")  # fmt: skip
+@pytest.mark.skipif(
+    not all(__import__("os").path.exists(p) for p in TRAINED),
+    reason="needs the default run's classifier and samples (make repro)",
+)
 def test_the_default_runs_fid_inf_from_2000_and_10000_samples_agree(mnist):
     """After `make repro`: fid_inf of the first 2,000 and of all 10,000 samples within 15%, and the
     10,000-sample value inside the 2,000-sample interval."""

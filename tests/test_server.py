@@ -51,8 +51,14 @@ def pg_rows(state: Path, sql: str) -> list[tuple]:
     import psycopg2
 
     cluster = json.loads((state / "cluster.json").read_text())
-    conn = psycopg2.connect(host="127.0.0.1", port=cluster["port"], user="mlflow", password=cluster["password"],
-                            dbname="mlflow", connect_timeout=5)  # fmt: skip
+    conn = psycopg2.connect(
+        host="127.0.0.1",
+        port=cluster["port"],
+        user="mlflow",
+        password=cluster["password"],
+        dbname="mlflow",
+        connect_timeout=5,
+    )
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
@@ -84,8 +90,10 @@ def test_dvc_exp_run_logs_a_finished_run_to_postgres_and_the_generator_downloads
 
     elsewhere = tmp_path / "elsewhere"  # another folder, no repo: only the server's address
     elsewhere.mkdir()
-    code = ("import mlflow, sys; print(mlflow.artifacts.download_artifacts(run_id=sys.argv[1], "
-            "artifact_path='model/generator.pt', dst_path='got'))")  # fmt: skip
+    code = (
+        "import mlflow, sys; print(mlflow.artifacts.download_artifacts(run_id=sys.argv[1], "
+        "artifact_path='model/generator.pt', dst_path='got'))"
+    )
     got = run([PYTHON, "-c", code, run_id], elsewhere, env=env() | {"MLFLOW_TRACKING_URI": uri}).stdout.strip()
     assert sha256(Path(got)) == sha256(root / "models/generator.pt")
     assert (state / "artifacts").is_dir() and any((state / "artifacts").rglob("generator.pt"))
@@ -102,15 +110,24 @@ def test_a_restart_of_server_and_database_while_training_is_survived(srv, tmp_pa
     (root / "models/checkpoint.pt").unlink()
     log = tmp_path / "train.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([PYTHON, "stages/train.py"], cwd=root, env=env() | {"MLFLOW_TRACKING_URI": uri},
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [PYTHON, "stages/train.py"],
+            cwd=root,
+            env=env() | {"MLFLOW_TRACKING_URI": uri},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
         deadline, logged = time.monotonic() + 300, []
         while not logged and time.monotonic() < deadline:  # wait for the first loss rows on the server
             assert proc.poll() is None, log.read_text()[-3000:]
-            runs = client.search_runs([client.get_experiment_by_name("mnistgan").experiment_id]) \
-                if client.get_experiment_by_name("mnistgan") else []  # fmt: skip
+            runs = (
+                client.search_runs([client.get_experiment_by_name("mnistgan").experiment_id])
+                if client.get_experiment_by_name("mnistgan")
+                else []
+            )
             mine = [r for r in runs if r.data.tags.get("mnistgan.pid") == str(proc.pid)]
             logged = mine and client.get_metric_history(mine[0].info.run_id, "loss_d")
             time.sleep(0.5)
@@ -164,8 +181,8 @@ def test_a_team_database_that_does_not_answer_fails_start_with_one_line(tmp_path
         assert p.returncode == 2, p.stdout + p.stderr
         line = p.stderr.strip()
         assert "\n" not in line and line.startswith(
-            f"mnistgan server: error: MLFLOW_BACKEND_URI (...@127.0.0.1:{dead.rsplit(':', 1)[1]}): "
-            "cannot connect"), line  # fmt: skip
+            f"mnistgan server: error: MLFLOW_BACKEND_URI (...@127.0.0.1:{dead.rsplit(':', 1)[1]}): cannot connect"
+        ), line
         assert "secret" not in line
         assert time.monotonic() - t0 < 15
         assert not (state / "started.json").exists() and not (state / "pgdata").exists()
@@ -207,7 +224,8 @@ def test_bad_input_gives_one_line(tmp_path):
         p = server_cmd("start", tmp_path / "state", taken, check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         f"mnistgan server: error: port {taken} on 127.0.0.1 is taken (make ui? another server?); "
-        "choose another: make server PORT=..."]  # fmt: skip
+        "choose another: make server PORT=..."
+    ]
     assert not (tmp_path / "state").exists()
     p = run([PYTHON, "-m", "mnistgan.lab.server", "restart"], tmp_path, check=False)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1

@@ -32,8 +32,16 @@ pytestmark = [
 
 SEEDS = range(1, 7)  # six experiments
 KILLS = 4  # at least 3: two training processes and two queue workers, in a random order
-SETTINGS = ["-S", "train.steps=200", "-S", "train.checkpoint_every=50", "-S", "sample.n=300",
-            "-S", "evaluate.n_reference=300"]  # fmt: skip
+SETTINGS = [
+    "-S",
+    "train.steps=200",
+    "-S",
+    "train.checkpoint_every=50",
+    "-S",
+    "sample.n=300",
+    "-S",
+    "evaluate.n_reference=300",
+]
 # one thread per process: two workers, two cores (oversubscribed OpenMP threads make each run several times slower)
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -106,8 +114,15 @@ def start_workers(root: Path) -> None:
     # Not through run(): the workers it starts inherit its output pipes, and reading them to their end would
     # wait for the workers to exit (when the queue is empty). Their output goes to a file instead.
     with open(root.parent / "workers.log", "a") as log:
-        subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", "2"], cwd=root, env=env() | THREADS, stdout=log,
-                       stderr=subprocess.STDOUT, timeout=120, check=True)  # fmt: skip
+        subprocess.run(
+            [str(BIN / "dvc"), "queue", "start", "-j", "2"],
+            cwd=root,
+            env=env() | THREADS,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=True,
+        )
 
 
 def drain(root: Path, timeout: float = 900) -> None:
@@ -205,9 +220,18 @@ def test_queued_experiments_survive_random_kills(tmp_path, tmp_path_factory):
             with contextlib.suppress(psutil.Error):
                 p.kill()
     closed = sum(1 for _, s in statuses if s == "KILLED")
-    figures = {"experiments": len(SEEDS), "kills": len(kills), "kills_train": kills.count("train"),
-               "kills_worker": kills.count("worker"), "reruns": reruns, "runs": len(statuses),
-               "runs_killed": closed, "seconds": round(soak_seconds), "seed": seed, "sync": sync.strip()}  # fmt: skip
+    figures = {
+        "experiments": len(SEEDS),
+        "kills": len(kills),
+        "kills_train": kills.count("train"),
+        "kills_worker": kills.count("worker"),
+        "reruns": reruns,
+        "runs": len(statuses),
+        "runs_killed": closed,
+        "seconds": round(soak_seconds),
+        "seed": seed,
+        "sync": sync.strip(),
+    }
     print(f"\nsoak: {json.dumps(figures)}")
     (ROOT / "reports").mkdir(exist_ok=True)
     (ROOT / "reports/soak.json").write_text(json.dumps(figures, indent=1) + "\n")

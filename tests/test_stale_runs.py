@@ -64,8 +64,14 @@ class FakeClient:
 
 def test_close_stale_runs_ends_only_runs_of_gone_holders():
     mine = stale_runs.owner_tags()
-    client = FakeClient({"alive": mine, "killed": mine | {stale_runs.PID_TAG: str(dead_pid())},
-                         "elsewhere": mine | {stale_runs.HOST_TAG: "other-host"}, "old": {}})  # fmt: skip
+    client = FakeClient(
+        {
+            "alive": mine,
+            "killed": mine | {stale_runs.PID_TAG: str(dead_pid())},
+            "elsewhere": mine | {stale_runs.HOST_TAG: "other-host"},
+            "old": {},
+        }
+    )
     assert stale_runs.close_stale_runs(client, ["1"]) == ["killed"]
     assert client.ended == {"killed": "KILLED"} and "was gone" in client.tags["killed"][1]
 
@@ -113,8 +119,14 @@ def test_sync_closes_runs_of_killed_processes(tmp_path):
     exp = client.create_experiment("mnistgan")
     run = client.create_run(exp, tags=stale_runs.owner_tags() | {stale_runs.PID_TAG: str(dead_pid())})
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    p = subprocess.run([sys.executable, "-m", "mnistgan.sync", "sync"], cwd=tmp_path, capture_output=True,
-                       text=True, env=env() | {"MLFLOW_TRACKING_URI": uri}, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "mnistgan.sync", "sync"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env() | {"MLFLOW_TRACKING_URI": uri},
+        timeout=120,
+    )
     # (then sync's second step fails here: this folder has no pipeline outputs)
     assert f"tracking: closed 1 run(s) left RUNNING by a killed process as KILLED: {run.info.run_id}" in p.stdout
     assert client.get_run(run.info.run_id).info.status == "KILLED"

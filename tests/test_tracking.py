@@ -84,8 +84,10 @@ def test_reopening_a_run_absent_from_the_store_warns_in_one_line(tmp_path, monke
     run = tracking.reopen_run(cfg, "0123456789abcdef0123456789abcdef")
     assert type(run) is tracking.NullRun
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"warning: run 0123456789abcdef0123456789abcdef (the training run) is not in "
-                   f"sqlite:///{tmp_path}/mlflow.db; this stage is not tracked"]  # fmt: skip
+    assert err == [
+        f"warning: run 0123456789abcdef0123456789abcdef (the training run) is not in "
+        f"sqlite:///{tmp_path}/mlflow.db; this stage is not tracked"
+    ]
     again = tracking.reopen_run(cfg, present.run_id)  # a run the store holds is reopened
     assert type(again) is tracking.Run and again.run_id == present.run_id
     again.end()
@@ -173,9 +175,17 @@ def test_generator_is_logged_registered_described_and_loads_without_the_repo(tmp
     run = tracking.open_run("mnistgan", required=True)
     run.describe(changed=descriptions.params_changes(Params(), cwd=tmp_path))  # not a git repo: says so
     run.log_generator_model(tmp_path / "generator.pt")
-    scores = {"generated": {"fid": 27.8, "inception_score": 9.51, "precision": 0.672, "recall": 0.67,
-                            "classes_covered": 10, "n_samples": 10000},
-              "real_reference": {"fid": 5.56, "inception_score": 9.68}}  # fmt: skip
+    scores = {
+        "generated": {
+            "fid": 27.8,
+            "inception_score": 9.51,
+            "precision": 0.672,
+            "recall": 0.67,
+            "classes_covered": 10,
+            "n_samples": 10000,
+        },
+        "real_reference": {"fid": 5.56, "inception_score": 9.68},
+    }
     run.describe(scores=scores)
     run.end()
 
@@ -189,8 +199,13 @@ def test_generator_is_logged_registered_described_and_loads_without_the_repo(tmp
     (logged,) = client.search_logged_models(experiment_ids=[client.get_run(run.run_id).info.experiment_id])
     assert logged.source_run_id == run.run_id and logged.name == "generator"
 
-    p = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_REPO, str(ROOT / "src"), str(tmp_path / "out.npy")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_REPO, str(ROOT / "src"), str(tmp_path / "out.npy")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads(p.stdout.strip().splitlines()[-1])
     assert str(tmp_path / "mlartifacts") in info["module"]  # the stored copy of the code, not the repo's
@@ -212,7 +227,8 @@ def test_params_changes_names_what_differs_from_the_commit(tmp_path):
     for cmd in (["git", "init", "-q"], ["git", "add", "params.yaml"], ["git", "commit", "-q", "-m", "p"]):
         subprocess.run(cmd, cwd=tmp_path, env=env(), check=True)
     assert descriptions.params_changes(load_params(tmp_path / "params.yaml"), cwd=tmp_path) == (
-        "the commit's params.yaml, unchanged")  # fmt: skip
+        "the commit's params.yaml, unchanged"
+    )
     raw["train"]["lr"], raw["seed"], raw["tracking"]["required"] = 0.0002, 3, False
     assert descriptions.params_changes(params_from_dict(raw), cwd=tmp_path) == "changed seed=3, train.lr=0.0002"
 

@@ -27,8 +27,14 @@ def _env(uri: str) -> dict[str, str]:
 
 
 def _run_ui(args: list[str], uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnistgan.lab.ui", *args], cwd=cwd, env=_env(uri), capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "mnistgan.lab.ui", *args],
+        cwd=cwd,
+        env=_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _first_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -47,10 +53,15 @@ def test_ui_prints_the_model_training_runs_table_serves_it_and_stops_cleanly(tmp
 
     uri, port = f"sqlite:///{tmp_path}/mlflow.db", free_port()
     # Ctrl-C as from a terminal: a shell starts background jobs with SIGINT ignored, and a child inherits that
-    proc = subprocess.Popen([sys.executable, "-m", "mnistgan.lab.ui", "--port", str(port), "--no-browser",
-                             "--wait", "90"],
-                            cwd=tmp_path, env=_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistgan.lab.ui", "--port", str(port), "--no-browser", "--wait", "90"],
+        cwd=tmp_path,
+        env=_env(uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         url = _first_line(proc, timeout=120)
         assert url, f"no address printed; exit {proc.poll()}; stderr: {proc.stderr.read() if proc.poll() else ''}"
@@ -92,8 +103,11 @@ def test_taken_port_and_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys)
     assert re.fullmatch(rf"mnistgan ui: error: port {port} on 127\.0\.0\.1 is taken .*--port.*\n", p.stderr), p.stderr
     assert not (tmp_path / "mlflow.db").exists()  # it stopped before touching the store
 
-    for argv, says in ((["--port", "70000"], "--port 70000"), (["--port", "x"], "invalid int value"),
-                       (["--wait", "0"], "--wait 0")):  # fmt: skip
+    for argv, says in (
+        (["--port", "70000"], "--port 70000"),
+        (["--port", "x"], "invalid int value"),
+        (["--wait", "0"], "--wait 0"),
+    ):
         assert ui.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("mnistgan ui: error:") and says in err, err

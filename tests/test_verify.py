@@ -22,14 +22,18 @@ from pipeline_utils import OTHER_CPU, ROOT, dvc, env, run
 from test_determinism import copy_reproduced, output_hashes
 
 from mnistgan.errors import UserError
-from mnistgan.lab.verify import Row, compare_locks, main, stale_stages, unexplained_outputs, varying_outputs
+from mnistgan.lab.clone import varying_outputs
+from mnistgan.lab.verify import Row, compare_locks, main, stale_stages, unexplained_outputs
 
 
 def lock(outs: dict[str, str], deps: dict[str, str] | None = None, params: dict | None = None) -> dict:
     """A parsed dvc.lock of one stage `s` with these outputs (path -> md5)."""
-    stage = {"cmd": "python s.py", "deps": [{"path": p, "hash": "md5", "md5": m} for p, m in (deps or {}).items()],
-             "params": {"params.yaml": params or {}},
-             "outs": [{"path": p, "hash": "md5", "md5": m} for p, m in outs.items()]}  # fmt: skip
+    stage = {
+        "cmd": "python s.py",
+        "deps": [{"path": p, "hash": "md5", "md5": m} for p, m in (deps or {}).items()],
+        "params": {"params.yaml": params or {}},
+        "outs": [{"path": p, "hash": "md5", "md5": m} for p, m in outs.items()],
+    }
     return {"schema": "2.0", "stages": {"s": stage}}
 
 
@@ -69,6 +73,11 @@ def test_an_output_that_differs_although_its_stage_had_the_committed_inputs_is_u
         lock({"o": "2" * 32}, deps={"s.py": "a", "up": "x"}, params={"lr": 2}),
     ):
         assert unexplained_outputs(committed, moved, compare_locks(committed, moved, {})) == []
+    # a dependency that varies by design (metrics/train.json: the run id) does not make the inputs another's
+    committed = lock({"o": "1" * 32, "t.json": "a" * 32}, deps={"s.py": "a", "t.json": "a" * 32}, params={})
+    rerun = lock({"o": "2" * 32, "t.json": "b" * 32}, deps={"s.py": "a", "t.json": "b" * 32}, params={})
+    rows = compare_locks(committed, rerun, {"t.json": "the run id"})
+    assert unexplained_outputs(committed, rerun, rows) == ["o"]
 
 
 def test_the_spread_reuses_the_committed_run_only_when_its_lock_records_the_params_of_params_yaml():
@@ -91,8 +100,9 @@ def test_varying_outputs_come_from_dvc_yaml_meta(tmp_path):
         "          meta: {varies: time}\n      - ${paths.nope}:\n          cache: false\n"
     )
     assert varying_outputs(tmp_path) == {"o.json": "time"}
-    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: x\n    outs:\n      - ${paths.nope}:\n"
-                                       "          meta: {varies: time}\n")  # fmt: skip
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    outs:\n      - ${paths.nope}:\n          meta: {varies: time}\n"
+    )
     with pytest.raises(UserError, match=r"\$\{paths.nope\} is not a key of params.yaml"):
         varying_outputs(tmp_path)
 
@@ -122,8 +132,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
 
 
 def sha256_files(root: Path, folder: str) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((root / folder).rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def verify_lines(root: Path, extra_env: dict[str, str] | None = None) -> tuple[int, list[str], str]:
@@ -149,8 +162,11 @@ def test_verify_judges_another_platform_within_noise_another_recipe_not_and_leav
     locked = yaml.safe_load((root / "dvc.lock").read_text())
     real = {o["path"]: o["md5"] for s in locked["stages"].values() for o in s["outs"]}
     head = run(["git", "rev-parse", "HEAD"], root).stdout
-    before = {"lock": (root / "dvc.lock").read_bytes(), "outputs": output_hashes(root),
-              "cache": sha256_files(root, ".dvc/cache")}  # fmt: skip
+    before = {
+        "lock": (root / "dvc.lock").read_bytes(),
+        "outputs": output_hashes(root),
+        "cache": sha256_files(root, ".dvc/cache"),
+    }
     tmp, summary = tmp_path / "tmp", tmp_path / "summary.md"
     tmp.mkdir()
 

@@ -73,8 +73,9 @@ def test_two_worker_clones_push_their_experiments_and_a_third_clone_gathers_them
         seed = data["params"]["params.yaml"]["data"]["seed"]
         assert seed == (11 if name == "worker-a-sweep" else 12)
         assert "fid" in data["metrics"]["metrics/eval.json"]["data"]["generated"], name
-    text = dvc(["exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep", r"Experiment|^seed$|generated\.fid$"],
-               lead).stdout  # fmt: skip
+    text = dvc(
+        ["exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep", r"Experiment|^seed$|generated\.fid$"], lead
+    ).stdout
     assert all(name in text for name in names), text
 
     for name in names:  # every experiment's outputs come from the shared DVC remote, whole

@@ -25,8 +25,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
-                argv: list[str] | None, errors: tuple[type[BaseException], ...] = ()) -> int:  # fmt: skip
+def run_command(
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int | None],
+    argv: list[str] | None,
+    errors: tuple[type[BaseException], ...] = (),
+) -> int:
     """A subcommand's main: parse `argv`, run `body(args)`, and turn a user's error (UserError, or one of
     `errors`) into one line on stderr with EXIT_BAD_INPUT, and Ctrl-C into 'interrupted' and 130."""
     try:
@@ -70,8 +74,11 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {desc}" for name, (_, _, desc) in COMMANDS.items()]
-    return "usage: mnistgan COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines) + (
-        "\n\n`mnistgan COMMAND --help` describes a command's arguments.")  # fmt: skip
+    return (
+        "usage: mnistgan COMMAND [ARGS...]\n\ncommands:\n"
+        + "\n".join(lines)
+        + ("\n\n`mnistgan COMMAND --help` describes a command's arguments.")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

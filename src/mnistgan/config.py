@@ -89,7 +89,7 @@ class TrainConfig:
     )
     z_dim: int = _opt(100, lo=1)
     batch_size: int = _opt(64, lo=1)
-    steps: int = _opt(6000, lo=1)
+    steps: int = _opt(11000, lo=1)
     max_seconds: float = _opt(0.0, lo=0.0, doc="stop at the first loss row past this many training seconds; 0 = off")
     lr: float = _opt(4e-4, lo=0.0, lo_open=True)
     lr_d: float = _opt(0.0, lo=0.0, doc="discriminator lr; 0 means the same as lr")
@@ -97,7 +97,7 @@ class TrainConfig:
     beta2: float = _opt(0.999, lo=0.0, hi=0.999999)
     d_steps: int = _opt(1, lo=1, doc="discriminator updates per generator update")
     gp_weight: float = _opt(10.0, lo=0.0, doc="gradient penalty weight (wgan-gp)")
-    r1_weight: float = _opt(0.0, lo=0.0, doc="R1 penalty gamma on real images (Mescheder et al. 2018); 0 = off")
+    r1_weight: float = _opt(0.1, lo=0.0, doc="R1 penalty gamma on real images (Mescheder et al. 2018); 0 = off")
     r1_every: int = _opt(16, lo=1, doc="R1 on every r1_every-th step, scaled by it (lazy regularisation)")
     lr_decay_from: float = _opt(0.0, lo=0.0, hi=0.999, doc="both lrs fall linearly to 0 after this share of steps")
     topk_min: float = _opt(
@@ -126,8 +126,13 @@ class SampleConfig:
     seed: int = _opt(1234, lo=0)
     batch_size: int = _opt(1000, lo=1)
     truncation: float = _opt(0.0, lo=0, doc="noise cut to ±truncation (the truncation trick; 0 = the full normal)")
-    drs_percentile: float = _opt(0.0, lo=0, hi=99.9, doc="discriminator rejection sampling: gamma at this "
-                                 "percentile of F over a burn-in (higher keeps fewer); 0 = off")  # fmt: skip
+    drs_percentile: float = _opt(
+        0.0,
+        lo=0,
+        hi=99.9,
+        doc="discriminator rejection sampling: gamma at this "
+        "percentile of F over a burn-in (higher keeps fewer); 0 = off",
+    )
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,11 @@ class EvaluateConfig:
 class NumericsConfig:
     """Which code path each numeric library takes in every stage that computes (mnistgan.numerics)."""
 
-    mode: str = _opt("native", choices=NUMERICS_MODES, doc="native: the fastest path of this CPU; portable: one path "
-                     "for every x86-64 CPU with AVX2, Intel or AMD")  # fmt: skip
+    mode: str = _opt(
+        "native",
+        choices=NUMERICS_MODES,
+        doc="native: the fastest path of this CPU; portable: one path for every x86-64 CPU with AVX2, Intel or AMD",
+    )
     threads: int = _opt(2, lo=0, doc="torch threads in every stage (results depend on the count); 0 = torch's default")
 
 
@@ -280,8 +288,11 @@ def _check_cross_field(p: Params) -> None:
     n_eval = p.evaluate.train_images or 60000
     n_reference = p.evaluate.n_reference or p.sample.n  # 0: as many real images as samples
     if n_reference >= n_eval:
-        which = f"evaluate.n_reference: {p.evaluate.n_reference}" if p.evaluate.n_reference else \
-            f"sample.n: {p.sample.n} (evaluate.n_reference: 0 scores as many real images)"  # fmt: skip
+        which = (
+            f"evaluate.n_reference: {p.evaluate.n_reference}"
+            if p.evaluate.n_reference
+            else f"sample.n: {p.sample.n} (evaluate.n_reference: 0 scores as many real images)"
+        )
         raise ConfigError(
             f"{which} is out of range; must be below the {n_eval} training images evaluate uses (the rest are "
             "the memorisation pool)"

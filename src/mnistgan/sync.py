@@ -44,8 +44,11 @@ def sync_scores(params_path: str = "params.yaml") -> str:
 def main(argv: list[str] | None = None) -> int:
     """`mnistgan tracking sync`: the step `make repro` runs after `dvc repro`."""
     parser = OneLineParser(prog="mnistgan tracking", description=main.__doc__)
-    parser.add_argument("command", choices=["sync"], help="sync: close runs of killed processes; scores of a "
-                        "skipped evaluate into the run")  # fmt: skip
+    parser.add_argument(
+        "command",
+        choices=["sync"],
+        help="sync: close runs of killed processes; scores of a skipped evaluate into the run",
+    )
     return run_command(parser, lambda _args: sync(), argv)
 
 

@@ -45,10 +45,19 @@ class Classifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 49, self.FEATURES), nn.ReLU(True),
-        )  # fmt: skip
+            nn.Conv2d(1, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(True),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(64 * 49, self.FEATURES),
+            nn.ReLU(True),
+        )
         self.logits = nn.Sequential(nn.Dropout(0.25), nn.Linear(self.FEATURES, N_CLASSES))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,8 +149,13 @@ def train_classifier(
         model.train()
         perm = epoch_permutation(seed, epoch, n)
         total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(range(per_epoch), desc=f"classifier epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   mininterval=1.0, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            range(per_epoch),
+            desc=f"classifier epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             xb = random_shift(x[idx], 2, shift_rng)
@@ -214,8 +228,7 @@ def arch_of(model: Classifier) -> str:
 
 
 def classifier_file(model: Classifier, test_accuracy: float) -> dict[str, Any]:
-    return {"format": FORMAT, "arch": arch_of(model), "state_dict": model.state_dict(),
-            "test_accuracy": test_accuracy}  # fmt: skip
+    return {"format": FORMAT, "arch": arch_of(model), "state_dict": model.state_dict(), "test_accuracy": test_accuracy}
 
 
 def check_classifier_file(obj: Any) -> str | None:

@@ -186,8 +186,9 @@ def fid_inf_sizes(n: int, points: int = FID_INF_POINTS, smallest: float = FID_IN
     return np.unique(np.round(1 / np.linspace(1 / lo, 1 / n, points)).astype(int))
 
 
-def fid_curve(feats: np.ndarray, stats_ref: tuple[np.ndarray, np.ndarray], sizes: np.ndarray,
-              rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def fid_curve(
+    feats: np.ndarray, stats_ref: tuple[np.ndarray, np.ndarray], sizes: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """FID against fixed reference statistics (mean, covariance) of a random subset of `feats` (drawn
     without replacement) of each size in `sizes` -> (len(sizes),); the whole set where the size is N."""
     mu_ref, sigma_ref = stats_ref
@@ -213,8 +214,14 @@ def curve_to_fid_inf(sizes: np.ndarray, fids: np.ndarray) -> float:
     return float(intercept)
 
 
-def fid_inf(feats: np.ndarray, feats_ref: np.ndarray, *, seed: int = 0, points: int = FID_INF_POINTS,
-            smallest: float = FID_INF_SMALLEST) -> float:  # fmt: skip
+def fid_inf(
+    feats: np.ndarray,
+    feats_ref: np.ndarray,
+    *,
+    seed: int = 0,
+    points: int = FID_INF_POINTS,
+    smallest: float = FID_INF_SMALLEST,
+) -> float:
     """FID extrapolated to infinitely many samples (Chong & Forsyth 2020, "Effectively Unbiased FID and
     Inception Score and Where to Find Them", CVPR). FID's bias falls as 1/N, so FID is computed at `points`
     sample counts from N*`smallest` to N (random subsets of `feats`, seeded) and a least-squares line
@@ -225,8 +232,14 @@ def fid_inf(feats: np.ndarray, feats_ref: np.ndarray, *, seed: int = 0, points: 
     return statistics_to_fid_inf(feats, features_to_statistics(ref), seed=seed, points=points, smallest=smallest)
 
 
-def statistics_to_fid_inf(feats: np.ndarray, stats_ref: tuple[np.ndarray, np.ndarray], *, seed: int = 0,
-                          points: int = FID_INF_POINTS, smallest: float = FID_INF_SMALLEST) -> float:  # fmt: skip
+def statistics_to_fid_inf(
+    feats: np.ndarray,
+    stats_ref: tuple[np.ndarray, np.ndarray],
+    *,
+    seed: int = 0,
+    points: int = FID_INF_POINTS,
+    smallest: float = FID_INF_SMALLEST,
+) -> float:
     """fid_inf of `feats` against reference statistics (mean, covariance) computed once (FID during training)."""
     x = as_2d("feats", feats, 20, " for fid_inf (a line through FIDs of subsets)")
     if x.shape[1] != len(stats_ref[0]):
@@ -389,8 +402,12 @@ def prdc_per_point(generated: np.ndarray, real: np.ndarray, k: int = 3) -> dict[
         spheres_hit[rows] = np.count_nonzero(inside, axis=1)
         real_in_gen |= (d <= r_gen[rows, None]).any(axis=0)
         np.minimum(nn_gen, d.min(axis=0), out=nn_gen)
-    return {"precision": in_real.astype(np.float64), "recall": real_in_gen.astype(np.float64),
-            "density": spheres_hit / k, "coverage": (nn_gen <= r_ref).astype(np.float64)}  # fmt: skip
+    return {
+        "precision": in_real.astype(np.float64),
+        "recall": real_in_gen.astype(np.float64),
+        "density": spheres_hit / k,
+        "coverage": (nn_gen <= r_ref).astype(np.float64),
+    }
 
 
 def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tuple[float, float]:

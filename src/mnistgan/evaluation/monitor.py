@@ -5,7 +5,10 @@ for the evaluate stage. Pure logic: the caller passes the classifier and the arr
 The score is fid_inf (metrics.fid_inf: FID extrapolated to infinitely many samples), not the FID of the
 few thousand images themselves, which is biased upwards by their number: so a number during training and
 the evaluate stage's fid_inf of 10,000 samples are on one scale. The monitor also scores as many real
-training images the same way: that `reference` is the real-data value the curve is plotted against.
+training images, drawn at random, the same way: that `reference` is the real-data floor the curve is plotted
+against, about 0 (a random draw: a slice of MNIST's file is not typical; its last 2,000 training images have a
+fid_inf of 28). `real_fid`, the plain FID of those real images at that sample size, is the scale that
+"multiples of real" (mnistgan.lab.curves' thresholds) are taken of.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import nn
 
 from mnistgan.errors import InputError
 from mnistgan.evaluation.classifier import Classifier, features_and_probs
-from mnistgan.evaluation.metrics import features_to_statistics, precision_recall, statistics_to_fid_inf
+from mnistgan.evaluation.metrics import features_to_statistics, fid, precision_recall, statistics_to_fid_inf
 from mnistgan.gan.sample import generate, recalibrate_batchnorm, sample_noise
 
 if TYPE_CHECKING:
@@ -57,7 +60,9 @@ class FidMonitor:
         self.mu, self.sigma = features_to_statistics(test_feats)
         self.test_feats = test_feats[:n]  # the k-NN manifold of precision/recall, at the sample's own size
         self.fid_seed = seed  # the subsets of fid_inf's line: the same at every check
-        self.reference = self._fid(self._features(x_reference[:n]))
+        real_feats = self._features(x_reference[:n])
+        self.reference = self._fid(real_feats)  # fid_inf of n real images: the curve's floor (about 0)
+        self.real_fid = fid(real_feats, test_feats)  # their plain FID at this n: the scale of "multiples of real"
         # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
         # only because the generator does. Labels cycle through the classes for conditional models.
         self.z, self.y = sample_noise(n, z_dim, conditional, seed)  # (n, z_dim), (n,) or None
@@ -66,12 +71,21 @@ class FidMonitor:
     @classmethod
     def for_config(cls, classifier: Classifier, mnist: MNIST, cfg: TrainConfig, n: int, seed: int) -> FidMonitor:
         """The monitor of a training run: `n` samples of the run's noise shape (the sampling generator with
-        recomputed BatchNorm statistics when EMA is on) against the test set; the last `n` training
-        images give the floor."""
+        recomputed BatchNorm statistics when EMA is on) against the test set; `n` training images drawn at
+        random (from the seed) give the floor."""
         if n > len(mnist.x_train):
             raise InputError(f"train.fid_samples: {n} is more than the {len(mnist.x_train)} training images")
-        return cls(classifier, mnist.x_test, mnist.x_train[-n:], n, cfg.z_dim, cfg.conditional, seed=seed + 3,
-                   recalibrate=cfg.ema > 0)  # fmt: skip
+        drawn = np.sort(np.random.default_rng(seed + 3).choice(len(mnist.x_train), n, replace=False))
+        return cls(
+            classifier,
+            mnist.x_test,
+            mnist.x_train[drawn],
+            n,
+            cfg.z_dim,
+            cfg.conditional,
+            seed=seed + 3,
+            recalibrate=cfg.ema > 0,
+        )
 
     def _features(self, images_u8: np.ndarray) -> np.ndarray:
         return features_and_probs(self.classifier, images_u8, self.batch_size)[0]  # (n, 128)

@@ -205,8 +205,9 @@ class DiskCache:
             with np.load(self.dir / "features.npz", allow_pickle=False) as z:
                 arrays = [z[name].astype(np.float64) for name in self.FEATURES]
             thresholds = json.loads((self.dir / "thresholds.json").read_text())
-            return RealFeatures(*arrays, block_widths=self.block_widths,
-                                thresholds={int(k): float(v) for k, v in thresholds.items()})  # fmt: skip
+            return RealFeatures(
+                *arrays, block_widths=self.block_widths, thresholds={int(k): float(v) for k, v in thresholds.items()}
+            )
         except (OSError, ValueError, KeyError):
             return None
 
@@ -224,8 +225,9 @@ class DiskCache:
             print(f"{PROG}: warning: cannot write the cache in {self.dir} ({e})", file=sys.stderr)
 
 
-def cached_real_features(model: Classifier, mnist: MNIST, name: str, args: argparse.Namespace,
-                         progress: bool) -> tuple[RealFeatures, Callable[[], None]]:  # fmt: skip
+def cached_real_features(
+    model: Classifier, mnist: MNIST, name: str, args: argparse.Namespace, progress: bool
+) -> tuple[RealFeatures, Callable[[], None]]:
     """The network's real features from the disk cache, else computed; and a function that saves them
     (with any memorisation threshold computed meanwhile) when the cache lacks them."""
     cache = None if args.no_cache else DiskCache(args.cache_dir, model, mnist, args.batch_size)
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="default: %(default)s")
     p.add_argument("--no-cache", action="store_true", help="recompute the real-image features")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
-    return p  # fmt: skip
+    return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -300,8 +302,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, model in models.items():
         reals[name], save = cached_real_features(model, mnist, name, args, progress)
         saves.append(save)
-    result = score_all(images, models, reals, spaces, n_reference=args.n_reference, splits=args.splits,
-                       batch_size=args.batch_size, progress=progress)  # fmt: skip
+    result = score_all(
+        images,
+        models,
+        reals,
+        spaces,
+        n_reference=args.n_reference,
+        splits=args.splits,
+        batch_size=args.batch_size,
+        progress=progress,
+    )
     for save in saves:
         save()
     return {"input": str(args.path), "read_as": read_as, **result}  # the keys of eval.json (docs/scores.md)

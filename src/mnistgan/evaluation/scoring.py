@@ -60,8 +60,12 @@ class RealFeatures:
         if self._scale is None:
             var = self.train_feats.var(axis=0)
             edges = np.cumsum((0, *self.block_widths))
-            self._scale = np.concatenate([np.full(b - a, 1 / np.sqrt(max(var[a:b].sum(), 1e-12)))
-                                          for a, b in zip(edges[:-1], edges[1:], strict=True)])  # fmt: skip
+            self._scale = np.concatenate(
+                [
+                    np.full(b - a, 1 / np.sqrt(max(var[a:b].sum(), 1e-12)))
+                    for a, b in zip(edges[:-1], edges[1:], strict=True)
+                ]
+            )
         return feats * self._scale
 
     def train(self, mode: str) -> np.ndarray:
@@ -78,16 +82,18 @@ class RealFeatures:
         return self.thresholds[pool_size]
 
 
-def network_features(model: Classifier, images_u8: np.ndarray, *, batch_size: int = 500, progress: bool = False,
-                     desc: str = "features") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def network_features(
+    model: Classifier, images_u8: np.ndarray, *, batch_size: int = 500, progress: bool = False, desc: str = "features"
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (N, 28, 28) -> blocks-mode features (N, D) and softmax (N, 10) of `model`."""
     from mnistgan.evaluation.classifier import features_and_probs  # lazy: torch only to compute features
 
     return features_and_probs(model, images_u8, batch_size, progress, desc=desc, mode="blocks")
 
 
-def real_features(model: Classifier, mnist: MNIST, *, batch_size: int = 500, progress: bool = False,
-                  name: str = "classifier") -> RealFeatures:  # fmt: skip
+def real_features(
+    model: Classifier, mnist: MNIST, *, batch_size: int = 500, progress: bool = False, name: str = "classifier"
+) -> RealFeatures:
     """`model`'s features and probabilities of every training and test image."""
     train = network_features(model, mnist.x_train, batch_size=batch_size, progress=progress, desc=f"{name}: train")
     test = network_features(model, mnist.x_test, batch_size=batch_size, progress=progress, desc=f"{name}: test")
@@ -102,8 +108,12 @@ def identity(model: Classifier, network: str, mode: str) -> dict[str, str]:
     from mnistgan.evaluation.classifier import FORMAT, arch_of, weights_sha256  # lazy: torch
 
     arch = arch_of(model)
-    return {"space": f"{network}/{mode}", "arch": arch, "weights_sha256": weights_sha256(model)[:16],
-            "version": f"{FORMAT}/{arch}/{mode}"}  # fmt: skip
+    return {
+        "space": f"{network}/{mode}",
+        "arch": arch,
+        "weights_sha256": weights_sha256(model)[:16],
+        "version": f"{FORMAT}/{arch}/{mode}",
+    }
 
 
 def min_samples(splits: int, k: int) -> int:
@@ -126,31 +136,57 @@ def check_n_reference(n_reference: int, n_train: int, splits: int, k: int) -> No
         raise InputError(f"n_reference {n_reference}: must be at least {need} and below the {n_train} training images")
 
 
-def score_features(feats: np.ndarray, probs: np.ndarray, real: RealFeatures, *, splits: int = 10, k: int = 3,
-                   seed: int = 0, intervals: bool = True) -> dict[str, Any]:  # fmt: skip
+def score_features(
+    feats: np.ndarray,
+    probs: np.ndarray,
+    real: RealFeatures,
+    *,
+    splits: int = 10,
+    k: int = 3,
+    seed: int = 0,
+    intervals: bool = True,
+) -> dict[str, Any]:
     """Every metric (suite.evaluate_samples, on penultimate features) of samples whose blocks-mode
     features and probabilities are given, against the test set; all training images are the pool. With
     `intervals`, the headline scores' 95% intervals (`<score>_ci95`) too."""
     pool = real.train("penultimate")
-    return suite.evaluate_samples(real.view(feats, "penultimate"), probs, real.test("penultimate"), pool,
-                                    splits=splits, k=k, seed=seed, memorisation_threshold=real.threshold(len(pool)),
-                                    intervals=intervals)  # fmt: skip
+    return suite.evaluate_samples(
+        real.view(feats, "penultimate"),
+        probs,
+        real.test("penultimate"),
+        pool,
+        splits=splits,
+        k=k,
+        seed=seed,
+        memorisation_threshold=real.threshold(len(pool)),
+        intervals=intervals,
+    )
 
 
-def reference_scores(real: RealFeatures, n_reference: int, *, splits: int = 10, k: int = 3,
-                     seed: int = 0) -> dict[str, float]:  # fmt: skip
+def reference_scores(
+    real: RealFeatures, n_reference: int, *, splits: int = 10, k: int = 3, seed: int = 0
+) -> dict[str, float]:
     """The same metrics for the last `n_reference` real training images, with the other training images
     as their memorisation pool: what a perfect generator would score at that sample size."""
     n_train = len(real.train_feats)
     check_n_reference(n_reference, n_train, splits, k)
     split = n_train - n_reference
     train, test = real.train("penultimate"), real.test("penultimate")
-    return suite.evaluate_samples(train[split:], real.train_probs[split:], test, train[:split], splits=splits, k=k,
-                                    seed=seed, memorisation_threshold=real.threshold(split))  # fmt: skip
+    return suite.evaluate_samples(
+        train[split:],
+        real.train_probs[split:],
+        test,
+        train[:split],
+        splits=splits,
+        k=k,
+        seed=seed,
+        memorisation_threshold=real.threshold(split),
+    )
 
 
-def space_scores(feats: np.ndarray, real: RealFeatures, mode: str, n_reference: int, seed: int = 0,
-                 kid_subsets: int = 100) -> dict[str, float]:  # fmt: skip
+def space_scores(
+    feats: np.ndarray, real: RealFeatures, mode: str, n_reference: int, seed: int = 0, kid_subsets: int = 100
+) -> dict[str, float]:
     """FID, fid_inf and KID of samples (blocks-mode features) in one feature space, and of the last
     `n_reference` real training images: a multiple is the distance in units of its real-data value (fid at
     the same N; fid_inf: both extrapolated to infinitely many samples, so the multiple does not depend on N)."""
@@ -159,18 +195,29 @@ def space_scores(feats: np.ndarray, real: RealFeatures, mode: str, n_reference: 
     fid, fid_real = metrics.fid(gen, test), metrics.fid(ref, test)
     fid_inf, fid_inf_real = (metrics.fid_inf(x, test, seed=seed) for x in (gen, ref))
     kid, kid_real = (metrics.features_to_kid(x, test, subsets=kid_subsets, seed=seed)[0] for x in (gen, ref))
-    return {"fid": fid, "fid_real": fid_real, "fid_multiple": fid / fid_real, "fid_inf": fid_inf,
-            "fid_inf_real": fid_inf_real, "fid_inf_multiple": fid_inf / fid_inf_real, "kid": kid,
-            "kid_real": kid_real}  # fmt: skip
+    return {
+        "fid": fid,
+        "fid_real": fid_real,
+        "fid_multiple": fid / fid_real,
+        "fid_inf": fid_inf,
+        "fid_inf_real": fid_inf_real,
+        "fid_inf_multiple": fid_inf / fid_inf_real,
+        "kid": kid,
+        "kid_real": kid_real,
+    }
 
 
 def agreement(spaces: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The FID multiples of the feature spaces: their mean, range and spread (max - min). A difference
     between two runs smaller than the spread is within what the choice of network alone moves."""
     multiples = [s["fid_multiple"] for s in spaces.values()]
-    return {"fid_multiple_mean": float(np.mean(multiples)), "fid_multiple_min": float(min(multiples)),
-            "fid_multiple_max": float(max(multiples)), "fid_multiple_spread": float(max(multiples) - min(multiples)),
-            "n_spaces": len(multiples)}  # fmt: skip
+    return {
+        "fid_multiple_mean": float(np.mean(multiples)),
+        "fid_multiple_min": float(min(multiples)),
+        "fid_multiple_max": float(max(multiples)),
+        "fid_multiple_spread": float(max(multiples) - min(multiples)),
+        "n_spaces": len(multiples),
+    }
 
 
 def reference_size(n_samples: int, n_reference: int, n_train: int, splits: int, k: int) -> int:
@@ -210,14 +257,17 @@ def score_all(
         raise InputError(f"feature spaces {list(spaces)}: need networks {missing}; known spaces: {known}")
     n_ref = reference_size(len(images), n_reference, len(reals["classifier"].train_feats), splits, k)
     needed = {"classifier"} | {space.split("/")[0] for space in spaces}  # networks nothing asks for stay idle
-    outputs = {name: network_features(models[name], images, batch_size=batch_size, progress=progress,
-                                      desc=f"{name}: samples") for name in sorted(needed)}  # fmt: skip
+    outputs = {
+        name: network_features(models[name], images, batch_size=batch_size, progress=progress, desc=f"{name}: samples")
+        for name in sorted(needed)
+    }
     feats, probs = outputs["classifier"]
     per_space = {}
     for space in spaces:
         network, mode = space.split("/")
         per_space[space] = space_scores(outputs[network][0], reals[network], mode, n_ref, seed, kid_subsets) | {
-            "identity": identity(models[network], network, mode)}  # fmt: skip
+            "identity": identity(models[network], network, mode)
+        }
     return {
         "generated": score_features(
             feats, probs, reals["classifier"], splits=splits, k=k, seed=seed, intervals=intervals

@@ -29,9 +29,22 @@ from mnistgan.evaluation.metrics import (
 )
 
 EVALUATE_KEYS = (
-    "inception_score", "inception_score_std", "fid", "fid_inf", "kid", "kid_std", "precision", "recall", "density",
-    "coverage", "classes_covered", "class_kl_uniform", "mean_confidence", "memorisation", "n_samples",
-)  # fmt: skip
+    "inception_score",
+    "inception_score_std",
+    "fid",
+    "fid_inf",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "classes_covered",
+    "class_kl_uniform",
+    "mean_confidence",
+    "memorisation",
+    "n_samples",
+)
 
 
 # --- 95% intervals -------------------------------------------------------------------------------------
@@ -55,8 +68,9 @@ def bootstrap_mean_interval(per_point: np.ndarray, *, rounds: int = BOOTSTRAP_RO
     return percentile_interval(counts @ x / len(x))  # (rounds, n) @ (n,): every round's mean at once
 
 
-def bootstrap_inception_score_interval(probs: np.ndarray, splits: int = 10, *, rounds: int = BOOTSTRAP_ROUNDS,
-                                       seed: int = 0) -> list[float]:  # fmt: skip
+def bootstrap_inception_score_interval(
+    probs: np.ndarray, splits: int = 10, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
+) -> list[float]:
     """95% interval of the Inception Score by resampling the samples with replacement."""
     p = check_probs("probs", probs)
     rng = np.random.default_rng(seed)
@@ -64,8 +78,9 @@ def bootstrap_inception_score_interval(probs: np.ndarray, splits: int = 10, *, r
     return percentile_interval(np.array(scores))
 
 
-def bootstrap_fid_intervals(feats: np.ndarray, feats_ref: np.ndarray, *, rounds: int = FID_BOOTSTRAP_ROUNDS,
-                            seed: int = 0) -> dict[str, list[float]]:  # fmt: skip
+def bootstrap_fid_intervals(
+    feats: np.ndarray, feats_ref: np.ndarray, *, rounds: int = FID_BOOTSTRAP_ROUNDS, seed: int = 0
+) -> dict[str, list[float]]:
     """95% intervals of FID and fid_inf by resampling the samples with replacement (the reference fixed).
 
     A resample repeats about a third of its points, which narrows its covariance and raises its FID: the
@@ -181,10 +196,11 @@ INTERVAL_METHODS = {
     "fid_inf": "bootstrap over the samples, a fid_inf line per resample (bias-corrected percentile)",
     "kid": "percentile bootstrap over KID's subset estimates (the subsets' spread, not the samples')",
     "inception_score": "percentile bootstrap over the samples",
-    "precision": "percentile bootstrap over the samples", "density": "percentile bootstrap over the samples",
+    "precision": "percentile bootstrap over the samples",
+    "density": "percentile bootstrap over the samples",
     "recall": "percentile bootstrap over the real images (the samples held fixed)",
     "coverage": "percentile bootstrap over the real images (the samples held fixed)",
-}  # fmt: skip
+}
 
 
 def _kid_and_rounds(gen: np.ndarray, test: np.ndarray, seed: int) -> tuple[float, float, np.ndarray]:

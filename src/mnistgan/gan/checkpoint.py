@@ -29,10 +29,12 @@ def _rng_snapshot() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"])},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+        },
         "python": random.getstate(),
-    }  # fmt: skip
+    }
 
 
 def _rng_restore(snap: dict[str, Any]) -> None:

@@ -205,8 +205,7 @@ class FastStep:
                 slot.y[k].copy_(y_all)
             torch.randn(slot.z[k].shape, generator=gen, device=self.device, out=slot.z[k])
             if cfg.conditional:
-                torch.randint(0, N_CLASSES, slot.y_fake[k].shape, generator=gen, device=self.device,
-                              out=slot.y_fake[k])  # fmt: skip
+                torch.randint(0, N_CLASSES, slot.y_fake[k].shape, generator=gen, device=self.device, out=slot.y_fake[k])
             if self.loss.gradient_penalty:
                 torch.rand(slot.eps[k].shape, generator=gen, device=self.device, out=slot.eps[k])
 
@@ -285,14 +284,17 @@ class FastStep:
 
     def _draws(self, slot: _Slot) -> list:
         conditional, gp = self.state.cfg.conditional, self.loss.gradient_penalty
-        return [(slot.z[k], slot.y_fake[k] if conditional else None, slot.eps[k] if gp else None)
-                for k in range(len(slot.z))]  # fmt: skip
+        return [
+            (slot.z[k], slot.y_fake[k] if conditional else None, slot.eps[k] if gp else None)
+            for k in range(len(slot.z))
+        ]
 
     def _body(self, slot: _Slot) -> torch.Tensor:
         """step.step_arithmetic on the static buffers, with the fast options' forwards and autocast."""
         batches = list(zip(slot.x, slot.y, strict=True))
-        return step_arithmetic(self.state, self.loss, batches, self._draws(slot), g=self._g_fwd, d=self._d_fwd,
-                               autocast=self._autocast)  # fmt: skip
+        return step_arithmetic(
+            self.state, self.loss, batches, self._draws(slot), g=self._g_fwd, d=self._d_fwd, autocast=self._autocast
+        )
 
 
 @dataclass

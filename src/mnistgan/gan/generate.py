@@ -32,16 +32,24 @@ OUTPUT_SUFFIXES = (".png", ".npy")
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--digit", type=int, default=-1,
-                   help="0-9, or -1 for any (default; the only choice of an unconditional generator)")  # fmt: skip
+    p.add_argument(
+        "--digit",
+        type=int,
+        default=-1,
+        help="0-9, or -1 for any (default; the only choice of an unconditional generator)",
+    )
     p.add_argument("--n", type=int, default=64, help="how many images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED+i (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="FILE.png (a grid) or FILE.npy (uint8 (n, 28, 28))")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--generator", type=Path, default=None, help=f"generator file (default: {DEFAULT_GENERATOR})")
     source.add_argument("--model-uri", help="an MLflow model, e.g. models:/mnistgan-generator/latest")
-    p.add_argument("--truncation", type=float, default=0.0,
-                   help="cut the noise to [-T, T]: cleaner, less varied digits (default: 0, full normal)")  # fmt: skip
+    p.add_argument(
+        "--truncation",
+        type=float,
+        default=0.0,
+        help="cut the noise to [-T, T]: cleaner, less varied digits (default: 0, full normal)",
+    )
     p.add_argument("--nrow", type=int, default=8, help="images per row of the PNG grid (default: %(default)s)")
     p.add_argument("--scale", type=int, default=3, help="PNG pixels per image pixel (default: %(default)s)")
     return p
@@ -69,15 +77,17 @@ def generate_images(args) -> np.ndarray:  # noqa: ANN001
     seeds = np.arange(args.seed, args.seed + args.n, dtype=np.int64)
     if args.model_uri:  # its weights file only, loaded as a local one (no code from the store runs)
         with tempfile.TemporaryDirectory(prefix="mnistgan-model-") as tmp:
-            return images_from_file(download_generator_file(args.model_uri, Path(tmp)), args.model_uri, "",
-                                    digits, seeds, args.truncation)  # fmt: skip
+            return images_from_file(
+                download_generator_file(args.model_uri, Path(tmp)), args.model_uri, "", digits, seeds, args.truncation
+            )
     path = args.generator or Path(DEFAULT_GENERATOR)
     hint = "train" if args.generator is None else ""  # the default file is the train stage's output
     return images_from_file(path, str(path), hint, digits, seeds, args.truncation)
 
 
-def images_from_file(path: Path, name: str, made_by: str, digits: np.ndarray, seeds: np.ndarray,
-                     truncation: float) -> np.ndarray:  # fmt: skip
+def images_from_file(
+    path: Path, name: str, made_by: str, digits: np.ndarray, seeds: np.ndarray, truncation: float
+) -> np.ndarray:
     # lazy: torch, after the arguments are checked
     from mnistgan.gan.sample import check_generator_file, digits_from_seeds, generator_from_file
 

@@ -32,6 +32,7 @@ from mnistgan.runtime import any_rank, mean_over_ranks
 from mnistgan.tensors import epoch_permutation
 
 LOSS_COLUMNS = ("loss_d", "loss_g", "logit_real", "logit_fake", "gp")
+FID_COLUMNS = ("step", "fid_inf_generated", "fid_inf_real")  # metrics/train_fid.csv
 
 
 class DivergenceError(RuntimeError):
@@ -62,8 +63,12 @@ def make_step_fn(state: GANState, loss: Loss, device: torch.device) -> Callable[
         try:
             return fast.make_fast_step(state, loss)
         except Exception as e:  # noqa: BLE001 - any failure of an optimisation falls back to the plain step
-            warnings.warn(f"mnistgan.gan.fast: setting up the fast path failed ({fast.first_line(e)}); "
-                          "training on the plain step", RuntimeWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"mnistgan.gan.fast: setting up the fast path failed ({fast.first_line(e)}); "
+                "training on the plain step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return lambda batches: train_step(state, loss, batches)
 
 
@@ -79,6 +84,12 @@ class TrainResult:
     device: str
     resumed_from: int = 0  # the step this process started at (0: a fresh run)
     seconds_this_process: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the train stage's end: steps, device, seconds, images/s (and the resume)."""
+        resumed = f"; resumed at step {self.resumed_from}, {self.seconds_this_process:.0f} s in this process"
+        return (f"{self.steps} steps on {self.device} in {self.seconds:.0f} s ({self.images_per_second:.0f} "
+                f"images/s{resumed if self.resumed_from else ''})")  # fmt: skip
 
 
 def _no_stop() -> bool:
@@ -173,8 +184,15 @@ def train(
         if on_fid:
             on_fid(state.step, value)
 
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     try:
         # A run that already spent its train.max_seconds (resumed from its final checkpoint) trains no more.
         while state.step < cfg.steps and not (cfg.max_seconds and seconds_before >= cfg.max_seconds):
@@ -220,11 +238,12 @@ def train(
 
 
 def fid_rows(state: GANState, reference: float | None) -> list[dict[str, float]]:
-    """The FID curve for metrics/train_fid.csv: step, FID and the real floor. Seconds stay out (they differ
-    from run to run and the CSV is byte-reproducible); MLflow has them."""
+    """The FID curve for metrics/train_fid.csv (FID_COLUMNS): step, the sampling generator's fid_inf and that of
+    as many random real training images, the floor. Seconds stay out (they differ from run to run and the CSV
+    is byte-reproducible); MLflow has them."""
     if reference is None:
         return []
-    return [{"step": r["step"], "fid": r["fid"], "fid_real": reference} for r in state.fid_history]
+    return [dict(zip(FID_COLUMNS, (r["step"], r["fid"], reference), strict=True)) for r in state.fid_history]
 
 
 def run_summary(result: TrainResult, state: GANState, run_id: str, fid_reference: float | None) -> dict[str, Any]:
@@ -235,12 +254,26 @@ def run_summary(result: TrainResult, state: GANState, run_id: str, fid_reference
     started from a checkpoint and how long it ran.
     """
     rows = fid_rows(state, fid_reference)
-    fid = {"fid_during_training": round(rows[-1]["fid"], 4), "fid_during_training_real": round(fid_reference, 4),
-           "fid_samples": state.cfg.fid_samples} if rows else {}  # fmt: skip
-    return {"mlflow_run_id": run_id, "steps": result.steps, "train_seconds": round(result.seconds, 2),
-            "device": result.device, "images_per_second": round(result.images_per_second, 1),
-            "resumed_from_step": result.resumed_from, "seconds_this_process": round(result.seconds_this_process, 2),
-            **fid, **{f"final_{k}": round(v, 6) for k, v in result.final.items()}}  # fmt: skip
+    fid = (
+        {
+            "fid_during_training": round(rows[-1]["fid_inf_generated"], 4),
+            "fid_during_training_real": round(fid_reference, 4),
+            "fid_samples": state.cfg.fid_samples,
+        }
+        if rows
+        else {}
+    )
+    return {
+        "mlflow_run_id": run_id,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        "device": result.device,
+        "images_per_second": round(result.images_per_second, 1),
+        "resumed_from_step": result.resumed_from,
+        "seconds_this_process": round(result.seconds_this_process, 2),
+        **fid,
+        **{f"final_{k}": round(v, 6) for k, v in result.final.items()},
+    }
 
 
 def finalize_sampler(state: GANState, device: torch.device) -> nn.Module:

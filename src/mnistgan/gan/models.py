@@ -51,15 +51,26 @@ class LargeGenerator(nn.Module):
         self.cond = ConditionalInput()
         in_dim = z_dim + (N_CLASSES if conditional else 0)
         self.dense = nn.Sequential(
-            nn.Linear(in_dim, 1024), nn.BatchNorm1d(1024), nn.ReLU(True),
-            nn.Linear(1024, 1024), nn.BatchNorm1d(1024), nn.ReLU(True),
-            nn.Linear(1024, 7 * 7 * 256), nn.BatchNorm1d(7 * 7 * 256), nn.ReLU(True),
-        )  # fmt: skip
+            nn.Linear(in_dim, 1024),
+            nn.BatchNorm1d(1024),
+            nn.ReLU(True),
+            nn.Linear(1024, 1024),
+            nn.BatchNorm1d(1024),
+            nn.ReLU(True),
+            nn.Linear(1024, 7 * 7 * 256),
+            nn.BatchNorm1d(7 * 7 * 256),
+            nn.ReLU(True),
+        )
         self.conv = nn.Sequential(
-            nn.ConvTranspose2d(256, 128, 5, stride=2, padding=2, output_padding=1), nn.BatchNorm2d(128), nn.ReLU(True),
-            nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1), nn.BatchNorm2d(64), nn.ReLU(True),
-            nn.ConvTranspose2d(64, 1, 7, stride=1, padding=3), nn.Tanh(),
-        )  # fmt: skip
+            nn.ConvTranspose2d(256, 128, 5, stride=2, padding=2, output_padding=1),
+            nn.BatchNorm2d(128),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(64, 1, 7, stride=1, padding=3),
+            nn.Tanh(),
+        )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.dense(self.cond(z, y if self.conditional else None))  # (B, 12544)
@@ -86,8 +97,12 @@ class SmallGenerator(nn.Module):
         self.dense = nn.Sequential(nn.Linear(in_dim, 2 * width * 49), nn.BatchNorm1d(2 * width * 49), nn.ReLU(True))
         self.width = width
         self.conv = nn.Sequential(
-            _up(2 * width, width, upsample), nn.BatchNorm2d(width), nn.ReLU(True), _up(width, 1, upsample), nn.Tanh(),
-        )  # fmt: skip
+            _up(2 * width, width, upsample),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+            _up(width, 1, upsample),
+            nn.Tanh(),
+        )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.dense(self.cond(z, y if self.conditional else None))  # (B, 2w*49)
@@ -133,8 +148,11 @@ def large_discriminator(norm: str = "batch", conditional: bool = False) -> Discr
     layers: list[nn.Module] = []
     channels, spatial = [1, 32, 64, 128], [14, 7, 4]
     for c_in, c_out, s in zip(channels[:-1], channels[1:], spatial, strict=True):
-        layers += [_maybe_sn(nn.Conv2d(c_in, c_out, 5, stride=2, padding=2), norm), _d_norm_layer(norm, c_out, s),
-                   nn.LeakyReLU(0.2, True)]  # fmt: skip
+        layers += [
+            _maybe_sn(nn.Conv2d(c_in, c_out, 5, stride=2, padding=2), norm),
+            _d_norm_layer(norm, c_out, s),
+            nn.LeakyReLU(0.2, True),
+        ]
     return Discriminator(nn.Sequential(*layers), 128 * 4 * 4, norm, conditional)
 
 
@@ -144,10 +162,12 @@ def small_discriminator(norm: str = "none", conditional: bool = False, width: in
     No normalisation on the first layer (as in DCGAN: it would remove the input's scale).
     """
     features = nn.Sequential(
-        _maybe_sn(nn.Conv2d(1, width, 4, stride=2, padding=1), norm), nn.LeakyReLU(0.2, True),
-        _maybe_sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), norm), _d_norm_layer(norm, 2 * width, 7),
+        _maybe_sn(nn.Conv2d(1, width, 4, stride=2, padding=1), norm),
         nn.LeakyReLU(0.2, True),
-    )  # fmt: skip
+        _maybe_sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), norm),
+        _d_norm_layer(norm, 2 * width, 7),
+        nn.LeakyReLU(0.2, True),
+    )
     return Discriminator(features, 2 * width * 49, norm, conditional)
 
 

@@ -40,8 +40,14 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         if truncation < 0:
             raise ValueError(f"truncation {truncation} is negative; 0 (off) or a cut > 0 such as 2.0")
         with torch.no_grad():
-            return digits_from_seeds(self.g, self.cfg.z_dim, self.cfg.conditional, model_input["digit"].to_numpy(),
-                                     model_input["seed"].to_numpy(), truncation)  # fmt: skip
+            return digits_from_seeds(
+                self.g,
+                self.cfg.z_dim,
+                self.cfg.conditional,
+                model_input["digit"].to_numpy(),
+                model_input["seed"].to_numpy(),
+                truncation,
+            )
 
 
 mlflow.models.set_model(GeneratorModel())

@@ -49,8 +49,10 @@ class RejectionStats:
 def discriminator_from_checkpoint(ckpt: dict[str, Any], generator_file: dict[str, Any], name: str) -> nn.Module:
     """The trained discriminator of the run that saved `generator_file`, from its final checkpoint `name`."""
     if ckpt.get("train_config") != generator_file["train_config"] or ckpt.get("step") != generator_file["step"]:
-        raise InputError(f"{name} (step {ckpt.get('step')}) is not the final checkpoint of the generator's run "
-                         f"(step {generator_file['step']}); rerun the train stage")  # fmt: skip
+        raise InputError(
+            f"{name} (step {ckpt.get('step')}) is not the final checkpoint of the generator's run "
+            f"(step {generator_file['step']}); rerun the train stage"
+        )
     cfg = train_config_from_dict(ckpt["train_config"])
     _, d = build_gan(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width, cfg.g_upsample)
     # wrappers of other training set-ups (DDP, torch.compile) prefix the names
@@ -60,8 +62,9 @@ def discriminator_from_checkpoint(ckpt: dict[str, Any], generator_file: dict[str
 
 
 @torch.no_grad()
-def _judge(g: nn.Module, d: nn.Module, z: torch.Tensor, y: torch.Tensor | None,
-           batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _judge(
+    g: nn.Module, d: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, 28, 28) and D's logits (N,) for noise z (N, z_dim)."""
     device = next(g.parameters()).device
     images, logits = [], []
@@ -79,9 +82,17 @@ def _f_score(logits: torch.Tensor, max_logit: torch.Tensor) -> torch.Tensor:
     return delta - torch.log1p(-torch.exp(delta - EPS))
 
 
-def rejection_sample(g: nn.Module, d: nn.Module, n: int, z_dim: int, conditional: bool, seed: int,
-                     percentile: float, batch_size: int = 1000,
-                     truncation: float = 0.0) -> tuple[np.ndarray, RejectionStats]:  # fmt: skip
+def rejection_sample(
+    g: nn.Module,
+    d: nn.Module,
+    n: int,
+    z_dim: int,
+    conditional: bool,
+    seed: int,
+    percentile: float,
+    batch_size: int = 1000,
+    truncation: float = 0.0,
+) -> tuple[np.ndarray, RejectionStats]:
     """n samples uint8 (n, 28, 28) kept by `d`, with gamma the `percentile` (0-100) of F over a burn-in of n
     proposals: higher is stricter. Slot i holds label i % 10 as in sample_noise; the first proposals are
     sample_noise's own noise."""
@@ -126,14 +137,17 @@ def rejection_sample(g: nn.Module, d: nn.Module, n: int, z_dim: int, conditional
     return out.numpy(), RejectionStats(burn_in=n, proposals=proposals, accepted=n - forced, forced=forced)
 
 
-def draw_samples(g: nn.Module, d: nn.Module | None, cfg: SampleConfig, train_cfg: TrainConfig,
-                 seed: int) -> tuple[np.ndarray, RejectionStats | None]:  # fmt: skip
+def draw_samples(
+    g: nn.Module, d: nn.Module | None, cfg: SampleConfig, train_cfg: TrainConfig, seed: int
+) -> tuple[np.ndarray, RejectionStats | None]:
     """The sample stage's images uint8 (cfg.n, 28, 28) for `seed`: rejection-sampled by `d` when
     cfg.drs_percentile > 0, else sample_images; and the rejection statistics (None without)."""
     if cfg.drs_percentile <= 0:
-        return sample_images(g, cfg.n, train_cfg.z_dim, train_cfg.conditional, seed, cfg.batch_size,
-                             cfg.truncation), None  # fmt: skip
+        return sample_images(
+            g, cfg.n, train_cfg.z_dim, train_cfg.conditional, seed, cfg.batch_size, cfg.truncation
+        ), None
     if d is None:
         raise ValueError("sample.drs_percentile > 0 needs the discriminator")
-    return rejection_sample(g, d, cfg.n, train_cfg.z_dim, train_cfg.conditional, seed, cfg.drs_percentile,
-                            cfg.batch_size, cfg.truncation)  # fmt: skip
+    return rejection_sample(
+        g, d, cfg.n, train_cfg.z_dim, train_cfg.conditional, seed, cfg.drs_percentile, cfg.batch_size, cfg.truncation
+    )

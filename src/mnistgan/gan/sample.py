@@ -22,8 +22,15 @@ from mnistgan.tensors import to_uint8
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(g: nn.Module, z_dim: int, conditional: bool, seed: int, device: torch.device,
-                          n_batches: int = 20, batch_size: int = 256) -> None:  # fmt: skip
+def recalibrate_batchnorm(
+    g: nn.Module,
+    z_dim: int,
+    conditional: bool,
+    seed: int,
+    device: torch.device,
+    n_batches: int = 20,
+    batch_size: int = 256,
+) -> None:
     """Recompute BatchNorm running statistics for `g`'s own weights ("standing statistics").
 
     An EMA generator's averaged weights do not match the running stats copied from the live generator;
@@ -75,8 +82,14 @@ GENERATOR_FORMAT = "mnistgan-generator-1"
 
 def generator_file(cfg: TrainConfig, seed: int, step: int, ema: bool, sampler: nn.Module) -> dict[str, Any]:
     """What the sample stage needs: the weights and the config that rebuilds their module."""
-    return {"format": GENERATOR_FORMAT, "train_config": to_dict(cfg), "seed": seed, "step": step, "ema": ema,
-            "state_dict": sampler.state_dict()}  # fmt: skip
+    return {
+        "format": GENERATOR_FORMAT,
+        "train_config": to_dict(cfg),
+        "seed": seed,
+        "step": step,
+        "ema": ema,
+        "state_dict": sampler.state_dict(),
+    }
 
 
 def check_generator_file(obj: Any) -> str | None:
@@ -99,8 +112,9 @@ def generator_from_file(obj: dict[str, Any]) -> tuple[nn.Module, TrainConfig]:
 # ---- sample sets ---------------------------------------------------------------------------------------
 
 
-def sample_noise(n: int, z_dim: int, conditional: bool, seed: int,
-                 truncation: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+def sample_noise(
+    n: int, z_dim: int, conditional: bool, seed: int, truncation: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Noise (n, z_dim) from `seed`; with labels, a balanced 0..9 cycle so every class gets n/10 samples.
 
     truncation > 0 draws each noise value from the standard normal cut to [-truncation, truncation] (the
@@ -125,8 +139,9 @@ def normal_noise(rng: torch.Generator, shape: tuple[int, ...], truncation: float
 ANY_DIGIT = -1
 
 
-def digits_from_seeds(g: nn.Module, z_dim: int, conditional: bool, digits: np.ndarray, seeds: np.ndarray,
-                      truncation: float = 0.0) -> np.ndarray:  # fmt: skip
+def digits_from_seeds(
+    g: nn.Module, z_dim: int, conditional: bool, digits: np.ndarray, seeds: np.ndarray, truncation: float = 0.0
+) -> np.ndarray:
     """One image per (digit, seed) row -> uint8 (rows, 28, 28): what `mnistgan generate` and the logged
     MLflow model return.
 
@@ -162,8 +177,9 @@ def digits_from_seeds(g: nn.Module, z_dim: int, conditional: bool, digits: np.nd
         torch.set_num_threads(threads)
 
 
-def sample_images(g: nn.Module, n: int, z_dim: int, conditional: bool, seed: int, batch_size: int = 1000,
-                  truncation: float = 0.0) -> np.ndarray:  # fmt: skip
+def sample_images(
+    g: nn.Module, n: int, z_dim: int, conditional: bool, seed: int, batch_size: int = 1000, truncation: float = 0.0
+) -> np.ndarray:
     """n eval-mode samples -> uint8 (n, 28, 28); `truncation` as in sample_noise."""
     z, y = sample_noise(n, z_dim, conditional, seed, truncation)
     return generate(g, z, y, batch_size).numpy()

@@ -200,8 +200,9 @@ def step_arithmetic(
         state.opt_g.step()
     finally:
         state.d.requires_grad_(True)
-    return torch.stack([loss_d.detach(), loss_g.detach(), logit_real.detach().mean(),
-                        logit_fake.detach().mean(), gp.detach()])  # fmt: skip
+    return torch.stack(
+        [loss_d.detach(), loss_g.detach(), logit_real.detach().mean(), logit_fake.detach().mean(), gp.detach()]
+    )
 
 
 def update_sampler(state: GANState) -> None:

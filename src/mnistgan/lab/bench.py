@@ -2,16 +2,14 @@
 gets good, with the evidence. Output: a short table on stdout, every number as JSON (--out), and the
 generated CPU or GPU section of BENCHMARKS.md (--markdown).
 
-Sections (the CPU default: matrix, throughput, recipes, metrics; a GPU adds parity):
+Sections (the CPU default: matrix, throughput, metrics; a GPU adds parity). How fast a recipe gets good
+is `mnistgan curves`' job (docs/recipes.md), not this one's:
 - matrix: the best rate of one large matrix product (fp32 2048^3 on the CPU, bf16 8192^3 on a GPU), the
   ceiling the training throughput is compared with.
 - throughput: each step variant (plain = step.train_step; fast = mnistgan.gan.fast with its device defaults;
   fast-eager = fast without CUDA graphs; fast-compile = fast + torch.compile) at each batch size:
   images/s, ms per step, achieved TFLOP/s (FLOPs counted by mnistgan.lab.flops) and share of the matrix rate,
   peak GPU memory. Data resident on the device, each step gathers its batch by index as loop.train does.
-- recipes: named recipes (mnistgan.lab.recipes) trained with the pipeline's loop for a budget of training
-  seconds (mnistgan.lab.curves.run_curve): achieved GFLOP/s against the matrix rate and the training seconds
-  to FID <= 32x, 16x and 8x the real floor (2,000 samples): quality per CPU-minute.
 - parity: the default recipe for the same steps with train.fast off and on (loop.train, same seed and
   batches): final FID of both. On a GPU the fast path must train as well as the plain one; on the CPU the
   fast path is the plain arithmetic, so the two must agree exactly.
@@ -49,16 +47,15 @@ from mnistgan.evaluation.scoring import real_features, score_all
 from mnistgan.gan import loop as core
 from mnistgan.gan.step import build_state
 from mnistgan.io import InputError
-from mnistgan.lab import curves, portability
+from mnistgan.lab import markdown, portability
 from mnistgan.lab.curves import monitors
-from mnistgan.lab.flops import gan_macs, train_flops_per_image
 from mnistgan.lab.throughput import VARIANTS, _cleanup, machine_info, matmul_rate, throughput
 from mnistgan.tensors import training_tensors
 
 PROG = "mnistgan bench"
 MARK_BEGIN = "<!-- bench:{kind}:begin -->"
 MARK_END = "<!-- bench:{kind}:end -->"
-SECTIONS = ("matrix", "throughput", "recipes", "parity", "metrics", "numerics")
+SECTIONS = ("matrix", "throughput", "parity", "metrics", "numerics")
 
 
 @dataclass(frozen=True)
@@ -73,11 +70,8 @@ class BenchSettings:
     max_steps: int = 400
     n_data: int = 60000  # images resident on the device for the throughput runs
     matmul_n: int = 2048
-    sections: tuple[str, ...] = ("matrix", "throughput", "recipes", "metrics")
-    recipes: tuple[str, ...] = ("default", "baseline")
-    recipe_seconds: float = 150.0
-    recipe_check_every_s: float = 15.0
-    samples: int = 2000  # generated images per FID check (recipes, parity)
+    sections: tuple[str, ...] = ("matrix", "throughput", "metrics")
+    samples: int = 2000  # generated images per FID check (parity)
     parity_steps: int = 3000
     parity_overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig overrides of the parity recipe (tests)
     metric_samples: int = 10000
@@ -89,59 +83,39 @@ class BenchSettings:
 
 CPU_SETTINGS = BenchSettings(window_s=1.0, windows=5)
 GPU_SETTINGS = BenchSettings(
-    batch_sizes=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), variants=("plain", "fast-eager", "fast"),
-    interleave=False, window_s=0.5, min_steps=10, matmul_n=8192, recipe_seconds=60.0, recipe_check_every_s=5.0,
+    batch_sizes=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+    variants=("plain", "fast-eager", "fast"),
+    interleave=False,
+    window_s=0.5,
+    min_steps=10,
+    matmul_n=8192,
     sections=SECTIONS,
-)  # fmt: skip
-
-
-# ---- recipes: quality per CPU-minute -------------------------------------------------------------------
-
-
-def recipe_section(device: torch.device, settings: BenchSettings, mnist: Any, monitor_for: Callable,
-                   matmul_tflops: float, log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """Each named recipe's time-to-quality curve (mnistgan.lab.curves) with its achieved arithmetic rate."""
-    n = settings.samples
-
-    rows = []
-    for name in settings.recipes:
-        cfg = curves.candidate_config(name)
-        macs = gan_macs(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
-        fpi = train_flops_per_image(macs["g"], macs["d"], cfg.d_steps)
-        c = curves.run_curve(name, mnist, monitor_for, seconds=settings.recipe_seconds,
-                             check_every=settings.recipe_check_every_s, seed=settings.seed, device=device,
-                             log=log)  # fmt: skip
-        gflops = c["images_per_second"] * fpi / 1e9
-        ref = c["reference_fid"]
-        best = min((k["fid"] for k in c["checks"]), default=None)
-        rows.append({"recipe": name, "overrides": c["overrides"], "flops_per_image": fpi,
-                     "images_per_second": c["images_per_second"], "gflops": gflops,
-                     "matmul_share": gflops / (1e3 * matmul_tflops) if matmul_tflops > 0 else None,
-                     "steps": c["steps"], "best_fid": best, "reference_fid": ref, "checks": c["checks"],
-                     **{f"s_to_{f}x": curves.first_time_below(c["checks"], f * ref)
-                        for f in curves.FACTORS}})  # fmt: skip
-        _cleanup(device)
-    return {"seconds": settings.recipe_seconds, "samples": n, "rows": rows}
+)
 
 
 # ---- parity: the same recipe, the same steps, train.fast off and on ------------------------------------
 
 
-def parity(device: torch.device, settings: BenchSettings, mnist: Any, monitor_for: Callable,
-           log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """The default recipe for settings.parity_steps steps through loop.train with the fast path off and
-    on (same seed, same batches): FID of each run's sampler and its last loss row."""
+def parity(
+    device: torch.device, settings: BenchSettings, mnist: Any, monitor_for: Callable, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The default recipe without R1 (whose steps the fast path leaves to the plain step) for
+    settings.parity_steps steps through loop.train with the fast path off and on (same seed, same batches):
+    FID of each run's sampler and its last loss row."""
     x, y = training_tensors(mnist.x_train, mnist.y_train, device)
     rows = []
     for fast in ("off", "on"):
-        cfg = TrainConfig(**dict(settings.parity_overrides), steps=settings.parity_steps, fid_every=0, fast=fast)
+        overrides = {"r1_weight": 0.0, **dict(settings.parity_overrides)}
+        cfg = TrainConfig(**overrides, steps=settings.parity_steps, fid_every=0, fast=fast)
         state = build_state(cfg, settings.seed, device)
         torch.backends.cudnn.benchmark = False  # the fast path turns it on process-wide; plain starts without
         result = core.train(state, x, y, progress=False)
         fid = monitor_for(cfg)(core.finalize_sampler(state, device))
         rows.append({"fast": fast, "steps": result.steps, "seconds": result.seconds, "fid": fid, **result.final})
-        log(f"  fast {fast:<3} {result.steps} steps in {result.seconds:6.1f} s: FID {fid:.3f}, "
-            f"loss_d {result.final['loss_d']:.3f}, loss_g {result.final['loss_g']:.3f}")  # fmt: skip
+        log(
+            f"  fast {fast:<3} {result.steps} steps in {result.seconds:6.1f} s: FID {fid:.3f}, "
+            f"loss_d {result.final['loss_d']:.3f}, loss_g {result.final['loss_g']:.3f}"
+        )
         del state
         _cleanup(device)
     return {"rows": rows}
@@ -162,16 +136,28 @@ def time_metric_suite(models: dict[str, Any], mnist: Any, n: int) -> dict[str, A
     spaces = tuple(s for s in FEATURE_SPACES if s.split("/")[0] in models)
     result = score_all(images, models, reals, spaces)
     t2 = time.perf_counter()
-    return {"n": len(images), "networks": sorted(models), "spaces": list(spaces), "real_features_seconds": t1 - t0,
-            "score_seconds": t2 - t1, "threads": torch.get_num_threads(),
-            "fid": result["generated"]["fid"]}  # fmt: skip
+    return {
+        "n": len(images),
+        "networks": sorted(models),
+        "spaces": list(spaces),
+        "real_features_seconds": t1 - t0,
+        "score_seconds": t2 - t1,
+        "threads": torch.get_num_threads(),
+        "fid": result["generated"]["fid"],
+    }
 
 
 # ---- the whole run -----------------------------------------------------------------------------------
 
 
-def run_bench(settings: BenchSettings, device: torch.device, *, mnist: Any = None, models: dict | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def run_bench(
+    settings: BenchSettings,
+    device: torch.device,
+    *,
+    mnist: Any = None,
+    models: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Every section in settings.sections; the JSON-able result. Sections that score need MNIST and the
     classifier (models["classifier"]); without them they are skipped, with the reason in the result."""
     result: dict[str, Any] = {"meta": machine_info(device), "settings": dataclasses.asdict(settings)}
@@ -191,13 +177,17 @@ def run_bench(settings: BenchSettings, device: torch.device, *, mnist: Any = Non
     if missing is None:
         monitor_for = monitors(models["classifier"], mnist, settings.samples, settings.seed)
     for section, title, run in (
-        ("recipes", f"recipes ({settings.recipe_seconds:.0f} training seconds each)",
-         lambda: recipe_section(device, settings, mnist, monitor_for, matmul_tflops, log)),
-        ("parity", f"parity (default recipe, {settings.parity_steps} steps, fast off and on)",
-         lambda: parity(device, settings, mnist, monitor_for, log)),
-        ("metrics", f"metric suite on {settings.metric_samples} images",
-         lambda: time_metric_suite(models, mnist, settings.metric_samples)),
-    ):  # fmt: skip
+        (
+            "parity",
+            f"parity (default recipe, {settings.parity_steps} steps, fast off and on)",
+            lambda: parity(device, settings, mnist, monitor_for, log),
+        ),
+        (
+            "metrics",
+            f"metric suite on {settings.metric_samples} images",
+            lambda: time_metric_suite(models, mnist, settings.metric_samples),
+        ),
+    ):
         if section not in settings.sections:
             continue
         if missing:
@@ -227,54 +217,75 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + " --- |" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def render_markdown(result: dict[str, Any], command: str = "") -> str:
     """The generated section of BENCHMARKS.md: where it ran, then one short table per section."""
     meta = result["meta"]
-    where = (f"{meta['card']} ({meta['card_memory_gib']} GiB), CUDA {meta['cuda']}" if "card" in meta else
-             f"CPU {meta['cpu']}, {meta['cpu_cores']} cores, {meta['torch_threads']} torch threads")  # fmt: skip
-    lines = [f"Measured {meta['date']} on {where}; torch {meta['torch']}, Python {meta['python']}, numpy "
-             f"{meta['numpy']}" + (f"; load average at the start {meta['load_average'][0]}" if "load_average" in meta
-                                   else "") + "."]  # fmt: skip
+    where = (
+        f"{meta['card']} ({meta['card_memory_gib']} GiB), CUDA {meta['cuda']}"
+        if "card" in meta
+        else f"CPU {meta['cpu']}, {meta['cpu_cores']} cores, {meta['torch_threads']} torch threads"
+    )
+    lines = [
+        f"Measured {meta['date']} on {where}; torch {meta['torch']}, Python {meta['python']}, numpy "
+        f"{meta['numpy']}"
+        + (f"; load average at the start {meta['load_average'][0]}" if "load_average" in meta else "")
+        + "."
+    ]
     if command:
         lines.append(f"Command: `{command}` (total {result.get('total_seconds', 0):.0f} s).")
     if "matmul" in result:
         mm = result["matmul"]
         lines.append(f"Matrix rate: {mm['tflops']:.3g} TFLOP/s ({mm['dtype']} {mm['n']}^3 product).")
     if tp := result.get("throughput"):
-        lines += ["", f"**Throughput**, {tp['model']} model, {tp['flops_per_image'] / 1e9:.3f} GFLOP per training "
-                  "image (counted), median window:", ""]  # fmt: skip
-        lines += _table(["variant", "batch", "images/s", "ms/step", "TFLOP/s", "of matrix rate", "peak GPU GiB"],
-                        [[r["variant"] + ("" if r["finite"] else " (non-finite!)"), f"{r['batch']:,}",
-                          f"{r['images_per_s']:,.0f}", f"{r['ms_per_step']:.2f}", f"{r['tflops']:.3g}",
-                          _fmt(r.get("matmul_share") and 100 * r["matmul_share"], ".1f") + "%",
-                          _fmt(r["peak_gib"], ".2f")] for r in tp["rows"]])  # fmt: skip
-    if (rc := result.get("recipes")) and "rows" in rc:
-        ref = rc["rows"][0]["reference_fid"] if rc["rows"] else 0
-        lines += ["", f"**Quality per CPU-minute**: each recipe trained {rc['seconds']:.0f} s, FID of {rc['samples']} "
-                  f"samples (real floor {ref:.1f}):", ""]  # fmt: skip
-        lines += _table(["recipe", "images/s", "GFLOP/s", "of matrix rate", "best FID", "s to 32x", "s to 16x",
-                         "s to 8x"],
-                        [[f"`{r['recipe']}`", f"{r['images_per_second']:,.0f}", f"{r['gflops']:.1f}",
-                          _fmt(r["matmul_share"] and 100 * r["matmul_share"], ".0f") + "%", _fmt(r["best_fid"], ".1f"),
-                          *[_fmt(r[f"s_to_{f}x"], ".0f") for f in (32, 16, 8)]] for r in rc["rows"]])  # fmt: skip
+        lines += [
+            "",
+            f"**Throughput**, {tp['model']} model, {tp['flops_per_image'] / 1e9:.3f} GFLOP per training "
+            "image (counted), median window:",
+            "",
+        ]
+        lines.append(
+            markdown.table(
+                ["variant", "batch", "images/s", "ms/step", "TFLOP/s", "of matrix rate", "peak GPU GiB"],
+                [
+                    [
+                        r["variant"] + ("" if r["finite"] else " (non-finite!)"),
+                        f"{r['batch']:,}",
+                        f"{r['images_per_s']:,.0f}",
+                        f"{r['ms_per_step']:.2f}",
+                        f"{r['tflops']:.3g}",
+                        _fmt(r.get("matmul_share") and 100 * r["matmul_share"], ".1f") + "%",
+                        _fmt(r["peak_gib"], ".2f"),
+                    ]
+                    for r in tp["rows"]
+                ],
+            )
+        )
     if (par := result.get("parity")) and "rows" in par:
         lines += ["", "**Parity** (same recipe, steps and batches; train.fast off and on):", ""]
-        lines += _table(["fast", "steps", "seconds", "FID", "loss_d", "loss_g"],
-                        [[r["fast"], str(r["steps"]), f"{r['seconds']:.1f}", f"{r['fid']:.3f}", f"{r['loss_d']:.3f}",
-                          f"{r['loss_g']:.3f}"] for r in par["rows"]])  # fmt: skip
+        lines.append(
+            markdown.table(
+                ["fast", "steps", "seconds", "FID", "loss_d", "loss_g"],
+                [
+                    [
+                        r["fast"],
+                        str(r["steps"]),
+                        f"{r['seconds']:.1f}",
+                        f"{r['fid']:.3f}",
+                        f"{r['loss_d']:.3f}",
+                        f"{r['loss_g']:.3f}",
+                    ]
+                    for r in par["rows"]
+                ],
+            )
+        )
     if (ms := result.get("metrics")) and "n" in ms:
-        lines += ["", f"**Metric suite**: {ms['n']:,} images in {len(ms['spaces'])} feature spaces scored in "
-                  f"**{ms['score_seconds']:.1f} s** on {ms['threads']} torch threads (the real images' features "
-                  f"of {', '.join(ms['networks'])}, cached by `mnistgan score`: "
-                  f"{ms['real_features_seconds']:.1f} s)."]  # fmt: skip
+        lines += [
+            "",
+            f"**Metric suite**: {ms['n']:,} images in {len(ms['spaces'])} feature spaces scored in "
+            f"**{ms['score_seconds']:.1f} s** on {ms['threads']} torch threads (the real images' features "
+            f"of {', '.join(ms['networks'])}, cached by `mnistgan score`: "
+            f"{ms['real_features_seconds']:.1f} s).",
+        ]
     if nm := result.get("numerics"):
         lines += [
             "",
@@ -282,22 +293,17 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
             f"threads, median of {nm['rounds']} alternating rounds (random inputs; images/s):",
             "",
         ]
-        lines += _table(["stage", "native", "portable", "portable costs"], portability.markdown_rows(nm))
+        lines.append(markdown.table(["stage", "native", "portable", "portable costs"], portability.markdown_rows(nm)))
     skipped = [f"{k}: {v['skipped']}" for k, v in result.items() if isinstance(v, dict) and "skipped" in v]
     lines += [""] + [f"- skipped {s}" for s in skipped] if skipped else []
     return "\n".join(lines).rstrip() + "\n"
 
 
 def update_markdown(text: str, kind: str, body: str) -> str:
-    """Replace what lies between the `kind` markers (cpu or gpu) with body; append a section if absent."""
-    begin, end = MARK_BEGIN.format(kind=kind), MARK_END.format(kind=kind)
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    i, j = text.find(begin), text.find(end)
-    if i >= 0 and j > i:
-        return text[:i] + block + text[j + len(end) :]
-    sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    """Replace what lies between the `kind` markers (cpu, gpu or numerics) with body; append a section if absent."""
     title = {"gpu": "GPU", "cpu": "CPU", "numerics": "Numerics"}[kind]
-    return f"{text}{sep}## {title} (generated)\n\n{block}\n"
+    return markdown.replace_section(text, MARK_BEGIN.format(kind=kind), MARK_END.format(kind=kind), body,
+                                    f"{title} (generated)")  # fmt: skip
 
 
 # ---- command line ------------------------------------------------------------------------------------
@@ -337,8 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", help="comma-separated, e.g. 64,256,2048")
     p.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--sections", help=f"comma-separated, from {', '.join(SECTIONS)}")
-    p.add_argument("--recipes", help="comma-separated recipe names for the recipes section")
-    p.add_argument("--recipe-seconds", type=float, help="training seconds per recipe")
     p.add_argument("--parity-steps", type=int, help="steps per run in the parity section")
     p.add_argument("--numerics-rounds", type=int, help="alternating rounds of the numerics section (3)")
     p.add_argument("--data", help="MNIST: .npz from --export-data or a folder of the prepare stage's arrays")
@@ -355,9 +359,14 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchS
     split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
     changes: dict[str, Any] = {}
     ints = lambda v: tuple(map(int, split(v)))  # noqa: E731
-    for key, convert in (("model", str), ("batch_sizes", ints), ("variants", split), ("sections", split),
-                         ("recipes", split), ("recipe_seconds", float), ("parity_steps", int),
-                         ("numerics_rounds", int)):  # fmt: skip
+    for key, convert in (
+        ("model", str),
+        ("batch_sizes", ints),
+        ("variants", split),
+        ("sections", split),
+        ("parity_steps", int),
+        ("numerics_rounds", int),
+    ):
         if getattr(args, key):
             changes[key] = convert(getattr(args, key))
     for key, known in (("variants", VARIANTS), ("sections", SECTIONS)):
@@ -386,7 +395,7 @@ def bench_command(args: argparse.Namespace, argv: list[str]) -> int:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     settings = settings_from_args(args, device)
     mnist, models = None, {}
-    if {"recipes", "parity", "metrics"} & set(settings.sections):
+    if {"parity", "metrics"} & set(settings.sections):
         mnist, source = load_bench_data(args.data)
         models, notes = load_models({"classifier": args.classifier, "extractor": args.extractor})
         print("\n".join([f"MNIST: {source}", *notes]), flush=True)

@@ -125,11 +125,16 @@ FAMILIES: dict[str, tuple[Corruption, tuple[float, ...], str]] = {
 
 READING_SETS: list[tuple[str, str, float]] = [  # (name, family, level) for the reading table
     ("real images (no corruption)", "", 0),
-    ("pixel noise +-16", "additive noise", 16), ("pixel noise +-48", "additive noise", 48),
-    ("blur sigma 1", "blur", 1.0), ("shifted 2 px", "shift", 2), ("occluded 9 px", "occlusion", 9),
-    ("5 classes only", "dropped classes", 5), ("2 classes only", "dropped classes", 8),
-    ("1 class only (collapsed)", "dropped classes", 9), ("half junk", "junk mixed in", 0.5),
-]  # fmt: skip
+    ("pixel noise +-16", "additive noise", 16),
+    ("pixel noise +-48", "additive noise", 48),
+    ("blur sigma 1", "blur", 1.0),
+    ("shifted 2 px", "shift", 2),
+    ("occluded 9 px", "occlusion", 9),
+    ("5 classes only", "dropped classes", 5),
+    ("2 classes only", "dropped classes", 8),
+    ("1 class only (collapsed)", "dropped classes", 9),
+    ("half junk", "junk mixed in", 0.5),
+]
 
 
 def label(family: str, level: float) -> str:
@@ -151,8 +156,15 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def ladder(models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.ndarray, spaces: tuple[str, ...],
-           seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def ladder(
+    models: dict[str, Any],
+    reals: dict[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    spaces: tuple[str, ...],
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Score every rung in every space; the verdict per space and the agreement between networks."""
     from mnistgan.evaluation.scoring import network_features, space_scores  # lazy: torch
 
@@ -161,8 +173,12 @@ def ladder(models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.n
     for name, family, level in rungs:
         images = corrupt(family, level, x, y, seed)
         feats = {net: network_features(m, images)[0] for net, m in models.items()}
-        scores = {s: space_scores(feats[s.split("/")[0]], reals[s.split("/")[0]], s.split("/")[1], len(x), seed,
-                                  kid_subsets=KID_SUBSETS) for s in spaces}  # fmt: skip
+        scores = {
+            s: space_scores(
+                feats[s.split("/")[0]], reals[s.split("/")[0]], s.split("/")[1], len(x), seed, kid_subsets=KID_SUBSETS
+            )
+            for s in spaces
+        }
         rows.append({"set": name, "family": family or "clean", "level": level, "scores": scores})
         log(f"  {name:<40} " + "  ".join(f"{s} FID {v['fid']:9.2f}" for s, v in scores.items()))
     verdict = {}
@@ -182,28 +198,39 @@ def ladder(models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.n
     return {"rows": rows, "verdict": verdict, "spearman_fid": pairs}
 
 
-def reading_table(models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.ndarray,
-                  spaces: tuple[str, ...], seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+def reading_table(
+    models: dict[str, Any], reals: dict[str, Any], x: np.ndarray, y: np.ndarray, spaces: tuple[str, ...], seed: int = 0
+) -> list[dict[str, Any]]:
     """The headline scores and FID multiples of the named reading sets (mnistgan.evaluation.scoring.score_all)."""
     from mnistgan.evaluation.scoring import score_all  # lazy: torch
 
     out = []
     for name, family, level in READING_SETS:
-        result = score_all(corrupt(family, level, x, y, seed), models, reals, spaces, n_reference=len(x),
-                           kid_subsets=KID_SUBSETS)  # fmt: skip
+        result = score_all(
+            corrupt(family, level, x, y, seed), models, reals, spaces, n_reference=len(x), kid_subsets=KID_SUBSETS
+        )
         out.append({"set": name, **result})
     return out
 
 
-def render(result: dict[str, Any], reading: list[dict[str, Any]], spaces: tuple[str, ...],
-           read_spaces: tuple[str, ...], meta: dict[str, Any]) -> str:  # fmt: skip
-    lines = [f"# Score calibration\n\nMade by `{meta['command']}` on {meta['machine']}, {meta['date']}. Networks: "
-             + "; ".join(f"{n} = {a}" for n, a in meta["networks"].items()) + ".\n",
-             f"## Corruption ladder ({meta['n']} images per set)\n",
-             "FID of each set as a multiple of the clean set's FID in the same feature space (KID over "
-             f"{KID_SUBSETS} subset pairs; the clean set is "
-             f"{meta['n']} real training images against the test set; its FID is given in the first row).\n",
-             "| set | " + " | ".join(spaces) + " |", "|---" * (len(spaces) + 1) + "|"]  # fmt: skip
+def render(
+    result: dict[str, Any],
+    reading: list[dict[str, Any]],
+    spaces: tuple[str, ...],
+    read_spaces: tuple[str, ...],
+    meta: dict[str, Any],
+) -> str:
+    lines = [
+        f"# Score calibration\n\nMade by `{meta['command']}` on {meta['machine']}, {meta['date']}. Networks: "
+        + "; ".join(f"{n} = {a}" for n, a in meta["networks"].items())
+        + ".\n",
+        f"## Corruption ladder ({meta['n']} images per set)\n",
+        "FID of each set as a multiple of the clean set's FID in the same feature space (KID over "
+        f"{KID_SUBSETS} subset pairs; the clean set is "
+        f"{meta['n']} real training images against the test set; its FID is given in the first row).\n",
+        "| set | " + " | ".join(spaces) + " |",
+        "|---" * (len(spaces) + 1) + "|",
+    ]
     rows = result["rows"]
     lines.append("| clean (FID) | " + " | ".join(f"{rows[0]['scores'][s]['fid']:.2f}" for s in spaces) + " |")
     for r in rows[1:]:
@@ -215,17 +242,22 @@ def render(result: dict[str, Any], reading: list[dict[str, Any]], spaces: tuple[
     lines += ["", f"**Rank agreement of the ladder's FIDs** (Spearman over {len(rows)} sets; bar {BAR}):", ""]
     for pair, rho in result["spearman_fid"].items():
         lines.append(f"- {pair}: {rho:.3f}" + (" (different networks)" if _networks_differ(pair) else ""))
-    lines += ["", f"## Reading table ({meta['n_read']} images per set)\n",
-              "Headline scores on the classifier's features against the same number of real images, and FID as a "
-              f"multiple of real in the evaluate stage's feature spaces ({', '.join(read_spaces)}).\n",
-              "| samples | score | FID | FID real | precision | recall | classes | FID multiples | spread |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"## Reading table ({meta['n_read']} images per set)\n",
+        "Headline scores on the classifier's features against the same number of real images, and FID as a "
+        f"multiple of real in the evaluate stage's feature spaces ({', '.join(read_spaces)}).\n",
+        "| samples | score | FID | FID real | precision | recall | classes | FID multiples | spread |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in reading:
         g, ref, a = r["generated"], r["real_reference"], r["agreement"]
         multiples = " / ".join(f"{r['feature_spaces'][s]['fid_multiple']:.1f}" for s in read_spaces)
-        lines.append(f"| {r['set']} | {g['inception_score']:.2f} | {g['fid']:.2f} | {ref['fid']:.2f} | "
-                     f"{g['precision']:.3f} | {g['recall']:.3f} | {g['classes_covered']} | {multiples} | "
-                     f"{a['fid_multiple_spread']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r['set']} | {g['inception_score']:.2f} | {g['fid']:.2f} | {ref['fid']:.2f} | "
+            f"{g['precision']:.3f} | {g['recall']:.3f} | {g['classes_covered']} | {multiples} | "
+            f"{a['fid_multiple_spread']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -267,8 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/mnist")
     parser.add_argument("--n", type=int, default=2000, help="images per ladder set")
     parser.add_argument("--n-read", type=int, default=10000, help="images per reading-table set")
-    parser.add_argument("--spaces", default="", help="evaluate's feature spaces for the reading table "
-                        "(default: params.yaml's evaluate.spaces)")  # fmt: skip
+    parser.add_argument(
+        "--spaces",
+        default="",
+        help="evaluate's feature spaces for the reading table (default: params.yaml's evaluate.spaces)",
+    )
     parser.add_argument("--out", default="docs/calibration")
     return run_command(parser, _run, argv)
 
@@ -280,17 +315,24 @@ def _run(args: argparse.Namespace) -> int:
     from mnistgan.lab.throughput import machine_line  # lazy: torch after parsing
 
     read_spaces = tuple(args.spaces.split(",")) if args.spaces else load_params("params.yaml").evaluate.spaces
-    models = {"classifier": load_network(args.classifier, "--classifier"),
-              "extractor": load_network(args.extractor, "--extractor")}  # fmt: skip
+    models = {
+        "classifier": load_network(args.classifier, "--classifier"),
+        "extractor": load_network(args.extractor, "--extractor"),
+    }
     mnist = load_mnist(args.data)
     reals = {n: real_features(m, mnist, progress=True, name=n) for n, m in models.items()}
     x, y = mnist.x_train[-args.n :], mnist.y_train[-args.n :]
     print(f"corruption ladder, {args.n} images per set:", file=sys.stderr)
     result = ladder(models, reals, x, y, FEATURE_SPACES, log=lambda s: print(s, file=sys.stderr, flush=True))
     reading = reading_table(models, reals, mnist.x_train[-args.n_read :], mnist.y_train[-args.n_read :], read_spaces)
-    meta = {"command": "mnistgan calibrate " + " ".join(sys.argv[2:]), "machine": machine_line(),
-            "date": time.strftime("%Y-%m-%d"), "n": args.n, "n_read": args.n_read,
-            "networks": {n: arch_of(m) for n, m in models.items()}}  # fmt: skip
+    meta = {
+        "command": "mnistgan calibrate " + " ".join(sys.argv[2:]),
+        "machine": machine_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "n": args.n,
+        "n_read": args.n_read,
+        "networks": {n: arch_of(m) for n, m in models.items()},
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "ladder.json", {"meta": meta, **result, "reading": reading})

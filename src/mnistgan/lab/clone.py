@@ -3,11 +3,16 @@ git and dvc helpers shared by `make verify` (mnistgan.lab.verify) and `make spre
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from mnistgan.errors import UserError
 
@@ -95,3 +100,65 @@ def repo_root(cwd: Path) -> tuple[Path, str]:
     if head is None:
         raise UserError(f"{root} has no commit yet: commit dvc.yaml, params.yaml and dvc.lock first")
     return root, head
+
+
+def clone_json(path: Path, required: bool = False) -> Any:
+    """A JSON file of a clone; when missing or not JSON, None, or (required) one line naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        if required:
+            raise UserError(f"{path.name}: cannot read it ({e}); did the pipeline run?") from None
+        return None
+
+
+INTERPOLATION = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
+OUT_SECTIONS = ("outs", "metrics", "plots")
+# `${paths.samples}`: DVC's interpolation syntax in dvc.yaml, looked up in params.yaml.
+VARIES = "varies"  # the dvc.yaml output annotation `meta: {varies: "<why it differs run to run>"}`
+# --- what a clone's dvc.yaml declares -----------------------------------------------------------------------------
+
+
+def _lookup(params: dict[str, Any], key: str) -> str:
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"dvc.yaml: ${{{key}}} is not a key of params.yaml")
+        node = node[part]
+    return str(node)
+
+
+def resolve(text: str, params: dict[str, Any]) -> str:
+    """`text` with every `${a.b}` replaced by params.yaml's value, as DVC does for dvc.yaml."""
+    return INTERPOLATION.sub(lambda m: _lookup(params, m.group(1)), text)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file, or one line naming it and what is wrong."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def varying_outputs(root: Path) -> dict[str, str]:
+    """The outputs dvc.yaml declares as differing between two runs of the same params, path -> why.
+
+    An output is declared with DVC's output annotation, e.g. `meta: {varies: "wall-clock seconds"}` under
+    its entry in a stage's outs, metrics or plots; `${...}` in its path is resolved from params.yaml."""
+    dvc_yaml = read_yaml(root / "dvc.yaml") or {}
+    params_path = root / "params.yaml"
+    params = (read_yaml(params_path) or {}) if params_path.exists() else {}
+    found: dict[str, str] = {}
+    for stage in (dvc_yaml.get("stages") or {}).values():
+        for section in OUT_SECTIONS:
+            for entry in stage.get(section) or []:
+                if not isinstance(entry, dict):
+                    continue  # a bare path: no annotation
+                for path, options in entry.items():
+                    meta = (options or {}).get("meta")
+                    if isinstance(meta, dict) and VARIES in meta:
+                        found[resolve(str(path), params)] = str(meta[VARIES])
+    return found

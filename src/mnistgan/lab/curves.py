@@ -38,7 +38,8 @@ from mnistgan.gan import loop as core
 from mnistgan.gan.sample import fixed_noise, generate
 from mnistgan.gan.step import build_state
 from mnistgan.io import InputError, read_json, write_json
-from mnistgan.lab.recipes import BASE, CANDIDATES, recipe_overrides
+from mnistgan.lab import markdown
+from mnistgan.lab.recipes import CANDIDATES, RECIPE_KEYS, recipe_overrides
 from mnistgan.lab.throughput import machine_line
 from mnistgan.pictures import image_grid
 from mnistgan.tensors import training_tensors
@@ -86,10 +87,18 @@ def run_curve(
     def check(step: int, mark: float | None = None) -> None:
         scores = monitor.scores(state.sampler)
         mark = min(clock["next"], seconds) if mark is None else mark  # the time this check stands for
-        checks.append({"at": mark, "seconds": round(clock["train"], 2), "step": step,
-                       **{k: round(v, 3) for k, v in scores.items()}})  # fmt: skip
-        log(f"  {name:>16}  {clock['train']:7.1f} s  step {step:>6}  FID {scores['fid']:9.2f}  "
-            f"P {scores['precision']:.3f}  R {scores['recall']:.3f}")  # fmt: skip
+        checks.append(
+            {
+                "at": mark,
+                "seconds": round(clock["train"], 2),
+                "step": step,
+                **{k: round(v, 3) for k, v in scores.items()},
+            }
+        )
+        log(
+            f"  {name:>16}  {clock['train']:7.1f} s  step {step:>6}  FID {scores['fid']:9.2f}  "
+            f"P {scores['precision']:.3f}  R {scores['recall']:.3f}"
+        )
 
     def on_log(step: int, _row: dict[str, float]) -> None:
         if device.type == "cuda":
@@ -120,12 +129,12 @@ def run_curve(
     return {
         "recipe": name,
         "overrides": CANDIDATES[name],
-        "config": {k: getattr(cfg, k) for k in BASE},
+        "config": {k: getattr(cfg, k) for k in RECIPE_KEYS},
         "seed": seed,
         "steps": steps,
         "train_seconds": round(clock["train"], 2),
         "images_per_second": round(steps * cfg.batch_size * cfg.d_steps / max(clock["train"], 1e-9), 1),
-        "reference_fid": round(monitor.reference, 3),
+        "reference_fid": round(monitor.real_fid, 3),  # the plain FID of as many real images: thresholds' scale
         "checks": checks,
         "error": error,
         "grid": grid,
@@ -147,15 +156,21 @@ def summary_rows(curves: list[dict[str, Any]], marks: tuple[float, ...]) -> list
     for c in curves:
         ref = c["reference_fid"]
         best = min(c["checks"], key=lambda k: k["fid"]) if c["checks"] else None
-        rows.append({
-            "recipe": c["recipe"], "overrides": c["overrides"], "images_per_second": c["images_per_second"],
-            "steps": c["steps"], **{f"fid_at_{int(m)}s": fid_at(c["checks"], m) for m in marks},
-            "best_fid": best["fid"] if best else None, "best_at_s": best["seconds"] if best else None,
-            **{f"s_to_{f}x": first_time_below(c["checks"], f * ref) for f in FACTORS},
-            # fidelity and diversity at the last check (older runs checked FID only)
-            "precision_end": c["checks"][-1].get("precision") if c["checks"] else None,
-            "recall_end": c["checks"][-1].get("recall") if c["checks"] else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "recipe": c["recipe"],
+                "overrides": c["overrides"],
+                "images_per_second": c["images_per_second"],
+                "steps": c["steps"],
+                **{f"fid_at_{int(m)}s": fid_at(c["checks"], m) for m in marks},
+                "best_fid": best["fid"] if best else None,
+                "best_at_s": best["seconds"] if best else None,
+                **{f"s_to_{f}x": first_time_below(c["checks"], f * ref) for f in FACTORS},
+                # fidelity and diversity at the last check (older runs checked FID only)
+                "precision_end": c["checks"][-1].get("precision") if c["checks"] else None,
+                "recall_end": c["checks"][-1].get("recall") if c["checks"] else None,
+            }
+        )
     return rows
 
 
@@ -165,17 +180,31 @@ def _cell(v: Any, spec: str = ".1f") -> str:
 
 def render_table(curves: list[dict[str, Any]], marks: tuple[float, ...]) -> str:
     ref = curves[0]["reference_fid"]
-    head = ["recipe", "change", "img/s", "steps", *[f"FID @ {int(m)} s" for m in marks], "best FID",
-            *[f"s to {f}x ({f * ref:.0f})" for f in FACTORS], "P, R at end"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    head = [
+        "recipe",
+        "change",
+        "img/s",
+        "steps",
+        *[f"FID @ {int(m)} s" for m in marks],
+        "best FID",
+        *[f"s to {f}x ({f * ref:.0f})" for f in FACTORS],
+        "P, R at end",
+    ]
+    rows = []
     for r in sorted(summary_rows(curves, marks), key=lambda r: r["best_fid"] if r["best_fid"] is not None else 1e18):
-        change = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the base recipe)"
-        cells = [f"`{r['recipe']}`", change, f"{r['images_per_second']:.0f}", str(r["steps"]),
-                 *[_cell(r[f"fid_at_{int(m)}s"]) for m in marks], _cell(r["best_fid"]),
-                 *[_cell(r[f"s_to_{f}x"], ".0f") for f in FACTORS],
-                 "-" if r["recall_end"] is None else f"{r['precision_end']:.2f}, {r['recall_end']:.2f}"]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        change = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(params.yaml's recipe)"
+        cells = [
+            f"`{r['recipe']}`",
+            change,
+            f"{r['images_per_second']:.0f}",
+            str(r["steps"]),
+            *[_cell(r[f"fid_at_{int(m)}s"]) for m in marks],
+            _cell(r["best_fid"]),
+            *[_cell(r[f"s_to_{f}x"], ".0f") for f in FACTORS],
+            "-" if r["recall_end"] is None else f"{r['precision_end']:.2f}, {r['recall_end']:.2f}",
+        ]
+        rows.append(cells)
+    return markdown.table(head, rows) + "\n"
 
 
 def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
@@ -194,17 +223,30 @@ def plot_curves(curves: list[dict[str, Any]], path: Path) -> None:
         xs = [k["seconds"] for k in c["checks"]]
         ys = [k["fid"] for k in c["checks"]]
         # ten colours, then the same colours dashed: every curve stays distinguishable
-        ax.plot(xs, ys, marker=".", color=f"C{i % 10}", linestyle="-" if i < 10 else "--",
-                label=f"{c['recipe']} ({c['images_per_second']:.0f} img/s)")  # fmt: skip
+        ax.plot(
+            xs,
+            ys,
+            marker=".",
+            color=f"C{i % 10}",
+            linestyle="-" if i < 10 else "--",
+            label=f"{c['recipe']} ({c['images_per_second']:.0f} img/s)",
+        )
     ref = curves[0]["reference_fid"]
     for f, style in zip(FACTORS, (":", "--", "-."), strict=True):
         ax.axhline(f * ref, color="grey", linestyle=style, linewidth=1)
-        ax.text(0.005, f * ref, f" {f}x real ({f * ref:.0f})", va="bottom", fontsize=8, color="grey",
-                transform=ax.get_yaxis_transform())  # fmt: skip
+        ax.text(
+            0.005,
+            f * ref,
+            f" {f}x real ({f * ref:.0f})",
+            va="bottom",
+            fontsize=8,
+            color="grey",
+            transform=ax.get_yaxis_transform(),
+        )
     ax.set_yscale("log")
     threads = {c["threads"] for c in curves}
     ax.set_xlabel(f"training seconds ({'/'.join(map(str, sorted(threads)))} torch threads per recipe)")
-    ax.set_ylabel(f"FID, {curves[0]['samples']} samples (real floor {ref:.1f})")
+    ax.set_ylabel(f"FID, {curves[0]['samples']} samples (real images {ref:.1f})")
     ax.set_title("Time to quality: FID of the sampling generator during training")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
@@ -219,8 +261,9 @@ def plot_precision_recall(with_pr: list[dict[str, Any]], curves: list[dict[str, 
         i = curves.index(c)
         xs = [k["seconds"] for k in c["checks"]]
         ax.plot(xs, [k["precision"] for k in c["checks"]], color=f"C{i % 10}", label=f"{c['recipe']} precision")
-        ax.plot(xs, [k["recall"] for k in c["checks"]], color=f"C{i % 10}", linestyle=":",
-                label=f"{c['recipe']} recall")  # fmt: skip
+        ax.plot(
+            xs, [k["recall"] for k in c["checks"]], color=f"C{i % 10}", linestyle=":", label=f"{c['recipe']} recall"
+        )
     ax.set_ylim(0, 1)
     ax.set_xlabel("training seconds")
     ax.set_ylabel("k=3 precision (solid), recall (dotted)")
@@ -295,16 +338,24 @@ def monitors(classifier: Any, mnist: Any, samples: int, seed: int, cache: dict |
     return monitor_for
 
 
-def _curve_job(name: str, data: str, classifier: str, seconds: float, check_every: float, samples: int,
-               seed: int) -> dict[str, Any]:  # fmt: skip
+def _curve_job(
+    name: str, data: str, classifier: str, seconds: float, check_every: float, samples: int, seed: int
+) -> dict[str, Any]:
     """One recipe's curve, in this process or a worker (arguments are plain values so they pickle)."""
     mnist = load_mnist(data)
     clf = load_classifier(classifier)
 
     monitor_for = monitors(clf, mnist, samples, seed, _MONITORS.setdefault((data, classifier, samples, seed), {}))
 
-    c = run_curve(name, mnist, monitor_for, seconds=seconds, check_every=check_every, seed=seed,
-                  log=lambda s: print(s, file=sys.stderr, flush=True))  # fmt: skip
+    c = run_curve(
+        name,
+        mnist,
+        monitor_for,
+        seconds=seconds,
+        check_every=check_every,
+        seed=seed,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
     c["samples"], c["threads"] = samples, torch.get_num_threads()
     return c
 
@@ -321,19 +372,28 @@ def _run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     job = (args.data, args.classifier, args.seconds, args.check_every, args.samples, args.seed)
-    print(f"{PROG}: {len(names)} recipes x {args.seconds:.0f} training seconds, {args.jobs} at a time, on "
-          f"{machine_line()}", file=sys.stderr)  # fmt: skip
+    print(
+        f"{PROG}: {len(names)} recipes x {args.seconds:.0f} training seconds, {args.jobs} at a time, on "
+        f"{machine_line()}",
+        file=sys.stderr,
+    )
     if args.jobs == 1:
         curves = [_curve_job(name, *job) for name in names]
     else:
         # One process per recipe at a time, each on one thread (set before its first torch op), so the
         # recipes running side by side share the cores evenly.
-        with cf.ProcessPoolExecutor(args.jobs, mp.get_context("spawn"), initializer=torch.set_num_threads,
-                                    initargs=(1,)) as pool:  # fmt: skip
+        with cf.ProcessPoolExecutor(
+            args.jobs, mp.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
             curves = list(pool.map(_curve_job, names, *[[v] * len(names) for v in job]))
-    meta = {"machine": machine_line(), "date": time.strftime("%Y-%m-%d"), "seconds": args.seconds,
-            "check_every": args.check_every, "samples": args.samples,
-            "command": f"{PROG} " + " ".join(own_arguments(sys.argv[1:]))}  # fmt: skip
+    meta = {
+        "machine": machine_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": args.seconds,
+        "check_every": args.check_every,
+        "samples": args.samples,
+        "command": f"{PROG} " + " ".join(own_arguments(sys.argv[1:])),
+    }
     print(write_outputs(curves, [meta], out))
     return 0
 
@@ -344,8 +404,9 @@ def write_outputs(curves: list[dict[str, Any]], metas: list[dict[str, Any]], out
     seconds = max(m["seconds"] for m in metas)
     checked = {round(c["at"], 6) for curve in curves for c in curve["checks"]}  # the columns need a check
     marks = tuple(dict.fromkeys((*(m for m in (60, 120, 240, 360, 480) if m <= seconds and m in checked), seconds)))
-    write_json(out / "curves.json", {"runs": metas, "curves": [{k: v for k, v in c.items() if k != "grid"}
-                                                                for c in curves]})  # fmt: skip
+    write_json(
+        out / "curves.json", {"runs": metas, "curves": [{k: v for k, v in c.items() if k != "grid"} for c in curves]}
+    )
     with open(out / "curves.csv", "w") as f:
         f.write("recipe,seconds,step,fid,reference_fid\n")
         for c in curves:
@@ -357,9 +418,11 @@ def write_outputs(curves: list[dict[str, Any]], metas: list[dict[str, Any]], out
         np.savez_compressed(out / "grids.npz", **{c["recipe"]: c["grid"] for c in curves})
     table = render_table(curves, marks)
     runs = "; ".join(f"`{m['command']}` on {m['machine']}, {m['date']}" for m in metas)
-    header = (f"Each recipe trained for the training seconds shown, FID of {metas[0]['samples']} samples every "
-              f"{metas[0]['check_every']:.0f} s (real floor {curves[0]['reference_fid']:.1f}; thresholds are "
-              f"multiples of it). Made by {runs}.\n\n")  # fmt: skip
+    header = (
+        f"Each recipe trained for the training seconds shown, FID of {metas[0]['samples']} samples every "
+        f"{metas[0]['check_every']:.0f} s (as many real images score {curves[0]['reference_fid']:.1f}; "
+        f"thresholds are multiples of that). Made by {runs}.\n\n"
+    )
     (out / "curves.md").write_text(header + table)
     return table
 

@@ -52,8 +52,9 @@ def count_macs(model: nn.Module, *args: Any) -> list[tuple[str, int]]:
     return rows
 
 
-def gan_macs(model: str, z_dim: int = 100, d_norm: str = "none", conditional: bool = False, g_width: int = 64,
-             d_width: int = 64) -> dict[str, Any]:  # fmt: skip
+def gan_macs(
+    model: str, z_dim: int = 100, d_norm: str = "none", conditional: bool = False, g_width: int = 64, d_width: int = 64
+) -> dict[str, Any]:
     """Forward multiply-adds per image of the generator and the discriminator, with per-layer rows."""
     g, d = build_gan(model, z_dim, d_norm, conditional, g_width, d_width)
     g.eval()
@@ -95,9 +96,11 @@ def print_flops(_args: argparse.Namespace) -> None:
         d_norm = "batch" if model == "dcgan-large" else cfg.d_norm
         macs = gan_macs(model, cfg.z_dim, d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
         gflop = train_flops_per_image(macs["g"], macs["d"], cfg.d_steps) / 1e9
-        print(f"{model}: G {macs['g'] / 1e6:.2f} M, D {macs['d'] / 1e6:.2f} M multiply-adds per image; "
-              f"{gflop:.3f} GFLOP per training image (conditional {cfg.conditional}, D norm {d_norm}, "
-              f"widths G {cfg.g_width} D {cfg.d_width})")  # fmt: skip
+        print(
+            f"{model}: G {macs['g'] / 1e6:.2f} M, D {macs['d'] / 1e6:.2f} M multiply-adds per image; "
+            f"{gflop:.3f} GFLOP per training image (conditional {cfg.conditional}, D norm {d_norm}, "
+            f"widths G {cfg.g_width} D {cfg.d_width})"
+        )
 
 
 if __name__ == "__main__":

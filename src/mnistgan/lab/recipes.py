@@ -1,4 +1,4 @@
-"""Named training recipes: TrainConfig overrides on one base, shared by the time-to-quality curves
+"""Named training recipes: changes to params.yaml's train section, shared by the time-to-quality curves
 (mnistgan.lab.curves), the results table (mnistgan.lab.report) and the README's recipe list.
 
 No torch here: the report reads these names without loading a model.
@@ -12,79 +12,87 @@ import time
 from typing import Any
 
 from mnistgan.cli import OneLineParser, run_command
-from mnistgan.config import load_params
+from mnistgan.config import TrainConfig, load_params
 from mnistgan.errors import UserError
 
-# The recipe every candidate starts from: dcgan-small, non-saturating loss, EMA 0.999 with the warm-up.
-BASE: dict[str, Any] = {
-    "model": "dcgan-small", "loss": "ns", "d_norm": "none", "conditional": False, "ema": 0.999,
-    "ema_warmup": True, "batch_size": 64, "lr": 2e-4, "lr_d": 0.0, "beta1": 0.5, "beta2": 0.999,
-    "g_width": 64, "d_width": 64, "d_steps": 1, "r1_weight": 0.0,
-}  # fmt: skip
+# The keys a recipe is told apart by: recipe_overrides gives each, the report's labels and the curves name them.
+RECIPE_KEYS = ("model", "loss", "d_norm", "conditional", "ema", "ema_warmup", "batch_size", "lr", "lr_d", "beta1",
+               "beta2", "g_width", "d_width", "d_steps", "r1_weight")  # fmt: skip
 
-# params.yaml's recipe (the previous default with R1): the fourth round's candidates start from it
-R1_DEFAULT: dict[str, Any] = {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1}
+# Every recipe is a set of changes to params.yaml's train section (the one default; TrainConfig's defaults are
+# held equal to it by tests/test_config.py). The first two rounds of the search started from a smaller
+# recipe, FIRST_ROUND: params.yaml's without labels, at lr 2e-4, with D width 64 and no R1.
+FIRST_ROUND: dict[str, Any] = {"conditional": False, "lr": 2e-4, "d_width": 64, "r1_weight": 0.0}
 
-# name -> overrides of BASE. Each changes one thing, so a curve says what that one thing buys.
+# name -> changes to params.yaml. Each changes one thing from its round's start, so a curve says what it buys.
 CANDIDATES: dict[str, dict[str, Any]] = {
     # params.yaml's recipe, chosen from the curves below (there: default-r1-0.1, the third round's winner)
-    "default": R1_DEFAULT,
-    "unconditional": {"lr": 4e-4, "d_width": 32, "r1_weight": 0.1},  # the default without labels
+    "default": {},
+    "unconditional": {"conditional": False},  # the default without labels
     # the default until the third round (lr-4e-4-d-width-32-conditional below; "default" in the third round)
-    "previous-default": {"lr": 4e-4, "d_width": 32, "conditional": True},
+    "previous-default": {"r1_weight": 0.0},
     # the default for an hour of training on a 2-core CPU (docs/curves/hour)
-    "long": R1_DEFAULT | {"steps": 100000},
-    "baseline": {"ema_warmup": False},  # the pipeline's recipe before the search (EMA without the ramp)
-    "ema-warmup": {},
-    "ttur": {"lr": 1e-4, "lr_d": 4e-4, "beta1": 0.0},
-    "lr-4e-4": {"lr": 4e-4},
-    "batch-32": {"batch_size": 32},
-    "batch-128": {"batch_size": 128, "lr": 4e-4},
-    "d-width-32": {"d_width": 32},
-    "g-width-32": {"g_width": 32, "d_width": 32},
-    "hinge-spectral": {"loss": "hinge", "d_norm": "spectral"},
-    "lsgan": {"loss": "lsgan"},
-    "conditional": {"conditional": True, "loss": "hinge", "d_norm": "spectral"},
-    "conditional-ns": {"conditional": True},
+    "long": {"steps": 100000},
+    "baseline": FIRST_ROUND | {"ema_warmup": False},  # the pipeline's recipe before the search (EMA without the ramp)
+    "ema-warmup": FIRST_ROUND,
+    "ttur": FIRST_ROUND | {"lr": 1e-4, "lr_d": 4e-4, "beta1": 0.0},
+    "lr-4e-4": FIRST_ROUND | {"lr": 4e-4},
+    "batch-32": FIRST_ROUND | {"batch_size": 32},
+    "batch-128": FIRST_ROUND | {"batch_size": 128, "lr": 4e-4},
+    "d-width-32": FIRST_ROUND | {"d_width": 32},
+    "g-width-32": FIRST_ROUND | {"g_width": 32, "d_width": 32},
+    "hinge-spectral": FIRST_ROUND | {"loss": "hinge", "d_norm": "spectral"},
+    "lsgan": FIRST_ROUND | {"loss": "lsgan"},
+    "conditional": FIRST_ROUND | {"conditional": True, "loss": "hinge", "d_norm": "spectral"},
+    "conditional-ns": FIRST_ROUND | {"conditional": True},
     # Second round: the two levers of the first (a higher learning rate, a cheaper discriminator), combined
-    "lr-8e-4": {"lr": 8e-4},
-    "lr-4e-4-d-width-32": {"lr": 4e-4, "d_width": 32},
-    "lr-4e-4-widths-32": {"lr": 4e-4, "g_width": 32, "d_width": 32},
-    "lr-4e-4-batch-32": {"lr": 4e-4, "batch_size": 32},
-    "lr-4e-4-conditional": {"lr": 4e-4, "conditional": True},
-    "lr-4e-4-d-width-32-conditional": {"lr": 4e-4, "d_width": 32, "conditional": True},
-    # Third round, for cleaner digits: the previous default plus one change each. "steps" fixes a run's length
-    # where the change depends on it (the lr decay); the others run until the clock stops them.
-    "default-upsample-nearest": {"lr": 4e-4, "d_width": 32, "conditional": True, "g_upsample": "nearest"},
-    "default-upsample-bilinear": {"lr": 4e-4, "d_width": 32, "conditional": True, "g_upsample": "bilinear"},
-    "default-r1-0.1": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 0.1},
-    "default-r1-1": {"lr": 4e-4, "d_width": 32, "conditional": True, "r1_weight": 1.0},
-    "default-lr-decay": {"lr": 4e-4, "d_width": 32, "conditional": True, "lr_decay_from": 0.5, "steps": 6000},
-    "default-topk": {"lr": 4e-4, "d_width": 32, "conditional": True, "topk_min": 0.5, "topk_decay": 0.9},
+    "lr-8e-4": FIRST_ROUND | {"lr": 8e-4},
+    "lr-4e-4-d-width-32": FIRST_ROUND | {"lr": 4e-4, "d_width": 32},
+    "lr-4e-4-widths-32": FIRST_ROUND | {"lr": 4e-4, "g_width": 32, "d_width": 32},
+    "lr-4e-4-batch-32": FIRST_ROUND | {"lr": 4e-4, "batch_size": 32},
+    "lr-4e-4-conditional": FIRST_ROUND | {"lr": 4e-4, "conditional": True},
+    "lr-4e-4-d-width-32-conditional": {"r1_weight": 0.0},
+    # Third round, for cleaner digits: the previous default (no R1) plus one change each. "steps" fixes a run's
+    # length where the change depends on it (the lr decay); the others run until the clock stops them.
+    "default-upsample-nearest": {"r1_weight": 0.0, "g_upsample": "nearest"},
+    "default-upsample-bilinear": {"r1_weight": 0.0, "g_upsample": "bilinear"},
+    "default-r1-0.1": {},
+    "default-r1-1": {"r1_weight": 1.0},
+    "default-lr-decay": {"r1_weight": 0.0, "lr_decay_from": 0.5, "steps": 6000},
+    "default-topk": {"r1_weight": 0.0, "topk_min": 0.5, "topk_decay": 0.9},
     # Fourth round: the R1 default plus one change each, run longer to see where each levels off
-    "default-nearest": R1_DEFAULT | {"g_upsample": "nearest"},
-    "default-decay": R1_DEFAULT | {"lr_decay_from": 0.6, "steps": 11000},  # the lr to 0 over the last 40%
-    "default-ema-0.9995": R1_DEFAULT | {"ema": 0.9995},
-    "default-batch-128": R1_DEFAULT | {"batch_size": 128},
-    "default-r1-topk": R1_DEFAULT | {"topk_min": 0.5, "topk_decay": 0.9},  # default-topk above, with R1
+    "default-nearest": {"g_upsample": "nearest"},
+    "default-decay": {"lr_decay_from": 0.6, "steps": 11000},  # the lr to 0 over the last 40%
+    "default-ema-0.9995": {"ema": 0.9995},
+    "default-batch-128": {"batch_size": 128},
+    "default-r1-topk": {"topk_min": 0.5, "topk_decay": 0.9},  # default-topk above, with R1
     # The document's DCGAN trained as written: the baseline the others are measured against.
-    "seed-literal": {"model": "dcgan-large", "loss": "minimax", "d_norm": "batch", "ema": 0.0},
+    "seed-literal": FIRST_ROUND | {"model": "dcgan-large", "loss": "minimax", "d_norm": "batch", "ema": 0.0},
 }
 
 
+def default_recipe() -> dict[str, Any]:
+    """params.yaml's train section on RECIPE_KEYS (through TrainConfig's defaults, which equal it)."""
+    defaults = TrainConfig()
+    return {k: getattr(defaults, k) for k in RECIPE_KEYS}
+
+
 def recipe_overrides(name: str) -> dict[str, Any]:
-    """BASE with the named recipe's changes: TrainConfig keyword arguments."""
+    """The named recipe on every RECIPE_KEYS key, plus its other changes: TrainConfig keyword arguments."""
     if name not in CANDIDATES:
         raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(CANDIDATES)}")
-    return BASE | CANDIDATES[name]
+    return default_recipe() | CANDIDATES[name]
 
 
 def recipe_name(train_params: dict[str, Any]) -> str | None:
     """The name of the recipe whose every key matches `train_params` (values compared as text, the way
     MLflow stores params), the most specific when several do (the default plus one change is not the
     default), or None."""
-    matches = [name for name in CANDIDATES
-               if all(str(train_params.get(k)) == str(v) for k, v in recipe_overrides(name).items())]  # fmt: skip
+    matches = [
+        name
+        for name in CANDIDATES
+        if all(str(train_params.get(k)) == str(v) for k, v in recipe_overrides(name).items())
+    ]
     return max(matches, key=lambda name: len(recipe_overrides(name)), default=None)
 
 
@@ -101,8 +109,12 @@ def dvc_overrides(name: str, params_path: str = "params.yaml") -> list[str]:
     """`-S train.key=value` arguments that turn params.yaml's train section into the named recipe (only the
     keys that differ)."""
     current = load_params(params_path).train
-    return [arg for k, v in recipe_overrides(name).items() if getattr(current, k) != v
-            for arg in ("-S", f"train.{k}={_yaml(v)}")]  # fmt: skip
+    return [
+        arg
+        for k, v in recipe_overrides(name).items()
+        if getattr(current, k) != v
+        for arg in ("-S", f"train.{k}={_yaml(v)}")
+    ]
 
 
 def _yaml(v: Any) -> str:
@@ -126,8 +138,19 @@ def queue_recipes(args: argparse.Namespace) -> int:
         raise UserError(f"--recipes: unknown recipe {unknown[0]!r}; known: {', '.join(CANDIDATES)}")
     for name in names:
         seeds = ",".join(map(str, README_RECIPES.get(name, (0, 1))))
-        cmd = ["dvc", "exp", "run", "--queue", "-S", f"seed={seeds}", "-S", f"train.max_seconds={args.seconds}",
-               "-S", "train.steps=1000000", *dvc_overrides(name)]  # fmt: skip
+        cmd = [
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "-S",
+            f"seed={seeds}",
+            "-S",
+            f"train.max_seconds={args.seconds}",
+            "-S",
+            "train.steps=1000000",
+            *dvc_overrides(name),
+        ]
         print(" ".join(cmd), flush=True)
         if not args.dry_run and subprocess.call(cmd) != 0:
             return 1

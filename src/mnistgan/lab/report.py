@@ -13,9 +13,6 @@ reported as mean ± std (std over seeds, ddof=1; '-' with a single seed).
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import re
 import sys
 from itertools import combinations
 from pathlib import Path
@@ -23,7 +20,8 @@ from typing import Any
 
 from mnistgan import tracking
 from mnistgan.cli import EXIT_BAD_INPUT, OneLineParser, run_command
-from mnistgan.lab.recipes import BASE, recipe_name
+from mnistgan.lab import markdown
+from mnistgan.lab.recipes import default_recipe, recipe_name
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -37,11 +35,19 @@ SCORES = [
     ("steps", "metrics.train_steps", "{:.0f}"),
     ("train s", "metrics.train_seconds", "{:.0f}"),
 ]
-RECIPE_KEYS = ["model", "loss", "d_norm", "ema", "conditional", "lr", "batch_size", "steps", "d_steps"]
 # Params that do not change what a run learns (seeds, where things go, how often it logs and checkpoints)
-IGNORED_PARAMS = ("params.seed", "params.paths.", "params.tracking.", "params.numerics.", "params.train.device",
-                  "params.train.log_every", "params.train.image_every", "params.train.checkpoint_every",
-                  "params.train.fid_every", "params.train.fid_samples")  # fmt: skip
+IGNORED_PARAMS = (
+    "params.seed",
+    "params.paths.",
+    "params.tracking.",
+    "params.numerics.",
+    "params.train.device",
+    "params.train.log_every",
+    "params.train.image_every",
+    "params.train.checkpoint_every",
+    "params.train.fid_every",
+    "params.train.fid_samples",
+)
 
 
 # The identity of the features behind a run's headline scores (mnistgan.evaluation.scoring.identity, a tag of the run)
@@ -64,9 +70,11 @@ def mixed_extractors_note(ids: list[str]) -> str:
     distinct = sorted(set(ids))
     if len(distinct) < 2:
         return ""
-    return (f"**Warning: these scores come from {len(distinct)} different feature extractors "
-            f"({', '.join(distinct)}); scores of different extractors are not comparable, even in one "
-            "column.**")  # fmt: skip
+    return (
+        f"**Warning: these scores come from {len(distinct)} different feature extractors "
+        f"({', '.join(distinct)}); scores of different extractors are not comparable, even in one "
+        "column.**"
+    )
 
 
 def recipe_label(row: Any) -> str:
@@ -77,10 +85,17 @@ def recipe_label(row: Any) -> str:
         label += " without warm-up"
     if str(get("conditional")) == "True":
         label += ", conditional"
-    extras = [f"{k} {get(k)}" for k in ("lr_d", "beta1", "g_width", "d_width", "d_steps", "r1_weight")
-              if str(get(k)) not in ("?", str(BASE[k]))]  # fmt: skip
-    budget = f"{float(get('max_seconds')):.0f} s" if str(get("max_seconds")) not in ("?", "0.0", "0") \
-        else f"{get('steps')} steps"  # fmt: skip
+    default = default_recipe()  # params.yaml's: a label names what differs from it
+    extras = [
+        f"{k} {get(k)}"
+        for k in ("lr_d", "beta1", "g_width", "d_width", "d_steps", "r1_weight")
+        if str(get(k)) not in ("?", str(default[k]))
+    ]
+    budget = (
+        f"{float(get('max_seconds')):.0f} s"
+        if str(get("max_seconds")) not in ("?", "0.0", "0")
+        else f"{get('steps')} steps"
+    )
     label += f" (lr {get('lr')}, batch {get('batch_size')}{''.join(', ' + e for e in extras)}, {budget})"
     name = recipe_name({k[len("params.train.") :]: v for k, v in row.items() if str(k).startswith("params.train.")})
     return f"`{name}`: {label}" if name else label
@@ -148,31 +163,29 @@ def results_table(runs: Any) -> str:
     if not groups:
         return "_No finished, evaluated runs in the MLflow store yet._\n"
     note = mixed_extractors_note([e for _, g in groups for e in extractors_of(g)])
-    extra = " extractor |" if note else ""
-    lines = ["| recipe | seeds | " + " | ".join(t for t, _, _ in SCORES) + " | device |" + extra,
-             "| --- | --- | " + " | ".join("---" for _ in SCORES) + " | --- |"
-             + (" --- |" if note else "")]  # fmt: skip
+    header = ["recipe", "seeds", *(t for t, _, _ in SCORES), "device", *(["extractor"] if note else [])]
     rows = []
     base = next((g for label, g in groups if label.startswith("`default`")), None)
     for label, group in groups:
         cells = [mean_std(group.get(col, []), fmt) for _, col, fmt in SCORES]
         if base is not None and group is not base:  # each score against the default recipe's, over seeds
             for i, (_, col, _) in enumerate(SCORES):
-                verdict = welch_verdict(list(group.get(col, [])), list(base.get(col, [])), score_key(col)) \
-                    if col.startswith("metrics.generated.") else ""  # fmt: skip
-                cells[i] += f" ({verdict.replace(' (', ', ')}" if verdict else ""
+                if col.startswith("metrics.generated."):
+                    verdict = welch_verdict(list(group.get(col, [])), list(base.get(col, [])), score_key(col))
+                    cells[i] += f" ({verdict.replace(' (', ', ')}" if verdict else ""
         devices = ", ".join(sorted(set(group.get("tags.device", ["?"]))))
-        fid = float(group["metrics.generated.fid"].mean())
-        ext = f" {extractors_of(group)[0]} |" if note else ""
-        rows.append((fid, f"| {label} | {len(group)} | " + " | ".join(cells) + f" | {devices} |" + ext))
-    lines += [r for _, r in sorted(rows)]
+        ext = [extractors_of(group)[0]] if note else []
+        rows.append((float(group["metrics.generated.fid"].mean()), [label, str(len(group)), *cells, devices, *ext]))
     if base is not None and len(groups) > 1:
-        note += ("\n_In brackets: each recipe's score against the `default` recipe's over their seeds (Welch's "
-                 f"t-test; better or worse when p < {VERDICT_LEVEL}, else within noise)._\n")  # fmt: skip
+        note += (
+            "\n_In brackets: each recipe's score against the `default` recipe's over their seeds (Welch's "
+            f"t-test; better or worse when p < {VERDICT_LEVEL}, else within noise)._\n"
+        )
     ref = groups[0][1].iloc[0]
-    lines.append("| *real MNIST training images (reference)* | - | "
-                 + " | ".join(mean_std([ref.get(c.replace("generated", "real_reference"))], f)
-                              if "generated" in c else "-" for _, c, f in SCORES) + " | - |")  # fmt: skip
+    reference = [mean_std([ref.get(c.replace("generated", "real_reference"))], f) if "generated" in c else "-"
+                 for _, c, f in SCORES]  # fmt: skip
+    real = ["*real MNIST training images (reference)*", "-", *reference, "-", *(["-"] if note else [])]
+    lines = [markdown.table(header, [r for _, r in sorted(rows, key=lambda r: r[0])] + [real])]
     return "\n".join(lines) + "\n" + (f"\n{note.strip()}\n" if note else "")
 
 
@@ -218,7 +231,7 @@ def fid_seconds_png(lines: dict[str, list[list[tuple[float, float]]]], path: Pat
         for j, points in enumerate(r for r in runs if r):
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, color=color, marker=".", linewidth=1.2, label=label if j == 0 else None)
-    if floor:
+    if floor and floor > 0:  # fid_inf of real images is about 0: no multiples of it to draw
         for f, style in ((32, ":"), (16, "--"), (8, "-.")):
             ax.axhline(f * floor, color="grey", linestyle=style, linewidth=1)
             ax.text(0, f * floor, f" {f}x real ({f * floor:.0f})", va="bottom", fontsize=8, color="grey")
@@ -238,9 +251,15 @@ def results_plot(runs: Any, path: Path) -> Path | None:
     """The results table's picture: FID during training against seconds for every run it counts."""
     if runs is None or len(runs) == 0 or "metrics.generated.fid" not in runs:
         return None
-    lines = {label: [fid_against_seconds(tracking.metric_history(r, "fid_during_training"),
-                                         tracking.metric_history(r, "fid_seconds")) for r in group["run_id"]]
-             for label, group in recipe_groups(runs)}  # fmt: skip
+    lines = {
+        label: [
+            fid_against_seconds(
+                tracking.metric_history(r, "fid_during_training"), tracking.metric_history(r, "fid_seconds")
+            )
+            for r in group["run_id"]
+        ]
+        for label, group in recipe_groups(runs)
+    }
     if not any(any(r) for r in lines.values()):
         return None
     floors = runs.get("metrics.fid_during_training_real")
@@ -250,9 +269,8 @@ def results_plot(runs: Any, path: Path) -> Path | None:
 
 
 def replace_section(text: str, body: str) -> str:
-    if START not in text or END not in text:
-        raise ValueError(f"markers {START} ... {END} not found")
-    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{body}{END}", text, flags=re.S)
+    """docs/results.md with the results table between its markers (ValueError when they are missing)."""
+    return markdown.replace_section(text, START, END, body)
 
 
 # ---- compare: several runs side by side ----------------------------------------------------------------
@@ -310,13 +328,17 @@ def compare_tables(runs: Any) -> list[tuple[str, list[str], list[list[str]]]]:
     title = "Final scores (generated samples; real-data reference in the last column)"
     t_scores = (title + (f". {note.strip('*')}" if note else ""), ["score", *labels, "real reference"], score_rows)
     t_verdicts = verdict_table(runs, labels)
-    t_time = ("Training", ["", *labels], [
-        ["train seconds", *[_fmt(v) for v in runs.get("metrics.train_seconds", [None] * len(runs))]],
-        ["images/s", *[_fmt(v) for v in runs.get("metrics.images_per_second", [None] * len(runs))]],
-        ["device", *[_fmt(v) for v in runs.get("tags.device", [None] * len(runs))]],
-        ["status", *[_fmt(v) for v in runs["status"]]],
-        ["git commit", *[_fmt(v)[:10] for v in runs.get("tags.git_commit", [None] * len(runs))]],
-    ])  # fmt: skip
+    t_time = (
+        "Training",
+        ["", *labels],
+        [
+            ["train seconds", *[_fmt(v) for v in runs.get("metrics.train_seconds", [None] * len(runs))]],
+            ["images/s", *[_fmt(v) for v in runs.get("metrics.images_per_second", [None] * len(runs))]],
+            ["device", *[_fmt(v) for v in runs.get("tags.device", [None] * len(runs))]],
+            ["status", *[_fmt(v) for v in runs["status"]]],
+            ["git commit", *[_fmt(v)[:10] for v in runs.get("tags.git_commit", [None] * len(runs))]],
+        ],
+    )
     return [t_params, t_scores, *([t_verdicts] if t_verdicts else []), t_time]
 
 
@@ -336,8 +358,10 @@ def verdict_table(runs: Any, labels: list[str]) -> tuple[str, list[str], list[li
             else:
                 cells.append(interval_verdict(value[i], (lo[i], hi[i]), value[j], (lo[j], hi[j]), key))
         rows.append([key, *cells])
-    title = ("Is the difference real? The first run of each pair against the second, from their 95% intervals "
-             "(normal approximation)")  # fmt: skip
+    title = (
+        "Is the difference real? The first run of each pair against the second, from their 95% intervals "
+        "(normal approximation)"
+    )
     return title, ["score", *[f"{labels[i]} vs {labels[j]}" for i, j in pairs]], rows
 
 
@@ -370,51 +394,6 @@ def loss_curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]], path:
     plt.close(fig)
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _img_data(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def render_markdown(tables: list, curves: Path | None, grids: dict[str, Path | None], out_dir: Path) -> str:
-    parts = ["# Comparing runs", ""]
-    for title, header, rows in tables:
-        parts += [f"## {title}", "", _md_table(header, rows), ""]
-    if curves:
-        parts += ["## Training curves", "", f"![training curves]({curves.relative_to(out_dir)})", ""]
-    parts += ["## Last sample grids", ""]
-    for label, grid in grids.items():
-        parts.append(f"**{label}**: " + (f"![{label}]({grid.relative_to(out_dir)})" if grid else "no grid logged"))
-        parts.append("")
-    return "\n".join(parts)
-
-
-def render_html(tables: list, curves: Path | None, grids: dict[str, Path | None]) -> str:
-    """One self-contained page: tables, and images embedded as data URIs."""
-    esc = html.escape
-    body = ["<h1>Comparing runs</h1>"]
-    for title, header, rows in tables:
-        body.append(f"<h2>{esc(title)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
-        body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
-        body.append("</table>")
-    if curves:
-        body.append(f'<h2>Training curves</h2><img alt="training curves" src="{_img_data(curves)}">')
-    body.append('<h2>Last sample grids</h2><div class="grids">')
-    for label, grid in grids.items():
-        img = f'<img alt="{esc(label)}" src="{_img_data(grid)}">' if grid else "<p>no grid logged</p>"
-        body.append(f"<figure>{img}<figcaption>{esc(label)}</figcaption></figure>")
-    body.append("</div>")
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-             ".grids{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{max-width:100%}"
-             ".grids img{width:420px;image-rendering:pixelated}")  # fmt: skip
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mnistgan: comparing runs</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
-
-
 def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path) -> tuple[Path, Path]:
     out_dir = out_dir.resolve()  # artifacts download to absolute paths; links are made relative to this
     runs = tracking.search_runs(experiment)
@@ -426,8 +405,10 @@ def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path
         raise SystemExit("compare: no runs to compare (run the pipeline first, or check --runs / --experiment)")
     runs = runs.sort_values("start_time").reset_index(drop=True)
     files = out_dir / "compare_files"
-    curves = {run_label(r): {k: tracking.metric_history(r["run_id"], k) for k in ("loss_d", "loss_g", *CURVE_EXTRAS)}
-              for _, r in runs.iterrows()}  # fmt: skip
+    curves = {
+        run_label(r): {k: tracking.metric_history(r["run_id"], k) for k in ("loss_d", "loss_g", *CURVE_EXTRAS)}
+        for _, r in runs.iterrows()
+    }
     for (_, r), series in zip(runs.iterrows(), curves.values(), strict=True):
         # FID against training seconds (runs since fid_seconds was logged), so fast and slow recipes compare
         seconds = fid_against_seconds(
@@ -437,12 +418,14 @@ def compare(experiment: str, run_ids: list[str] | None, last: int, out_dir: Path
             series["fid_during_training"] = seconds
     curves_png = files / "loss_curves.png"
     loss_curves_png(curves, curves_png)
-    grids = {run_label(r): tracking.last_image(r["run_id"], "final_samples", files / str(r["run_id"]))
-             for _, r in runs.iterrows()}  # fmt: skip
+    grids = {
+        run_label(r): tracking.last_image(r["run_id"], "final_samples", files / str(r["run_id"]))
+        for _, r in runs.iterrows()
+    }
     tables = compare_tables(runs)
     md, page = out_dir / "compare.md", out_dir / "compare.html"
-    md.write_text(render_markdown(tables, curves_png, grids, out_dir))
-    page.write_text(render_html(tables, curves_png, grids))
+    md.write_text(markdown.comparison_page(tables, curves_png, grids, out_dir))
+    page.write_text(markdown.comparison_html(tables, curves_png, grids))
     return md, page
 
 
@@ -453,8 +436,11 @@ def parser_for(command: str) -> argparse.ArgumentParser:
     if command == "results":
         p.add_argument("--readme", help="rewrite the table between the results markers of this file")
         p.add_argument("--plot", help="also draw FID during training against seconds for every run (PNG)")
-        p.add_argument("--seconds", type=float, help="only runs trained for this many wall-clock seconds "
-                       "(train.max_seconds): one budget per table")  # fmt: skip
+        p.add_argument(
+            "--seconds",
+            type=float,
+            help="only runs trained for this many wall-clock seconds (train.max_seconds): one budget per table",
+        )
     else:
         p.add_argument("--runs", help="comma-separated run ids (default: the most recent finished runs)")
         p.add_argument("--last", type=int, default=6, help="how many recent runs without --runs")

@@ -28,7 +28,7 @@ from mnistgan.cli import OneLineParser, run_command
 from mnistgan.config import load_params
 from mnistgan.errors import UserError
 from mnistgan.lab import noise
-from mnistgan.lab.clone import clone_commit, commit, dvc_bin, git, pin_cache, repo_root, run_env, stream
+from mnistgan.lab.clone import clone_commit, clone_json, commit, dvc_bin, git, pin_cache, repo_root, run_env, stream
 
 PROG = "mnistgan spread"
 
@@ -47,13 +47,6 @@ def lock_matches_params(lock: dict[str, Any], raw_params: dict[str, Any]) -> boo
     return True
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path.name}: cannot read it ({e}); did the pipeline run?") from None
-
-
 def run_seeds(clone: Path, seeds: list[int], env: dict[str, str], head: str) -> list[dict[str, Any]]:
     """One run per seed in the clone: the committed one for the commit's own seed when its lock is fresh."""
     params_path = clone / "params.yaml"
@@ -69,8 +62,8 @@ def run_seeds(clone: Path, seeds: list[int], env: dict[str, str], head: str) -> 
             runs.append(
                 {
                     "seed": seed,
-                    "eval": _read_json(files[0]),
-                    "platform": _read_json(files[1]),
+                    "eval": clone_json(files[0], required=True),
+                    "platform": clone_json(files[1], required=True),
                     "source": f"committed {head[:12]}",
                 }
             )
@@ -81,7 +74,14 @@ def run_seeds(clone: Path, seeds: list[int], env: dict[str, str], head: str) -> 
         code = stream([dvc, "repro"], clone, env)
         if code != 0:
             raise UserError(f"seed {seed}: dvc repro exited {code} in the clone (its output is above)")
-        runs.append({"seed": seed, "eval": _read_json(files[0]), "platform": _read_json(files[1]), "source": "rerun"})
+        runs.append(
+            {
+                "seed": seed,
+                "eval": clone_json(files[0], required=True),
+                "platform": clone_json(files[1], required=True),
+                "source": "rerun",
+            }
+        )
     return runs
 
 

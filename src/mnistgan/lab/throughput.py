@@ -27,9 +27,10 @@ VARIANTS = ("plain", "fast", "fast-eager", "fast-compile")
 
 
 def throughput_config(model: str, batch_size: int) -> Any:
-    """The recipe timed: TrainConfig defaults; the dcgan-large model with its BatchNorm D."""
+    """The recipe timed: params.yaml's train section without R1 (whose steps only the plain variant takes); the
+    dcgan-large model with its BatchNorm D."""
     d_norm = "batch" if model == "dcgan-large" else TrainConfig.d_norm
-    return TrainConfig(model=model, d_norm=d_norm, batch_size=batch_size)
+    return TrainConfig(model=model, d_norm=d_norm, batch_size=batch_size, r1_weight=0.0)
 
 
 # ---- device helpers ----------------------------------------------------------------------------------
@@ -58,9 +59,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(card=props.name, card_memory_gib=round(props.total_memory / 2**30, 1),
-                    multiprocessors=props.multi_processor_count,
-                    cudnn=torch.backends.cudnn.version())  # fmt: skip
+        info.update(
+            card=props.name,
+            card_memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+            cudnn=torch.backends.cudnn.version(),
+        )
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return info
@@ -125,8 +129,15 @@ def _make_step(variant: str, state: Any, device: torch.device) -> Callable:
 class _Runner:
     """One variant at one batch size: its own GANState and step function, timed in windows of steps."""
 
-    def __init__(self, variant: str, model: str, batch_size: int, device: torch.device, settings: Any,
-                 data: tuple[torch.Tensor, torch.Tensor]):  # fmt: skip
+    def __init__(
+        self,
+        variant: str,
+        model: str,
+        batch_size: int,
+        device: torch.device,
+        settings: Any,
+        data: tuple[torch.Tensor, torch.Tensor],
+    ):
         self.variant, self.model, self.batch, self.device, self.settings = variant, model, batch_size, device, settings
         self.x, self.y = data
         self.cfg = throughput_config(model, batch_size)
@@ -178,18 +189,31 @@ class _Runner:
         ips = self.batch * self.cfg.d_steps / med
         best = self.batch * self.cfg.d_steps * self.steps / min(self.windows)
         return {
-            "variant": self.variant, "model": self.model, "batch": self.batch, "steps_per_window": self.steps,
-            "windows_s": [round(w, 4) for w in self.windows], "ms_per_step": med * 1e3, "images_per_s": ips,
+            "variant": self.variant,
+            "model": self.model,
+            "batch": self.batch,
+            "steps_per_window": self.steps,
+            "windows_s": [round(w, 4) for w in self.windows],
+            "ms_per_step": med * 1e3,
+            "images_per_s": ips,
             "best_images_per_s": best,
-            "tflops": ips * flops_per_image / 1e12, "finite": bool(torch.isfinite(self.acc).all()),
-            "peak_gib": peak_gib, "graphs_failed": getattr(self.step, "graphs_failed", None),
+            "tflops": ips * flops_per_image / 1e12,
+            "finite": bool(torch.isfinite(self.acc).all()),
+            "peak_gib": peak_gib,
+            "graphs_failed": getattr(self.step, "graphs_failed", None),
             "warnings": sorted({m.splitlines()[0] for m in self.caught}),
-        }  # fmt: skip
+        }
 
 
-def time_batch_size(variants: Sequence[str], model: str, batch_size: int, device: torch.device,
-                    settings: Any, data: tuple[torch.Tensor, torch.Tensor],
-                    flops_per_image: float) -> list[dict[str, Any]]:  # fmt: skip
+def time_batch_size(
+    variants: Sequence[str],
+    model: str,
+    batch_size: int,
+    device: torch.device,
+    settings: Any,
+    data: tuple[torch.Tensor, torch.Tensor],
+    flops_per_image: float,
+) -> list[dict[str, Any]]:
     """Rows for every variant at one batch size.
 
     settings.interleave (the CPU default): all variants are built first and their timing windows
@@ -220,8 +244,7 @@ def time_batch_size(variants: Sequence[str], model: str, batch_size: int, device
     return rows
 
 
-def throughput(device: torch.device, settings: Any, matmul_tflops: float,
-               log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+def throughput(device: torch.device, settings: Any, matmul_tflops: float, log: Callable[[str], None]) -> dict[str, Any]:
     cfg = throughput_config(settings.model, 1)
     macs = gan_macs(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
     fpi = train_flops_per_image(macs["g"], macs["d"], cfg.d_steps)
@@ -236,9 +259,18 @@ def throughput(device: torch.device, settings: Any, matmul_tflops: float,
             rows.append(row)
             bad = "" if row["finite"] else "  NON-FINITE LOSSES"
             warned = "".join(f"\n    warning: {w}" for w in row["warnings"])
-            log(f"  {row['variant']:<12} batch {b:>6}: {row['images_per_s']:>10,.0f} img/s  "
-                f"{row['ms_per_step']:8.2f} ms/step{bad}{warned}")  # fmt: skip
+            log(
+                f"  {row['variant']:<12} batch {b:>6}: {row['images_per_s']:>10,.0f} img/s  "
+                f"{row['ms_per_step']:8.2f} ms/step{bad}{warned}"
+            )
     del x, y
     _cleanup(device)
-    return {"model": settings.model, "d_norm": cfg.d_norm, "flops_per_image": fpi, "g_macs": macs["g"],
-            "d_macs": macs["d"], "interleaved": settings.interleave, "rows": rows}  # fmt: skip
+    return {
+        "model": settings.model,
+        "d_norm": cfg.d_norm,
+        "flops_per_image": fpi,
+        "g_macs": macs["g"],
+        "d_macs": macs["d"],
+        "interleaved": settings.interleave,
+        "rows": rows,
+    }

@@ -24,7 +24,6 @@ set), and reports/verify/samples.png the reproduced sample grid.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -36,73 +35,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mnistgan.cli import OneLineParser, run_command
 from mnistgan.config import load_params
 from mnistgan.errors import UserError
+from mnistgan.lab import markdown as md
 from mnistgan.lab import noise
-from mnistgan.lab.clone import clone_commit, commit, dvc_bin, git, pin_cache, repo_root, run_env, stream
+from mnistgan.lab.clone import (
+    clone_commit,
+    clone_json,
+    commit,
+    dvc_bin,
+    git,
+    pin_cache,
+    read_yaml,
+    repo_root,
+    run_env,
+    stream,
+    varying_outputs,
+)
 
 PROG = "mnistgan verify"
 DEFAULT_BASE = "HEAD~1"
-VARIES = "varies"  # the dvc.yaml output annotation `meta: {varies: "<why it differs run to run>"}`
-OUT_SECTIONS = ("outs", "metrics", "plots")
 REPORT = Path("reports/verify.md")
 ARTIFACTS = Path("reports/verify")
 SAMPLES_KEY = "samples_png"  # params.yaml paths key of the sample grid copied next to the report
-# `${paths.samples}`: DVC's interpolation syntax in dvc.yaml, looked up in params.yaml.
-INTERPOLATION = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 # A revision counted back from HEAD (HEAD~1, HEAD^^): when the history is too short for it, the report
 # says so instead of failing, so a one-commit repository can still be verified.
 RELATIVE_TO_HEAD = re.compile(r"HEAD([~^]\d*)+")
-
-
-# --- what dvc.yaml declares -----------------------------------------------------------------------------
-
-
-def _lookup(params: dict[str, Any], key: str) -> str:
-    node: Any = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise UserError(f"dvc.yaml: ${{{key}}} is not a key of params.yaml")
-        node = node[part]
-    return str(node)
-
-
-def resolve(text: str, params: dict[str, Any]) -> str:
-    """`text` with every `${a.b}` replaced by params.yaml's value, as DVC does for dvc.yaml."""
-    return INTERPOLATION.sub(lambda m: _lookup(params, m.group(1)), text)
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-
-
-def varying_outputs(root: Path) -> dict[str, str]:
-    """The outputs dvc.yaml declares as differing between two runs of the same params, path -> why.
-
-    An output is declared with DVC's output annotation, e.g. `meta: {varies: "wall-clock seconds"}` under
-    its entry in a stage's outs, metrics or plots; `${...}` in its path is resolved from params.yaml."""
-    dvc_yaml = _read_yaml(root / "dvc.yaml") or {}
-    params_path = root / "params.yaml"
-    params = (_read_yaml(params_path) or {}) if params_path.exists() else {}
-    found: dict[str, str] = {}
-    for stage in (dvc_yaml.get("stages") or {}).values():
-        for section in OUT_SECTIONS:
-            for entry in stage.get(section) or []:
-                if not isinstance(entry, dict):
-                    continue  # a bare path: no annotation
-                for path, options in entry.items():
-                    meta = (options or {}).get("meta")
-                    if isinstance(meta, dict) and VARIES in meta:
-                        found[resolve(str(path), params)] = str(meta[VARIES])
-    return found
 
 
 # --- comparing two dvc.lock files --------------------------------------------------------------------------
@@ -194,8 +153,11 @@ def stale_stages(committed: dict[str, Any], reproduced: dict[str, Any]) -> dict[
 def unexplained_outputs(committed: dict[str, Any], reproduced: dict[str, Any], rows: list[Row]) -> list[str]:
     """Outputs that differ although their stage ran with the very inputs of the committed run: the same command,
     params and dependency md5s (upstream outputs included). On the same CPU platform a stage is a function of
-    its inputs, so such a difference is no noise: the committed file is not what the code makes of them."""
+    its inputs, so such a difference is no noise: the committed file is not what the code makes of them.
+    A dependency declared `varies` (metrics/train.json, read for the MLflow run id) is left out of the inputs:
+    it differs on every run by design, and its numbers are not what the stage computes from."""
     differs = {r.path for r in rows if r.status == "DIFFERS"}
+    varying = {r.path for r in rows if r.status == "skipped"}
     old_stages = (committed or {}).get("stages") or {}
     found = []
     for name, new in ((reproduced or {}).get("stages") or {}).items():
@@ -205,7 +167,7 @@ def unexplained_outputs(committed: dict[str, Any], reproduced: dict[str, Any], r
         same_inputs = (
             old.get("cmd") == new.get("cmd")
             and old.get("params") == new.get("params")
-            and _md5s(old.get("deps")) == _md5s(new.get("deps"))
+            and _without(_md5s(old.get("deps")), varying) == _without(_md5s(new.get("deps")), varying)
         )
         if same_inputs:
             found += sorted(p for p in _md5s(new.get("outs")) if p in differs)
@@ -214,6 +176,10 @@ def unexplained_outputs(committed: dict[str, Any], reproduced: dict[str, Any], r
 
 def _md5s(entries: list[dict[str, Any]] | None) -> dict[str, str | None]:
     return {str(e["path"]): e.get("md5") for e in entries or []}
+
+
+def _without(md5s: dict[str, str | None], paths: set[str]) -> dict[str, str | None]:
+    return {p: m for p, m in md5s.items() if p not in paths}
 
 
 def _dvc_markdown(dvc: str, args: list[str], clone: Path, env: dict[str, str], rev: str, name: str) -> str:
@@ -351,36 +317,40 @@ def markdown(
         f"**{verdict.line.removeprefix('verify: ')}**" if verdict else "",
     ]
     if table:
-        lines += ["", "| platform | committed | rerun |", "| --- | --- | --- |"]
-        lines += [f"| {k} | {a} | {'**' + b + '**' if d else b} |" for k, a, b, d in table]
+        platform = [[k, a, f"**{b}**" if d else b] for k, a, b, d in table]
+        lines += ["", md.table(["platform", "committed", "rerun"], platform)]
     if verdict and verdict.checks:
-        lines += ["", "| score | whose | value | range over the seeds | |", "| --- | --- | --- | --- | --- |"]
-        lines += [
-            f"| {c.name} | {c.whose} | {c.value:.4g} | [{c.low:.4g}, {c.high:.4g}] | "
-            f"{'inside' if c.inside else '**outside**'} |"
-            for c in verdict.checks
-        ]
-    lines += ["", "| output | result | committed md5 | reproduced md5 |", "| --- | --- | --- | --- |"]
-    for r in rows:
-        status = {"DIFFERS": "**DIFFERS**", "skipped": f"skipped (varies: {r.note})",
-                  "missing": f"**missing** ({r.note})"}.get(r.status, r.status)  # fmt: skip
-        lines.append(f"| `{r.path}` | {status} | `{_short(r.committed)}` | `{_short(r.reproduced)}` |")
+        scores = [[c.name, c.whose, f"{c.value:.4g}", f"[{c.low:.4g}, {c.high:.4g}]",
+                   "inside" if c.inside else "**outside**"] for c in verdict.checks]  # fmt: skip
+        lines += ["", md.table(["score", "whose", "value", "range over the seeds", ""], scores)]
+    marked = {"DIFFERS": "**DIFFERS**", "skipped": "skipped (varies: {})", "missing": "**missing** ({})"}
+    outputs = [[f"`{r.path}`", marked.get(r.status, r.status).format(r.note), f"`{_short(r.committed)}`",
+                f"`{_short(r.reproduced)}`"] for r in rows]  # fmt: skip
+    lines += ["", md.table(["output", "result", "committed md5", "reproduced md5"], outputs)]
     if stale:
-        lines += ["", "The committed `dvc.lock` is stale for these stages (it records other inputs than the "
-                  "commit holds: run `dvc repro` and commit `dvc.lock`):", ""]  # fmt: skip
+        lines += [
+            "",
+            "The committed `dvc.lock` is stale for these stages (it records other inputs than the "
+            "commit holds: run `dvc repro` and commit `dvc.lock`):",
+            "",
+        ]
         lines += [f"- `{name}`: {', '.join(what)}" for name, what in stale.items()]
     return "\n".join(lines) + "\n\n" + against.strip() + "\n"
 
 
 def _against(base: str, base_sha: str | None, clone: Path, dvc: str, env: dict[str, str]) -> str:
     if base_sha is None or commit(base_sha, clone) is None:
-        return (f"## Against {base}\n\nThe clone has no revision `{base}` (the history is too short, or the "
-                "commit is on no branch): no metrics or params diff.")  # fmt: skip
+        return (
+            f"## Against {base}\n\nThe clone has no revision `{base}` (the history is too short, or the "
+            "commit is on no branch): no metrics or params diff."
+        )
     title = f"`{base}` (`{base_sha[:12]}`)"
     metrics = _dvc_markdown(dvc, ["metrics", "diff", base_sha, "--md"], clone, env, base_sha, base)
     params = _dvc_markdown(dvc, ["params", "diff", base_sha, "--md"], clone, env, base_sha, base)
-    return (f"## Metrics: {title} against the rerun\n\n`dvc metrics diff {base} --md`:\n\n{metrics}\n\n"
-            f"## Params: {title} against the rerun\n\n`dvc params diff {base} --md`:\n\n{params}")  # fmt: skip
+    return (
+        f"## Metrics: {title} against the rerun\n\n`dvc metrics diff {base} --md`:\n\n{metrics}\n\n"
+        f"## Params: {title} against the rerun\n\n`dvc params diff {base} --md`:\n\n{params}"
+    )
 
 
 def _publish(root: Path, text: str, clone: Path) -> None:
@@ -392,7 +362,7 @@ def _publish(root: Path, text: str, clone: Path) -> None:
     if summary:
         with open(summary, "a") as f:
             f.write(text)
-    params = _read_yaml(clone / "params.yaml") or {}
+    params = read_yaml(clone / "params.yaml") or {}
     grid = clone / str((params.get("paths") or {}).get(SAMPLES_KEY, "plots/samples.png"))
     if grid.is_file():
         (root / ARTIFACTS).mkdir(parents=True, exist_ok=True)
@@ -401,14 +371,6 @@ def _publish(root: Path, text: str, clone: Path) -> None:
 
 
 # --- the command -------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON file of the clone, or None when it is missing or not JSON."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False, exact: bool = False) -> int:
@@ -421,45 +383,57 @@ def verify(cwd: Path, base: str = DEFAULT_BASE, keep: bool = False, exact: bool 
     if base_sha is None and not RELATIVE_TO_HEAD.fullmatch(base):
         raise UserError(f"--base {base}: unknown revision")
     if git(["status", "--porcelain", "--untracked-files=no"], root).stdout.strip():
-        print(f"verify: warning: uncommitted changes to tracked files are not verified; this reruns the commit "
-              f"HEAD ({head[:12]})", file=sys.stderr)  # fmt: skip
+        print(
+            f"verify: warning: uncommitted changes to tracked files are not verified; this reruns the commit "
+            f"HEAD ({head[:12]})",
+            file=sys.stderr,
+        )
     dvc = dvc_bin()
 
     tmp = Path(tempfile.mkdtemp(prefix="mnistgan-verify-"))
     clone = tmp / "repo"
     try:
         clone_commit(root, head, clone)
-        committed = _read_yaml(clone / "dvc.lock") or {}  # as committed: the rerun overwrites these
+        committed = read_yaml(clone / "dvc.lock") or {}  # as committed: the rerun overwrites these
         params = load_params(clone / "params.yaml")
         files = {name: clone / getattr(params.paths, name) for name in ("platform", "metrics_eval")}
-        before = {name: _read_json(path) for name, path in files.items()}
-        spread = _read_json(clone / noise.SPREAD_FILE)
+        before = {name: clone_json(path) for name, path in files.items()}
+        spread = clone_json(clone / noise.SPREAD_FILE)
         varying = varying_outputs(clone)
         pin_cache(clone)
         env = run_env(tmp)
         # --force: the cache: false outputs (data/params.ok, metrics, plots) are committed to git, so a plain
         # `dvc repro` would skip a stage whose outputs are all such files and compare them with themselves.
-        print(f"verify: rerunning the pipeline of {head[:12]} from scratch in {clone} (dvc repro --force)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"verify: rerunning the pipeline of {head[:12]} from scratch in {clone} (dvc repro --force)",
+            file=sys.stderr,
+        )
         start = time.monotonic()
         code = stream([dvc, "repro", "--force"], clone, env)
         seconds = time.monotonic() - start
         if code != 0:
             print(f"verify: {NOT_REPRODUCED}: dvc repro exited {code} in the clone (its output is above)")
-            _publish(root, f"# Reproducibility check\n\nCommit `{head[:12]}`: `dvc repro --force` in a fresh "
-                     f"clone **failed** (exit {code}) after {_minutes(seconds)}.\n", clone)  # fmt: skip
+            _publish(
+                root,
+                f"# Reproducibility check\n\nCommit `{head[:12]}`: `dvc repro --force` in a fresh "
+                f"clone **failed** (exit {code}) after {_minutes(seconds)}.\n",
+                clone,
+            )
             return 1
-        reproduced = _read_yaml(clone / "dvc.lock") or {}
+        reproduced = read_yaml(clone / "dvc.lock") or {}
         rows = compare_locks(committed, reproduced, varying)
         stale = stale_stages(committed, reproduced)
         for name, what in stale.items():
-            print(f"verify: warning: the committed dvc.lock is stale for stage {name} ({', '.join(what)} differ "
-                  "from the commit's): run `dvc repro` and commit dvc.lock", file=sys.stderr)  # fmt: skip
-        table = noise.platform_table(before["platform"], _read_json(files["platform"]))
+            print(
+                f"verify: warning: the committed dvc.lock is stale for stage {name} ({', '.join(what)} differ "
+                "from the commit's): run `dvc repro` and commit dvc.lock",
+                file=sys.stderr,
+            )
+        table = noise.platform_table(before["platform"], clone_json(files["platform"]))
         print("\n".join(noise.platform_lines(table)))
         for row in rows:
             print(row.line())
-        evals = (before["metrics_eval"], _read_json(files["metrics_eval"]))
+        evals = (before["metrics_eval"], clone_json(files["metrics_eval"]))
         same_cpu = bool(table) and not any(d for _, _, _, d in table) and "gpu" not in (before["platform"] or {})
         unexplained = unexplained_outputs(committed, reproduced, rows) if same_cpu else []
         result = judge(rows, spread, evals, noise.recipe(params), exact, unexplained)
