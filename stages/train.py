@@ -20,7 +20,7 @@ def main(params: Params) -> int:
 
     if cfg.nproc > 1 and not runtime.under_torchrun():  # data-parallel: train.nproc copies of this script
         return runtime.relaunch_under_torchrun(__file__, cfg.nproc)
-    runtime.set_determinism(cfg.deterministic, cuda=False)  # CUDA's own switches: the fast path
+    runtime.set_determinism(cfg.deterministic, cuda=cfg.device != "cpu")  # cuDNN autotunes unless deterministic
     # torch comes in with these, after the store check and the torchrun relaunch above (deliberately lazy)
     from mnistgan.evaluation.classifier import load_classifier
     from mnistgan.evaluation.monitor import FidMonitor

@@ -58,16 +58,12 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     settings = bench.BenchSettings(
         model="tiny",
         batch_sizes=(8,),
-        variants=("plain", "fast"),
         window_s=0.0,
         windows=1,
         min_steps=2,
         n_data=64,
         matmul_n=64,
-        samples=64,
         metric_samples=64,
-        parity_steps=3,
-        parity_overrides=(("model", "tiny"), ("batch_size", 16), ("log_every", 1)),
         sections=tuple(s for s in bench.SECTIONS if s != "numerics"),
     )
     lines: list[str] = []
@@ -76,21 +72,16 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     result = bench.run_bench(settings, torch.device("cpu"), mnist=_tiny_mnist(), models=models, log=lines.append)
     assert time.perf_counter() - t < 60
     rows = result["throughput"]["rows"]
-    assert [(r["variant"], r["batch"]) for r in rows] == [("plain", 8), ("fast", 8)]
+    assert [(r["variant"], r["batch"]) for r in rows] == [("plain", 8)]
     assert all(r["finite"] and r["images_per_s"] > 0 and r["tflops"] > 0 for r in rows)
     macs = flops.gan_macs("tiny", conditional=True)  # the TrainConfig default recipe is conditional
     assert result["throughput"]["flops_per_image"] == pytest.approx(6 * (macs["g"] + 3 * macs["d"]))
-    par = result["parity"]["rows"]
-    assert [r["fast"] for r in par] == ["off", "on"] and all(r["steps"] == 3 for r in par)
-    # on the CPU the fast path is the plain arithmetic: the same run, the same FID and losses
-    assert par[0]["fid"] == par[1]["fid"] and par[0]["loss_d"] == par[1]["loss_d"]
     ms = result["metrics"]
     assert ms["n"] == 64 and ms["score_seconds"] > 0 and ms["networks"] == ["classifier", "extractor"]
     assert len(ms["spaces"]) == 4
     md = bench.render_markdown(result, "python -m mnistgan.lab.bench --quick")
-    assert "| plain | 8 |" in md and "| fast | 8 |" in md and "| on | 3 |" in md and "Quality per" not in md
+    assert "| plain | 8 |" in md and "Quality per" not in md and "Parity" not in md
     assert "Metric suite" in md and "4 feature spaces" in md
-    assert any("FID" in line for line in lines)
 
 
 def test_numerics_section_times_each_mode_in_processes_of_its_own():
@@ -111,28 +102,27 @@ def test_numerics_section_times_each_mode_in_processes_of_its_own():
 
 
 def test_throughput_one_variant_at_a_time(tiny_model):
-    """The GPU mode (interleave off): each variant built, timed and freed in turn."""
+    """The GPU mode (interleave off): each batch size built, timed and freed in turn."""
     settings = bench.BenchSettings(
         model=tiny_model,
         batch_sizes=(4, 8),
-        variants=("fast", "plain"),
         window_s=0.0,
         windows=2,
         n_data=32,
         interleave=False,
     )
     tp = throughput.throughput(torch.device("cpu"), settings, 0.0, lambda s: None)
-    assert [(r["variant"], r["batch"]) for r in tp["rows"]] == [("fast", 4), ("plain", 4), ("fast", 8), ("plain", 8)]
+    assert [(r["variant"], r["batch"]) for r in tp["rows"]] == [("plain", 4), ("plain", 8)]
     assert all(len(r["windows_s"]) == 2 and r["finite"] and r["matmul_share"] is None for r in tp["rows"])
-    assert "| fast | 4 |" in bench.render_markdown(
+    assert "| plain | 4 |" in bench.render_markdown(
         {"meta": throughput.machine_info(torch.device("cpu")), "throughput": tp}
     )
 
 
 def test_sections_are_skipped_without_data():
-    settings = bench.BenchSettings(sections=("parity", "metrics"))
+    settings = bench.BenchSettings(sections=("metrics",))
     result = bench.run_bench(settings, torch.device("cpu"), log=lambda s: None)
-    assert result["parity"] == result["metrics"] == {"skipped": "no MNIST data"}
+    assert result["metrics"] == {"skipped": "no MNIST data"}
     assert "skipped metrics: no MNIST data" in bench.render_markdown(result)
 
 

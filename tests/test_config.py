@@ -100,7 +100,6 @@ BAD = [
         {"train": {"g_upsample": "nearest", "model": "dcgan-large"}},
         "train.g_upsample: 'nearest' needs train.model dcgan",
     ),
-    ({"train": {"r1_weight": 1.0, "fast": "on"}}, "train.fast: on cannot run r1_weight, lr_decay_from or topk_min"),
     ({"train": {"topk_min": 0.0}}, "train.topk_min: 0.0 is out of range; must be > 0"),
     ({"train": {"lr_decay_from": 1.0}}, "train.lr_decay_from: 1.0 is out of range; must be <= 0.999"),
     ({"train": {"r1_every": 0}}, "train.r1_every: 0 is out of range; must be >= 1"),

@@ -12,7 +12,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 import torch
 from mnistgan import config, data, tensors, io
-from mnistgan.gan import checkpoint, fast, losses, loop, models, sample, step
+from mnistgan.gan import checkpoint, losses, loop, models, sample, step
 from mnistgan.evaluation import classifier, metrics, monitor, score_cli, scoring, suite
 from mnistgan.config import TrainConfig
 cfg = TrainConfig(batch_size=8, steps=2, train_images=32, log_every=1)

@@ -61,7 +61,11 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "recipes": ("mnistgan.lab.recipes", (), "queue the README's recipes as DVC experiments (make sweep)"),
     "curves": ("mnistgan.lab.curves", (), "time-to-quality curves: FID against training seconds per recipe"),
     "calibrate": ("mnistgan.lab.calibrate", (), "the corruption ladder and the reading table of the scores"),
-    "bench": ("mnistgan.lab.bench", (), "time training (plain vs fast path), time to quality and the metric suite"),
+    "bench": (
+        "mnistgan.lab.bench",
+        (),
+        "time the training step and the metric suite",
+    ),
     "flops": ("mnistgan.lab.flops", (), "multiply-adds and training FLOPs per image of each model"),
     "server": (
         "mnistgan.lab.server",

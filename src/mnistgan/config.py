@@ -116,7 +116,6 @@ class TrainConfig:
     fid_samples: int = _opt(2000, lo=10, doc="generated images per FID during training")
     device: str = _opt("auto", choices=DEVICES)
     deterministic: bool = _opt(False)
-    fast: str = _opt("auto", choices=("auto", "on", "off"), doc="GPU fast path (bf16, CUDA graphs); auto = on CUDA")
     nproc: int = _opt(1, lo=1, doc="data-parallel processes (torchrun); NCCL on GPUs, gloo on CPU")
 
 
@@ -300,18 +299,10 @@ def _check_cross_field(p: Params) -> None:
     t = p.train
     if t.g_upsample != "transposed" and t.model != "dcgan-small":
         raise ConfigError(f"train.g_upsample: {t.g_upsample!r} needs train.model dcgan-small (dcgan-large is fixed)")
-    if t.fast == "on" and plain_step_only(t):
-        raise ConfigError("train.fast: on cannot run r1_weight, lr_decay_from or topk_min (the plain step does)")
     if p.numerics.mode == "portable" and not p.numerics.threads:
         raise ConfigError("numerics.threads: 0 leaves the count to each machine; portable mode needs a fixed count")
     if p.prepare.source == "idx" and not p.prepare.idx_dir:
         raise ConfigError("prepare.idx_dir: must name a folder when prepare.source is idx")
-
-
-def plain_step_only(cfg: TrainConfig) -> bool:
-    """Options whose step changes from step to step (a penalty every few steps, a moving lr or k): the fast
-    path captures one fixed step in a CUDA graph, so these train on the plain step."""
-    return cfg.r1_weight > 0 or cfg.lr_decay_from > 0 or cfg.topk_min < 1
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

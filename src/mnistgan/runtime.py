@@ -1,6 +1,6 @@
 """Where and how torch runs: the device, determinism, and the data-parallel process group (torchrun).
 
-Pure set-up logic shared by the train stage, the fast path and the training loop; no files, no MLflow.
+Pure set-up logic shared by the train stage and the training loop; no files, no MLflow.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_determinism(deterministic: bool, cuda: bool) -> None:
-    """The one place that sets torch's determinism switches (the stage and the fast path both call it).
+    """The one place that sets torch's determinism switches (the train stage calls it).
 
     deterministic: deterministic algorithms, no cuDNN autotuning; CUBLAS_WORKSPACE_CONFIG too, which takes
     effect only if cuBLAS has not started yet (call this early). Otherwise, on CUDA, cuDNN autotunes each

@@ -11,7 +11,6 @@ Logging, image grids, checkpoints and stop requests are callbacks the caller pas
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +20,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mnistgan.config import TrainConfig, plain_step_only
-from mnistgan.gan import fast
 from mnistgan.gan.checkpoint import checkpoint
-from mnistgan.gan.losses import Loss, get_loss
+from mnistgan.gan.losses import get_loss
 from mnistgan.gan.sample import fixed_noise, generate, recalibrate_batchnorm
 from mnistgan.gan.sample import generator_file as make_generator_file
-from mnistgan.gan.step import Batches, GANState, train_step
+from mnistgan.gan.step import GANState, train_step
 from mnistgan.runtime import any_rank, mean_over_ranks
 from mnistgan.tensors import epoch_permutation
 
@@ -45,31 +42,6 @@ class StopRequested(RuntimeError):  # noqa: N818 - it is a request, not an error
     def __init__(self, step: int):
         super().__init__(f"training stopped on request at step {step}; a checkpoint was saved")
         self.step = step
-
-
-def use_fast_path(cfg: TrainConfig, device: torch.device, world: int = 1) -> bool:
-    # The fast path captures whole steps in CUDA graphs; data-parallel runs and steps that vary use the plain step.
-    on = cfg.fast == "on" or (cfg.fast == "auto" and device.type == "cuda")
-    return world == 1 and on and not plain_step_only(cfg)
-
-
-def make_step_fn(state: GANState, loss: Loss, device: torch.device) -> Callable[[Batches], torch.Tensor]:
-    """The plain eager step, or the fast path (mnistgan.gan.fast) when the config and device call for it.
-
-    A fast path that cannot be set up (or, later, captured or compiled: see mnistgan.gan.fast) warns once and
-    training continues on the plain step rather than stopping.
-    """
-    if use_fast_path(state.cfg, device, state.world):
-        try:
-            return fast.make_fast_step(state, loss)
-        except Exception as e:  # noqa: BLE001 - any failure of an optimisation falls back to the plain step
-            warnings.warn(
-                f"mnistgan.gan.fast: setting up the fast path failed ({fast.first_line(e)}); "
-                "training on the plain step",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return lambda batches: train_step(state, loss, batches)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -119,7 +91,6 @@ def train(
     """
     cfg, device = state.cfg, x_train.device
     loss = get_loss(cfg.loss)
-    step_fn = make_step_fn(state, loss, device)
     n, bs = x_train.shape[0], cfg.batch_size
     per_epoch = n // bs  # the last partial batch of an epoch is dropped so every batch has B images
     z_fixed, y_fixed = fixed_noise(cfg.z_dim, cfg.conditional, state.seed + 2)
@@ -200,7 +171,7 @@ def train(
                 save_checkpoint()
                 raise StopRequested(state.step)
             base = state.step * cfg.d_steps
-            state.loss_sum += step_fn([batch(base + k) for k in range(cfg.d_steps)])
+            state.loss_sum += train_step(state, loss, [batch(base + k) for k in range(cfg.d_steps)])
             state.loss_count += 1
             state.step += 1
             bar.update(1)

@@ -2,8 +2,8 @@
 
 `GANState` holds everything a checkpoint must keep to continue exactly (models, optimizers, the noise
 stream, the loss sums); `build_state` makes it from the config and seed. `step_arithmetic` is the one copy
-of a step's arithmetic: `train_step` (the plain eager step) and the fast path (mnistgan.gan.fast) both
-call it. The loop around it lives in mnistgan.gan.loop, the checkpoint format in mnistgan.gan.checkpoint.
+of a step's arithmetic, which `train_step` (the one training step, on the CPU and on CUDA) calls. The loop
+around it lives in mnistgan.gan.loop, the checkpoint format in mnistgan.gan.checkpoint.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 def draw_noise(state: GANState, n: int, device: torch.device, mixing_weights: bool) -> Draw:
     """One discriminator update's random numbers, from the loop's own stream, in a fixed order:
     z (n, z_dim), fake labels (n,) when conditional, GP mixing weights (n, 1, 1, 1) when the loss has a
-    penalty. The fast path draws the same numbers into its static buffers (mnistgan.gan.fast)."""
+    penalty."""
     z = torch.randn(n, state.cfg.z_dim, generator=state.noise, device=device)
     y = torch.randint(0, N_CLASSES, (n,), generator=state.noise, device=device) if state.cfg.conditional else None
     eps = torch.rand(n, 1, 1, 1, generator=state.noise, device=device) if mixing_weights else None
@@ -156,12 +156,11 @@ def step_arithmetic(
 ) -> torch.Tensor:
     """d_steps discriminator updates (one real batch each) then one generator update; no EMA.
 
-    The one copy of a step's arithmetic: `train_step` calls it with fresh draws, the fast path with its
-    static buffers, compiled forwards (g, d: callables standing for state.g, state.d) and bf16 autocast.
+    The one copy of a step's arithmetic: `train_step` calls it with fresh draws (g, d: callables standing for
+    state.g, state.d, and autocast, for a caller that wraps the forwards; none does by default).
     batches: d_steps pairs of real images (B, 1, 28, 28) in [-1, 1] and labels (B,); draws: their noise.
     The last discriminator update's fakes are reused for the generator update (one G forward saved).
-    Logits are taken in fp32 (a no-op without autocast). Nothing here reads a device value, so the step
-    can be captured in a CUDA graph (without R1 and top-k, which vary by step: config.plain_step_only).
+    Logits are taken in fp32 (a no-op without autocast).
     Returns (5,) device tensor: loss_d, loss_g, mean real logit, mean fake logit, and the gradient penalty
     (wgan-gp) or the R1 penalty of an R1 step.
     """

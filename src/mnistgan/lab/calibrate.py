@@ -1,4 +1,5 @@
-"""Calibration of the scores: a corruption ladder of real digits, scored in every feature space.
+"""`mnistgan calibrate` (`make calibrate`): calibration of the scores, a corruption ladder of real digits,
+scored in every feature space.
 
     python -m mnistgan.lab.calibrate [--n 2000] [--n-read 10000] [--out docs/calibration]
 

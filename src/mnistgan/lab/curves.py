@@ -1,4 +1,5 @@
-"""Time-to-quality curves: FID during training against wall seconds, for candidate recipes on this machine.
+"""`mnistgan curves`: time-to-quality curves, FID during training against wall seconds, for candidate recipes
+on this machine.
 
 Each candidate trains with `loop.train` (the pipeline's own loop) for a budget of training seconds; every
 `check_every` seconds the clock stops, the sampling generator (the EMA copy with recomputed BatchNorm

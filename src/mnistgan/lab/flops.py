@@ -1,5 +1,5 @@
-"""Training compute, counted rather than assumed: multiply-adds of every Linear/Conv2d/ConvTranspose2d
-layer from forward hooks, turned into FLOPs per training image of the GAN step.
+"""`mnistgan flops`: training compute, counted rather than assumed: multiply-adds of every
+Linear/Conv2d/ConvTranspose2d layer from forward hooks, turned into FLOPs per training image of the GAN step.
 
     mnistgan flops            # the figure for every model at the default widths
 """

@@ -1,4 +1,5 @@
-"""Reports built from MLflow runs (read through mnistgan.tracking).
+"""`mnistgan compare` and `mnistgan results` (`make compare`, `make results`): reports built from MLflow runs
+(read through mnistgan.tracking).
 
 Usage:
     python -m mnistgan.lab.report results [--experiment mnistgan] [--readme README.md]

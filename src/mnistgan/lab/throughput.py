@@ -4,7 +4,6 @@ large matrix product, with the machine it ran on."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import gc
 import os
@@ -18,19 +17,17 @@ import torch
 
 from mnistgan import numerics
 from mnistgan.config import TrainConfig
-from mnistgan.gan import fast
 from mnistgan.gan.losses import get_loss
 from mnistgan.gan.step import build_state, train_step
 from mnistgan.lab.flops import gan_macs, train_flops_per_image
 
-VARIANTS = ("plain", "fast", "fast-eager", "fast-compile")
+VARIANTS = ("plain",)  # step.train_step: the one training step (a fast path was measured no faster, and removed)
 
 
 def throughput_config(model: str, batch_size: int) -> Any:
-    """The recipe timed: params.yaml's train section without R1 (whose steps only the plain variant takes); the
-    dcgan-large model with its BatchNorm D."""
+    """The recipe timed: params.yaml's train section; the dcgan-large model with its BatchNorm D."""
     d_norm = "batch" if model == "dcgan-large" else TrainConfig.d_norm
-    return TrainConfig(model=model, d_norm=d_norm, batch_size=batch_size, r1_weight=0.0)
+    return TrainConfig(model=model, d_norm=d_norm, batch_size=batch_size)
 
 
 # ---- device helpers ----------------------------------------------------------------------------------
@@ -113,16 +110,7 @@ def matmul_rate(device: torch.device, n: int, reps: int = 10) -> dict[str, Any]:
 def _make_step(variant: str, state: Any, device: torch.device) -> Callable:
     loss = get_loss(state.cfg.loss)
     if variant == "plain":
-        # PyTorch's default: the fast path turns cuDNN autotuning on process-wide, which plain would inherit.
-        torch.backends.cudnn.benchmark = False
         return lambda batches: train_step(state, loss, batches)
-    defaults = fast.FastOptions.for_device(device, state.cfg.deterministic)
-    if variant == "fast":
-        return fast.make_fast_step(state, loss, defaults)
-    if variant == "fast-eager":
-        return fast.make_fast_step(state, loss, dataclasses.replace(defaults, graphs=False))
-    if variant == "fast-compile":
-        return fast.make_fast_step(state, loss, dataclasses.replace(defaults, compile=True))
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
 
@@ -200,7 +188,6 @@ class _Runner:
             "tflops": ips * flops_per_image / 1e12,
             "finite": bool(torch.isfinite(self.acc).all()),
             "peak_gib": peak_gib,
-            "graphs_failed": getattr(self.step, "graphs_failed", None),
             "warnings": sorted({m.splitlines()[0] for m in self.caught}),
         }
 
@@ -217,7 +204,7 @@ def time_batch_size(
     """Rows for every variant at one batch size.
 
     settings.interleave (the CPU default): all variants are built first and their timing windows
-    alternate (plain, fast, plain, fast, ...), so load from other work on a shared machine hits them
+    alternate, so load from other work on a shared machine hits them
     alike; peak memory is then not reported. Otherwise (the GPU default) one variant at a time, each
     with its own peak-memory reading, its state freed before the next is built."""
     if settings.interleave:
