@@ -201,10 +201,10 @@ def require_postgres() -> None:
     """Skip when PostgreSQL's binaries are missing; fail instead under CI (.ci/run installs them)."""
     import pytest
 
-    from mnistgan.lab import server
+    from mnistgan.lab import postgres
 
     try:
-        server.pg_bin("initdb"), server.pg_bin("pg_ctl")
+        postgres.pg_bin("initdb"), postgres.pg_bin("pg_ctl")
     except Exception as e:
         if os.environ.get("MNISTGAN_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"MNISTGAN_REQUIRE_POSTGRES=1 but {e}")

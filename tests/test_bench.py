@@ -72,7 +72,7 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     result = bench.run_bench(settings, torch.device("cpu"), mnist=_tiny_mnist(), models=models, log=lines.append)
     assert time.perf_counter() - t < 60
     rows = result["throughput"]["rows"]
-    assert [(r["variant"], r["batch"]) for r in rows] == [("plain", 8)]
+    assert [r["batch"] for r in rows] == [8]
     assert all(r["finite"] and r["images_per_s"] > 0 and r["tflops"] > 0 for r in rows)
     macs = flops.gan_macs("tiny", conditional=True)  # the TrainConfig default recipe is conditional
     assert result["throughput"]["flops_per_image"] == pytest.approx(6 * (macs["g"] + 3 * macs["d"]))
@@ -80,7 +80,7 @@ def test_bench_quick_smoke_on_the_cpu(tiny_model):
     assert ms["n"] == 64 and ms["score_seconds"] > 0 and ms["networks"] == ["classifier", "extractor"]
     assert len(ms["spaces"]) == 4
     md = bench.render_markdown(result, "python -m mnistgan.lab.bench --quick")
-    assert "| plain | 8 |" in md and "Quality per" not in md and "Parity" not in md
+    assert "| 8 |" in md and "Quality per" not in md and "Parity" not in md
     assert "Metric suite" in md and "4 feature spaces" in md
 
 
@@ -101,22 +101,13 @@ def test_numerics_section_times_each_mode_in_processes_of_its_own():
     assert "<!-- bench:numerics:begin -->" in bench.update_markdown("# B\n", "numerics", md)
 
 
-def test_throughput_one_variant_at_a_time(tiny_model):
-    """The GPU mode (interleave off): each batch size built, timed and freed in turn."""
-    settings = bench.BenchSettings(
-        model=tiny_model,
-        batch_sizes=(4, 8),
-        window_s=0.0,
-        windows=2,
-        n_data=32,
-        interleave=False,
-    )
+def test_throughput_times_each_batch_size_in_turn(tiny_model):
+    """Each batch size built, timed in its windows and freed in turn."""
+    settings = bench.BenchSettings(model=tiny_model, batch_sizes=(4, 8), window_s=0.0, windows=2, n_data=32)
     tp = throughput.throughput(torch.device("cpu"), settings, 0.0, lambda s: None)
-    assert [(r["variant"], r["batch"]) for r in tp["rows"]] == [("plain", 4), ("plain", 8)]
+    assert [r["batch"] for r in tp["rows"]] == [4, 8]
     assert all(len(r["windows_s"]) == 2 and r["finite"] and r["matmul_share"] is None for r in tp["rows"])
-    assert "| plain | 4 |" in bench.render_markdown(
-        {"meta": throughput.machine_info(torch.device("cpu")), "throughput": tp}
-    )
+    assert "| 4 |" in bench.render_markdown({"meta": throughput.machine_info(torch.device("cpu")), "throughput": tp})
 
 
 def test_sections_are_skipped_without_data():
@@ -142,12 +133,10 @@ def test_exported_data_loads_back(tmp_path, monkeypatch):
 
 
 def test_settings_and_command_line(capsys):
-    args = bench.build_parser().parse_args(["--quick", "--batch-sizes", "32,64", "--variants", "plain"])
+    args = bench.build_parser().parse_args(["--quick", "--batch-sizes", "32,64"])
     s = bench.settings_from_args(args, torch.device("cuda"))
-    assert s.batch_sizes == (32, 64) and s.variants == ("plain",) and s.matmul_n == bench.CPU_SETTINGS.matmul_n
+    assert s.batch_sizes == (32, 64) and s.matmul_n == bench.CPU_SETTINGS.matmul_n
     assert bench.settings_from_args(bench.build_parser().parse_args([]), torch.device("cuda")) == bench.GPU_SETTINGS
-    with pytest.raises(UserError, match="unknown 'turbo'"):
-        bench.settings_from_args(bench.build_parser().parse_args(["--variants", "turbo"]), torch.device("cpu"))
     with pytest.raises(UserError, match="--sections: unknown 'ttq'"):
         bench.settings_from_args(bench.build_parser().parse_args(["--sections", "ttq"]), torch.device("cpu"))
     with pytest.raises(UserError, match="--sections: unknown 'recipes'"):  # how fast recipes get good: curves

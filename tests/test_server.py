@@ -20,7 +20,7 @@ import yaml
 from pipeline_utils import BIN, dvc, env, free_port, require_postgres, run, server_cmd, server_state_dir
 from test_determinism import copy_reproduced
 
-from mnistgan.lab import server
+from mnistgan.lab import postgres
 
 pytestmark = pytest.mark.slow
 
@@ -152,8 +152,8 @@ def test_a_restart_of_server_and_database_while_training_is_survived(srv, tmp_pa
 
 def test_a_stopped_database_gives_one_clear_line_within_seconds(srv, tmp_path, tmp_path_factory):
     uri, state = srv
-    paths = server.Paths(state)
-    server.stop_cluster(paths, server.cluster_user(paths))  # the database alone: the MLflow server still answers
+    paths = postgres.Paths(state)
+    postgres.stop_cluster(paths, postgres.cluster_user(paths))  # the database alone: the MLflow server still answers
     try:
         root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
         t0 = time.monotonic()

@@ -42,7 +42,7 @@ from mnistgan.evaluation.classifier import load_classifier
 from mnistgan.evaluation.scoring import real_features, score_all
 from mnistgan.io import InputError
 from mnistgan.lab import markdown, portability
-from mnistgan.lab.throughput import VARIANTS, _cleanup, machine_info, matmul_rate, throughput
+from mnistgan.lab.throughput import cleanup, machine_info, matmul_rate, throughput
 
 PROG = "mnistgan bench"
 MARK_BEGIN = "<!-- bench:{kind}:begin -->"
@@ -54,10 +54,8 @@ SECTIONS = ("matrix", "throughput", "metrics", "numerics")
 class BenchSettings:
     model: str = "dcgan-large"  # the throughput model
     batch_sizes: tuple[int, ...] = (64, 256)
-    variants: tuple[str, ...] = ("plain",)
     window_s: float = 1.0  # target seconds per timing window
     windows: int = 3  # timing windows per configuration; the median is reported (and the best)
-    interleave: bool = True  # alternate the variants' windows (fair on a shared CPU); False: one at a time
     min_steps: int = 1  # steps per window, at least
     max_steps: int = 400
     n_data: int = 60000  # images resident on the device for the throughput runs
@@ -73,7 +71,6 @@ class BenchSettings:
 CPU_SETTINGS = BenchSettings(window_s=1.0, windows=5)
 GPU_SETTINGS = BenchSettings(
     batch_sizes=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
-    interleave=False,
     window_s=0.5,
     min_steps=10,
     matmul_n=8192,
@@ -148,7 +145,7 @@ def run_bench(
             continue
         log(f"{title}:")
         result[section] = run()
-        _cleanup(device)
+        cleanup(device)
     if "numerics" in settings.sections:
         log("numerics (portable against native, each in its own processes):")
         result["numerics"] = portability.measure(
@@ -197,11 +194,10 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
         ]
         lines.append(
             markdown.table(
-                ["variant", "batch", "images/s", "ms/step", "TFLOP/s", "of matrix rate", "peak GPU GiB"],
+                ["batch", "images/s", "ms/step", "TFLOP/s", "of matrix rate", "peak GPU GiB"],
                 [
                     [
-                        r["variant"] + ("" if r["finite"] else " (non-finite!)"),
-                        f"{r['batch']:,}",
+                        f"{r['batch']:,}" + ("" if r["finite"] else " (non-finite!)"),
                         f"{r['images_per_s']:,.0f}",
                         f"{r['ms_per_step']:.2f}",
                         f"{r['tflops']:.3g}",
@@ -275,7 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--model", help="throughput model (default: dcgan-large)")
     p.add_argument("--batch-sizes", help="comma-separated, e.g. 64,256,2048")
-    p.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--sections", help=f"comma-separated, from {', '.join(SECTIONS)}")
     p.add_argument("--numerics-rounds", type=int, help="alternating rounds of the numerics section (3)")
     p.add_argument("--data", help="MNIST: .npz from --export-data or a folder of the prepare stage's arrays")
@@ -295,13 +290,12 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchS
     for key, convert in (
         ("model", str),
         ("batch_sizes", ints),
-        ("variants", split),
         ("sections", split),
         ("numerics_rounds", int),
     ):
         if getattr(args, key):
             changes[key] = convert(getattr(args, key))
-    for key, known in (("variants", VARIANTS), ("sections", SECTIONS)):
+    for key, known in (("sections", SECTIONS),):
         unknown = [v for v in changes.get(key, ()) if v not in known]
         if unknown:
             raise UserError(f"--{key}: unknown {unknown[0]!r}; known: {', '.join(known)}")
