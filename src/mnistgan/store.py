@@ -28,11 +28,16 @@ def login() -> tuple[str, str] | None:
     return (user, password or "") if user else None
 
 
+def basic_auth(user: str, password: str) -> str:
+    """The HTTP Basic `Authorization` value of a login (clients, `make server`'s probes, its admin)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def _server_request(url: str) -> tuple[urllib.request.Request, Any]:
     """A GET of `url` with the login (HTTP Basic) and the TLS settings MLflow's client uses."""
     headers = {}
     if creds := login():
-        headers["Authorization"] = "Basic " + base64.b64encode(":".join(creds).encode()).decode()
+        headers["Authorization"] = basic_auth(*creds)
     context = None
     if url.startswith("https://"):
         context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)

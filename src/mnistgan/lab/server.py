@@ -14,7 +14,6 @@ names it serves (plus localhost), and over HTTPS with --cert/--key.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import dataclasses
 import json
@@ -50,6 +49,7 @@ from mnistgan.lab.postgres import (
     write_private,
 )
 from mnistgan.lab.ui import HOST, alive, check_port_free, start_mlflow_process, stop_group
+from mnistgan.store import basic_auth
 
 PROG = "mnistgan server"
 DEFAULT_PORT = 5000
@@ -74,8 +74,7 @@ class Address:
     def request(self, path: str) -> urllib.request.Request:
         headers = {}
         if self.admin:
-            token = f"{self.admin['admin']}:{self.admin['password']}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+            headers["Authorization"] = basic_auth(self.admin["admin"], self.admin["password"])
         return urllib.request.Request(self.base + path, headers=headers)
 
     def context(self) -> ssl.SSLContext | None:

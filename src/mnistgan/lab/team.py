@@ -14,7 +14,6 @@ A server on any address other than the loopback runs `mlflow server --app-name b
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import secrets
@@ -27,6 +26,7 @@ from typing import Any
 
 from mnistgan.descriptions import REGISTERED_MODEL
 from mnistgan.errors import UserError
+from mnistgan.store import basic_auth
 
 ADMIN = "admin"
 AUTH_DB = "mlflow_auth"
@@ -80,8 +80,8 @@ class Admin:
 
     def __init__(self, base: str, settings: dict[str, str], cafile: str | None = None):
         self.base = base.rstrip("/")
-        token = base64.b64encode(f"{settings['admin']}:{settings['password']}".encode()).decode()
-        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+        self.headers = {"Authorization": basic_auth(settings["admin"], settings["password"]),
+                        "Content-Type": "application/json"}  # fmt: skip
         self.context = ssl.create_default_context(cafile=cafile) if base.startswith("https") else None
 
     def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
@@ -161,14 +161,14 @@ def remove_user(admin: Admin, name: str) -> None:
 def list_users(admin: Admin, experiment: str) -> list[str]:
     """One line per login: its name and role (admin, editor or reader)."""
     lines = []
+    found = admin.exists("experiments/get-by-name", {"experiment_name": experiment})  # once, not per user
+    experiment_id = found["experiment"]["experiment_id"] if found else "0"
     for user in sorted(admin.users(), key=lambda u: u.get("username", "")):
         name = user.get("username", "?")
         if user.get("is_admin"):
             role = "admin"
         else:
-            found = admin.exists("experiments/get-by-name", {"experiment_name": experiment})
-            query = {"username": name, "resource_type": "experiment",
-                     "resource_id": found["experiment"]["experiment_id"] if found else "0"}  # fmt: skip
+            query = {"username": name, "resource_type": "experiment", "resource_id": experiment_id}
             permission = admin.call("GET", "users/permissions/get", query=query).get("permission", "")
             role = "editor" if permission in ("EDIT", "MANAGE") else "reader"
         lines.append(f"{name} {role}")
