@@ -72,10 +72,13 @@ calibrate: venv
 compare: venv
 	$(VENV)/bin/python -m mnistgan.lab.report compare
 
-# The README's recipes over seeds, each trained for the default run's wall-clock seconds (one at a time), then the table.
+# Recipes over seeds (default: the README's, over their seeds), each trained for the default run's wall-clock seconds
+# (one at a time), then the table and the FID-against-seconds picture: the one way recipes are compared.
 SWEEP_SECONDS ?= 390
+SWEEP_RECIPES ?= default,previous-default,unconditional,seed-literal
 sweep: venv
-	$(VENV)/bin/python -m mnistgan.lab.recipes --seconds $(SWEEP_SECONDS) --run
+	$(VENV)/bin/python -m mnistgan.lab.recipes --seconds $(SWEEP_SECONDS) --recipes $(SWEEP_RECIPES) \
+		$(if $(SWEEP_SEEDS),--seeds $(SWEEP_SEEDS)) --run
 	$(MAKE) results
 
 results: venv

@@ -9,7 +9,7 @@ Reading order (imports point down only: lab -> evaluation -> gan -> base; tests/
    generate (`mnistgan generate`). Imports base only: training needs no scoring network.
 3. evaluation/: classifier (the yardstick), metrics, suite (all scores + intervals), scoring, monitor,
    score_cli (`mnistgan score`). Imports gan and base.
-4. lab/: bench, throughput, portability, flops, curves, recipes, calibrate, report, markdown, clone, verify,
+4. lab/: bench, portability, flops, recipes, calibrate, report, markdown, clone, verify,
    noise, spread, ui, server, postgres, team: tools no stage runs.
 The stages (../../stages/*.py) are thin callers of these; `mnistgan --help` lists every command.
 """

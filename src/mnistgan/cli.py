@@ -58,8 +58,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tracking": ("mnistgan.sync", (), "tracking sync: give the last training run the scores of eval.json"),
     "verify": ("mnistgan.lab.verify", (), "rerun HEAD's pipeline in a clone: exact, within noise, or not reproduced"),
     "spread": ("mnistgan.lab.spread", (), "HEAD's recipe over seeds (--seeds 0,1,2): metrics/spread.json for verify"),
-    "recipes": ("mnistgan.lab.recipes", (), "queue the README's recipes as DVC experiments (make sweep)"),
-    "curves": ("mnistgan.lab.curves", (), "time-to-quality curves: FID against training seconds per recipe"),
+    "recipes": ("mnistgan.lab.recipes", (), "queue recipes over seeds as DVC experiments (make sweep; then results)"),
     "calibrate": ("mnistgan.lab.calibrate", (), "the corruption ladder and the reading table of the scores"),
     "bench": (
         "mnistgan.lab.bench",

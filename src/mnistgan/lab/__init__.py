@@ -1,4 +1,4 @@
-"""Tools around the pipeline that no stage runs: benchmarks, time-to-quality curves, recipes, the
+"""Tools around the pipeline that no stage runs: benchmarks, recipes over seeds (`make sweep`, `make results`), the
 calibration ladder, reports, `mnistgan verify` with the seed spread it judges by (`mnistgan spread`), and
 `mnistgan ui`.
 

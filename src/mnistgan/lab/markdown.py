@@ -1,6 +1,6 @@
 """The one Markdown helper of the lab commands: tables, the generated sections that `mnistgan bench`
-(BENCHMARKS.md) and `mnistgan results` (docs/results.md) rewrite, and `mnistgan compare`'s page (Markdown and
-a self-contained HTML copy). Curves, calibrate and verify write their tables with it too."""
+(BENCHMARKS.md) and `mnistgan results` (the README) rewrite, and `mnistgan compare`'s page (Markdown and
+a self-contained HTML copy). Calibrate and verify write their tables with it too."""
 
 from __future__ import annotations
 

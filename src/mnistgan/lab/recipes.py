@@ -1,5 +1,7 @@
-"""Named training recipes: changes to params.yaml's train section, shared by the time-to-quality curves
-(mnistgan.lab.curves), the results table (mnistgan.lab.report) and the README's recipe list.
+"""`mnistgan recipes` (`make sweep`): named training recipes, each a set of changes to params.yaml's train
+section, queued as DVC experiments over seeds for one wall-clock budget of training. `mnistgan results`
+(`make results`, mnistgan.lab.report) then compares them: scores over seeds with a test against the
+default, and FID during training against seconds. That pair is the one way recipes are compared.
 
 No torch here: the report reads these names without loading a model.
 """
@@ -15,7 +17,7 @@ from mnistgan.cli import OneLineParser, run_command
 from mnistgan.config import TrainConfig, load_params
 from mnistgan.errors import UserError
 
-# The keys a recipe is told apart by: recipe_overrides gives each, the report's labels and the curves name them.
+# The keys a recipe is told apart by: recipe_overrides gives each, the report's labels name them.
 RECIPE_KEYS = ("model", "loss", "d_norm", "conditional", "ema", "ema_warmup", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "g_width", "d_width", "d_steps", "r1_weight")  # fmt: skip
 
@@ -24,9 +26,11 @@ RECIPE_KEYS = ("model", "loss", "d_norm", "conditional", "ema", "ema_warmup", "b
 # recipe, FIRST_ROUND: params.yaml's without labels, at lr 2e-4, with D width 64 and no R1.
 FIRST_ROUND: dict[str, Any] = {"conditional": False, "lr": 2e-4, "d_width": 64, "r1_weight": 0.0}
 
-# name -> changes to params.yaml. Each changes one thing from its round's start, so a curve says what it buys.
+# name -> changes to params.yaml. Each changes one thing from its round's start, so a run says what it buys. The
+# search's rounds (docs/recipes.md) ran each for a budget of seconds; "steps" fixes a run's length where the change
+# depends on it (an lr decay).
 CANDIDATES: dict[str, dict[str, Any]] = {
-    # params.yaml's recipe, chosen from the curves below (there: default-r1-0.1, the third round's winner)
+    # params.yaml's recipe, chosen by the rounds below (there: default-r1-0.1, the third round's winner)
     "default": {},
     "unconditional": {"conditional": False},  # the default without labels
     # the default until the third round (lr-4e-4-d-width-32-conditional below; "default" in the third round)
@@ -52,8 +56,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lr-4e-4-batch-32": FIRST_ROUND | {"lr": 4e-4, "batch_size": 32},
     "lr-4e-4-conditional": FIRST_ROUND | {"lr": 4e-4, "conditional": True},
     "lr-4e-4-d-width-32-conditional": {"r1_weight": 0.0},
-    # Third round, for cleaner digits: the previous default (no R1) plus one change each. "steps" fixes a run's
-    # length where the change depends on it (the lr decay); the others run until the clock stops them.
+    # Third round, for cleaner digits: the previous default (no R1) plus one change each
     "default-upsample-nearest": {"r1_weight": 0.0, "g_upsample": "nearest"},
     "default-upsample-bilinear": {"r1_weight": 0.0, "g_upsample": "bilinear"},
     "default-r1-0.1": {},
@@ -122,10 +125,12 @@ def _yaml(v: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Queue the README's recipes as DVC experiments, each for the same wall-clock budget."""
+    """Queue recipes as DVC experiments over seeds, each for the same wall-clock budget of training."""
     parser = OneLineParser(prog="mnistgan recipes", description=main.__doc__)
     parser.add_argument("--seconds", type=float, default=200.0, help="training seconds per run (train.max_seconds)")
     parser.add_argument("--recipes", default=",".join(README_RECIPES), help="comma-separated recipe names")
+    seeds_help = "comma-separated seeds for every recipe (default: 0,1,2 for the default, 0,1 for the others)"
+    parser.add_argument("--seeds", help=seeds_help)
     parser.add_argument("--dry-run", action="store_true", help="print the dvc commands instead of running them")
     parser.add_argument("--run", action="store_true", help="then run the queue, one experiment at a time, and wait")
     return run_command(parser, queue_recipes, argv)
@@ -136,21 +141,14 @@ def queue_recipes(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise UserError(f"--recipes: unknown recipe {unknown[0]!r}; known: {', '.join(CANDIDATES)}")
+    if args.seeds is not None and not all(s.strip().isdigit() for s in args.seeds.split(",")):
+        raise UserError(f"--seeds: {args.seeds!r} is not a comma-separated list of whole numbers, e.g. 0,1,2")
     for name in names:
-        seeds = ",".join(map(str, README_RECIPES.get(name, (0, 1))))
-        cmd = [
-            "dvc",
-            "exp",
-            "run",
-            "--queue",
-            "-S",
-            f"seed={seeds}",
-            "-S",
-            f"train.max_seconds={args.seconds}",
-            "-S",
-            "train.steps=1000000",
-            *dvc_overrides(name),
-        ]
+        seeds = args.seeds or ",".join(map(str, README_RECIPES.get(name, (0, 1))))
+        # the clock ends a run, unless the recipe fixes its length (then its -S train.steps comes after this one)
+        cmd = ["dvc", "exp", "run", "--queue", "-S", f"seed={seeds}", "-S", f"train.max_seconds={args.seconds}"]
+        cmd += ["-S", "train.steps=1000000"] if "steps" not in CANDIDATES[name] else []
+        cmd += dvc_overrides(name)
         print(" ".join(cmd), flush=True)
         if not args.dry_run and subprocess.call(cmd) != 0:
             return 1

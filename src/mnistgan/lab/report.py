@@ -270,7 +270,7 @@ def results_plot(runs: Any, path: Path) -> Path | None:
 
 
 def replace_section(text: str, body: str) -> str:
-    """docs/results.md with the results table between its markers (ValueError when they are missing)."""
+    """The README with the results table between its markers (ValueError when they are missing)."""
     return markdown.replace_section(text, START, END, body)
 
 
