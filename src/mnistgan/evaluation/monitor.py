@@ -7,8 +7,7 @@ few thousand images themselves, which is biased upwards by their number: so a nu
 the evaluate stage's fid_inf of 10,000 samples are on one scale. The monitor also scores as many real
 training images, drawn at random, the same way: that `reference` is the real-data floor the curve is plotted
 against, about 0 (a random draw: a slice of MNIST's file is not typical; its last 2,000 training images have a
-fid_inf of 28). `real_fid`, the plain FID of those real images at that sample size, is the scale that
-"multiples of real" (mnistgan.lab.curves' thresholds) are taken of.
+fid_inf of 28).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from torch import nn
 
 from mnistgan.errors import InputError
 from mnistgan.evaluation.classifier import Classifier, features_and_probs
-from mnistgan.evaluation.metrics import features_to_statistics, fid, precision_recall, statistics_to_fid_inf
+from mnistgan.evaluation.metrics import features_to_statistics, statistics_to_fid_inf
 from mnistgan.gan.sample import generate, recalibrate_batchnorm, sample_noise
 
 if TYPE_CHECKING:
@@ -58,11 +57,9 @@ class FidMonitor:
         self.batch_size = batch_size
         test_feats, _ = features_and_probs(self.classifier, x_test, batch_size)  # (M, 128)
         self.mu, self.sigma = features_to_statistics(test_feats)
-        self.test_feats = test_feats[:n]  # the k-NN manifold of precision/recall, at the sample's own size
         self.fid_seed = seed  # the subsets of fid_inf's line: the same at every check
-        real_feats = self._features(x_reference[:n])
+        real_feats = self._features(x_reference[:n])  # (n, 128)
         self.reference = self._fid(real_feats)  # fid_inf of n real images: the curve's floor (about 0)
-        self.real_fid = fid(real_feats, test_feats)  # their plain FID at this n: the scale of "multiples of real"
         # Fixed noise (its own generator, so the training noise stream is untouched): the curve moves
         # only because the generator does. Labels cycle through the classes for conditional models.
         self.z, self.y = sample_noise(n, z_dim, conditional, seed)  # (n, z_dim), (n,) or None
@@ -102,10 +99,3 @@ class FidMonitor:
 
     def __call__(self, g: nn.Module) -> float:
         return self._fid(self._features(self._images(g)))
-
-    def scores(self, g: nn.Module) -> dict[str, float]:
-        """fid_inf (key "fid"), and k=3 precision/recall against n test images: the fidelity/diversity split of
-        the same check."""
-        feats = self._features(self._images(g))
-        precision, recall = precision_recall(feats, self.test_feats, k=3)
-        return {"fid": self._fid(feats), "precision": precision, "recall": recall}

@@ -7,7 +7,6 @@ needs the critic itself and lives in `gradient_penalty`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,32 +74,23 @@ def gradient_penalty(
     real: torch.Tensor,
     fake: torch.Tensor,
     eps: torch.Tensor,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """WGAN-GP penalty (Gulrajani et al. 2017): E[(||grad critic(x_hat)|| - 1)^2] on random interpolates.
 
     real, fake: (B, 1, 28, 28); eps: (B, 1, 1, 1) mixing weights in [0, 1), drawn by the caller from the
-    run's noise stream so the step stays reproducible. The critic runs under `autocast`, its output in fp32.
+    run's noise stream so the step stays reproducible.
     """
-    x_hat = (eps * real.detach() + (1 - eps) * fake.detach().float()).requires_grad_(True)
-    with autocast():
-        out = critic(x_hat).float()
-    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def r1_penalty(
-    critic: Callable[[torch.Tensor], torch.Tensor],
-    real: torch.Tensor,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> torch.Tensor:
+def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): E[||grad critic(x)||^2] on real images (B, 1, 28, 28), the squared norm
     over all pixels of each image. It flattens D around the real digits, so G is not pushed past them."""
     x = real.detach().requires_grad_(True)
-    with autocast():
-        out = critic(x).float()
-    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    return grad.float().flatten(1).pow(2).sum(1).mean()
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()
 
 
 @dataclass(frozen=True)

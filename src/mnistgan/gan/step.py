@@ -8,10 +8,8 @@ around it lives in mnistgan.gan.loop, the checkpoint format in mnistgan.gan.chec
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -149,38 +147,31 @@ def step_arithmetic(
     loss: Loss,
     batches: Batches,
     draws: list[Draw],
-    *,
-    g: Callable[..., torch.Tensor] | None = None,
-    d: Callable[..., torch.Tensor] | None = None,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """d_steps discriminator updates (one real batch each) then one generator update; no EMA.
 
-    The one copy of a step's arithmetic: `train_step` calls it with fresh draws (g, d: callables standing for
-    state.g, state.d, and autocast, for a caller that wraps the forwards; none does by default).
+    `train_step` calls it with fresh draws.
     batches: d_steps pairs of real images (B, 1, 28, 28) in [-1, 1] and labels (B,); draws: their noise.
     The last discriminator update's fakes are reused for the generator update (one G forward saved).
-    Logits are taken in fp32 (a no-op without autocast).
     Returns (5,) device tensor: loss_d, loss_g, mean real logit, mean fake logit, and the gradient penalty
     (wgan-gp) or the R1 penalty of an R1 step.
     """
     cfg = state.cfg
-    g, d = g or state.g, d or state.d
+    g, d = state.g, state.d
     gp = torch.zeros((), device=batches[0][0].device)
     r1_step = r1_due(cfg, state.step)
     for i, ((real, y_all), (z, y_fake, eps)) in enumerate(zip(batches, draws, strict=True)):
         y_real = y_all if cfg.conditional else None
-        with autocast():
-            fake = g(z, y_fake)  # (B, 1, 28, 28), keeps its graph for the generator update
-            logit_real = d(real, y_real).float()  # (B,)
-            logit_fake = d(fake.detach(), y_fake).float()  # (B,)
+        fake = g(z, y_fake)  # (B, 1, 28, 28), keeps its graph for the generator update
+        logit_real = d(real, y_real)  # (B,)
+        logit_fake = d(fake.detach(), y_fake)  # (B,)
         loss_d = loss.d(logit_real, logit_fake)
         if loss.gradient_penalty:
             # Interpolates carry the real labels: the penalty constrains D(., y_real) between the two.
-            gp = gradient_penalty(lambda x: d(x, y_real), real, fake, eps, autocast)  # noqa: B023
+            gp = gradient_penalty(lambda x: d(x, y_real), real, fake, eps)  # noqa: B023
             loss_d = loss_d + cfg.gp_weight * gp
         if r1_step and i == 0:  # the first D update of an R1 step
-            gp = r1_penalty(lambda x: d(x, y_real), real, autocast)  # noqa: B023
+            gp = r1_penalty(lambda x: d(x, y_real), real)  # noqa: B023
             loss_d = loss_d + 0.5 * cfg.r1_weight * cfg.r1_every * gp
         state.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -189,8 +180,7 @@ def step_arithmetic(
 
     state.d.requires_grad_(False)  # the generator update needs gradients through D, not for D's weights
     try:
-        with autocast():
-            logit_g = d(fake, y_fake).float()
+        logit_g = d(fake, y_fake)  # (B,)
         k = topk_count(cfg, state.step, len(logit_g))
         loss_g = loss.g(logit_g if k == len(logit_g) else logit_g.topk(k).values)  # (k,): the fakes D rates best
         state.opt_g.zero_grad(set_to_none=True)
