@@ -16,14 +16,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # for the end while the other worker idles. Order from one `make test` on the 2-core CPU machine
 # (2026-11-29): about 250, 170, 100, 70, 55 and 50 seconds, then 20 or less each. test_verify.py runs a seed
 # spread (two more seeds) and two reruns of the whole tiny pipeline in clones: among the longest now.
-# test_server.py and test_workers.py (a PostgreSQL-backed MLflow server each, three and two pipeline runs
-# against it): about 130 and 120 seconds. test_soak.py runs only under `make soak`.
+# test_server.py: a PostgreSQL-backed MLflow server, two worker clones' runs and a training through a restart.
+# test_soak.py runs only under `make soak`.
 SLOWEST_FIRST = (
     "test_recovery.py",
     "test_verify.py",
     "test_pipeline.py",
     "test_server.py",
-    "test_workers.py",
     "test_determinism.py",
     "test_scoring.py",
     "test_distributed.py",
@@ -31,7 +30,6 @@ SLOWEST_FIRST = (
     "test_numerics.py",
     "test_data.py",
     "test_score_cli.py",
-    "test_curves.py",
     "test_calibrate.py",
     "test_metrics.py",
 )

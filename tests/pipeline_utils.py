@@ -179,10 +179,28 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def require_chromium() -> str:
+    """The browser's path; skip without it, fail instead under CI (.ci/run installs it)."""
+    import pytest
+
+    if browser := chromium():
+        return browser
+    if os.environ.get("MNISTGAN_REQUIRE_CHROMIUM") == "1":
+        pytest.fail("chromium is required (MNISTGAN_REQUIRE_CHROMIUM=1) but not installed")
+    pytest.skip("chromium not installed (apt-get install chromium)")
+
+
+def rendered_text(url: str, work: Path, wait_ms: int = 20000) -> set[str]:
+    """The text nodes of `url` once headless Chromium has run its scripts for `wait_ms` of virtual time."""
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={work / 'chromium-profile'}", f"--virtual-time-budget={wait_ms}"]
+    dom = run([require_chromium(), *flags, "--dump-dom", url], work, timeout=180).stdout
+    dom = re.sub(r"<script.*?</script>|<style.*?</style>", "", dom, flags=re.S)
+    return {html.unescape(s.strip()) for s in re.findall(r">([^<>]+)<", dom) if s.strip()}
+
+
 def render_in_chromium(page: Path, work: Path) -> tuple[dict, Path]:
     """Open `page` in headless Chromium: what it rendered (see RENDER_PROBE) and a screenshot PNG."""
-    browser = chromium()
-    assert browser, "chromium not installed"
+    browser = require_chromium()
     probed = work / "probed.html"
     probed.write_text(page.read_text().replace("</body>", RENDER_PROBE + "</body>"))
     profile, shot = work / "chromium-profile", work / "screenshot.png"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
 import yaml
-from pipeline_utils import BIN, TINY, chromium, copy_repo, deep_update, dvc, env, render_in_chromium, run
+from pipeline_utils import BIN, TINY, copy_repo, deep_update, dvc, env, render_in_chromium, require_chromium, run
 from schema_utils import schema_problems
 
 pytestmark = pytest.mark.slow
@@ -213,11 +212,7 @@ def test_bad_override_fails_with_one_line(repo):
 
 
 def test_compare_report_renders_in_headless_chromium(repo, tmp_path):
-    # CI installs Debian's chromium and sets MNISTGAN_REQUIRE_CHROMIUM=1, so there this never skips.
-    if not chromium():
-        if os.environ.get("MNISTGAN_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium is required (MNISTGAN_REQUIRE_CHROMIUM=1) but not installed")
-        pytest.skip("chromium not installed (apt-get install chromium)")
+    require_chromium()  # CI installs Debian's chromium and sets MNISTGAN_REQUIRE_CHROMIUM=1: there it never skips
     page = repo / "reports/compare.html"
     if not page.exists():  # when this test runs alone
         run(

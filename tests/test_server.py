@@ -1,8 +1,9 @@
 """`make server` (mnistgan.lab.server): a real MLflow server on a real PostgreSQL cluster, in a temporary state folder.
 
-The pipeline logs to it, the generator downloads through it from another folder, a restart of server and
-database while training is survived, a stopped database gives one line within seconds, and `stop` leaves no
-process behind. Skipped without PostgreSQL's binaries (failed instead with MNISTGAN_REQUIRE_POSTGRES=1).
+Worker clones log their experiments to it and a third clone gathers them, the generator downloads through it
+from another folder, a restart of server and database while training is survived, a stopped database gives one
+line within seconds, and `stop` leaves no process behind. Skipped without PostgreSQL's binaries (failed instead
+with MNISTGAN_REQUIRE_POSTGRES=1).
 """
 
 from __future__ import annotations
@@ -67,23 +68,98 @@ def pg_rows(state: Path, sql: str) -> list[tuple]:
         conn.close()
 
 
-def test_dvc_exp_run_logs_a_finished_run_to_postgres_and_the_generator_downloads_through_the_server(
+WORKERS = {"worker-a": ["-S", "seed=11"], "worker-b": ["-S", "seed=12", "-S", "train.loss=hinge"]}  # each its seed
+
+
+def test_worker_clones_log_to_the_server_push_their_experiments_and_a_third_clone_gathers_them(
     srv, tmp_path, tmp_path_factory
 ):
+    """Sweeps from several machines, gathered in one place: two worker clones (standing in for two machines)
+    each run `dvc exp run` with other params, log to the server, and push their experiments to one shared Git
+    remote (a bare repo) and their outputs to one shared DVC remote (a folder); a third clone pulls them all
+    and compares them. What the server holds is checked in PostgreSQL itself, and the generator downloads
+    through the server from a folder that is no repo."""
     import mlflow
 
-    uri, state = srv
-    root, _ = copy_reproduced(tmp_path_factory, tmp_path / "repo")
-    dvc(["exp", "run", "-n", "on-server", "-S", "seed=7"], root, extra_env={"MLFLOW_TRACKING_URI": uri})
-    run_id = json.loads((root / "metrics/train.json").read_text())["mlflow_run_id"]
+    server_uri, state = srv
+    # The team's repo: the tiny pipeline's results committed, its outputs in the shared DVC remote, and a bare
+    # Git repo every machine clones from and pushes to.
+    origin, _ = copy_reproduced(tmp_path_factory, tmp_path / "origin-work")
+    storage, bare = tmp_path / "dvc-storage", tmp_path / "origin.git"
+    dvc(["remote", "add", "-d", "shared", str(storage)], origin)
+    run(["git", "add", "-A"], origin)
+    run(["git", "commit", "-q", "-m", "pipeline results and the shared remote"], origin)
+    dvc(["push"], origin)
+    run(["git", "clone", "-q", "--bare", str(origin), str(bare)], tmp_path)
+
+    tracked = {"MLFLOW_TRACKING_URI": server_uri, "OMP_NUM_THREADS": "1"}
+    procs = {}
+    for name, overrides in WORKERS.items():  # both machines at once
+        clone = tmp_path / name
+        run(["git", "clone", "-q", str(bare), str(clone)], tmp_path)
+        dvc(["pull"], clone)  # the team's outputs: only the changed stages rerun
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed with the process below)
+        cmd = [str(BIN / "dvc"), "exp", "run", "-n", f"{name}-sweep", *overrides]
+        procs[name] = subprocess.Popen(cmd, cwd=clone, env=env() | tracked, stdout=log, stderr=subprocess.STDOUT), log
+    for name, (proc, log) in procs.items():
+        code = proc.wait(timeout=900)
+        log.close()
+        assert code == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+        out = dvc(["exp", "push", "origin", f"{name}-sweep"], tmp_path / name).stdout  # refs to Git, outputs to DVC
+        assert "Pushed experiment" in out, out
+    names = {f"{name}-sweep" for name in WORKERS}
+
+    # The third clone gathers everything: experiments from Git, outputs from the DVC remote, runs from the server.
+    lead = tmp_path / "lead"
+    run(["git", "clone", "-q", str(bare), str(lead)], tmp_path)
+    dvc(["pull"], lead)  # the team's committed outputs, whole from the DVC remote: nothing to rerun
+    for f in ("models/generator.pt", "models/classifier.pt", "data/samples.npy", "data/mnist/x_train.npy"):
+        assert (lead / f).exists(), f
+    assert "Running stage" not in dvc(["repro"], lead).stdout
+    assert "up to date" in dvc(["status"], lead).stdout
+    dvc(["exp", "pull", "origin"], lead)
+    assert set(dvc(["exp", "ls", "--name-only"], lead).stdout.split()) == names
+    shown = json.loads(dvc(["exp", "show", "--json", "--no-pager"], lead).stdout)
+    exps = {e["name"]: e["revs"][0]["data"] for c in shown for e in (c.get("experiments") or [])}
+    assert set(exps) == names
+    for name, data in exps.items():
+        seed = data["params"]["params.yaml"]["data"]["seed"]
+        assert seed == (11 if name == "worker-a-sweep" else 12)
+        assert "fid" in data["metrics"]["metrics/eval.json"]["data"]["generated"], name
+    text = dvc(
+        ["exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep", r"Experiment|^seed$|generated\.fid$"], lead
+    ).stdout
+    assert all(name in text for name in names), text
+
+    for name in names:  # every experiment's outputs come from the shared DVC remote, whole
+        dvc(["exp", "apply", name], lead)
+        dvc(["pull"], lead)
+        assert "Data and pipelines are up to date" in dvc(["status"], lead).stdout, name
+
+    # `make compare` and `make results` (their commands; this clone has no venv) over the server's runs
+    lead_env = env() | {"MLFLOW_TRACKING_URI": server_uri}
+    run([str(BIN / "python"), "-m", "mnistgan.lab.report", "compare", "--out", "reports"], lead, env=lead_env)
+    compare = (lead / "reports/compare.md").read_text()
+    assert all(name in compare for name in names), compare[:2000]
+    assert len(list((lead / "reports/compare_files").rglob("*.png"))) >= 3  # grids downloaded through the server
+    table = run([str(BIN / "python"), "-m", "mnistgan.lab.report", "results"], lead, env=lead_env).stdout
+    assert "| recipe | seeds |" in table, table
+
+    client = mlflow.MlflowClient(tracking_uri=server_uri)
+    runs = client.search_runs([client.get_experiment_by_name("mnistgan").experiment_id])
+    assert {r.data.tags.get("dvc_exp_name") for r in runs} == names
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+    # What the server stored for worker-a's run, read from PostgreSQL; its artifacts are served, not on a disk
+    worker = tmp_path / "worker-a"
+    run_id = json.loads((worker / "metrics/train.json").read_text())["mlflow_run_id"]
     rows = pg_rows(state, f"SELECT status, name, artifact_uri FROM runs WHERE run_uuid = '{run_id}'")
-    assert rows and rows[0][0] == "FINISHED" and rows[0][1] == "on-server", rows
+    assert rows and rows[0][0] == "FINISHED" and rows[0][1] == "worker-a-sweep", rows
     assert rows[0][2].startswith("mlflow-artifacts:/"), rows  # proxied by the server: no path on the client's disk
     metrics = dict(pg_rows(state, f"SELECT key, value FROM latest_metrics WHERE run_uuid = '{run_id}'"))
-    ev = json.loads((root / "metrics/eval.json").read_text())
+    ev = json.loads((worker / "metrics/eval.json").read_text())
     assert metrics["generated.fid"] == pytest.approx(ev["generated"]["fid"])
-    assert not (root / "mlflow.db").exists() and not (root / "mlartifacts").exists()  # nothing went local
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert not (worker / "mlflow.db").exists() and not (worker / "mlartifacts").exists()  # nothing went local
     assert len(client.get_metric_history(run_id, "loss_d")) > 3  # the loss curves
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     assert any(p.startswith("images/final_samples") and p.endswith(".png") for p in images), images
@@ -94,9 +170,12 @@ def test_dvc_exp_run_logs_a_finished_run_to_postgres_and_the_generator_downloads
         "import mlflow, sys; print(mlflow.artifacts.download_artifacts(run_id=sys.argv[1], "
         "artifact_path='model/generator.pt', dst_path='got'))"
     )
-    got = run([PYTHON, "-c", code, run_id], elsewhere, env=env() | {"MLFLOW_TRACKING_URI": uri}).stdout.strip()
-    assert sha256(Path(got)) == sha256(root / "models/generator.pt")
+    got = run([PYTHON, "-c", code, run_id], elsewhere, env=env() | {"MLFLOW_TRACKING_URI": server_uri}).stdout
+    assert sha256(Path(got.strip())) == sha256(worker / "models/generator.pt")
     assert (state / "artifacts").is_dir() and any((state / "artifacts").rglob("generator.pt"))
+    for r in runs:
+        assert r.info.artifact_uri.startswith("mlflow-artifacts:/")
+        assert "generated.fid" in r.data.metrics
 
 
 def test_a_restart_of_server_and_database_while_training_is_survived(srv, tmp_path, tmp_path_factory):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from pipeline_utils import env, free_port
+from pipeline_utils import env, free_port, rendered_text
 
 from mnistgan import tracking
 from mnistgan.lab import ui
@@ -46,7 +46,8 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str:
     return got[0].strip() if got else ""
 
 
-# 15 to 30 s on the 2-core machine: a fresh store's tables (about 7 s), the server's start (about 6 s)
+# 25 to 45 s on the 2-core machine: a fresh store's tables (about 7 s), the server's start (about 6 s), two pages
+# rendered in headless Chromium (about 5 s each)
 @pytest.mark.slow
 def test_ui_prints_the_model_training_runs_table_serves_it_and_stops_cleanly(tmp_path):
     import mlflow
@@ -72,6 +73,15 @@ def test_ui_prints_the_model_training_runs_table_serves_it_and_stops_cleanly(tmp
         assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200 and b'<div id="root"' in r.read()
+
+        # What a browser shows at that address: the runs table (a run of ours in it) in MLflow's model-training
+        # pages, not its GenAI ones (prompts, judges), which the same address with workflowType=genai opens.
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run_id = client.create_run(exp.experiment_id, run_name="probe-run-41a7").info.run_id
+        client.set_terminated(run_id)
+        shown = rendered_text(url, tmp_path)
+        assert {"probe-run-41a7", "Runs", "Model registry"} <= shown and "Prompts" not in shown, sorted(shown)
+        assert "Prompts" in rendered_text(url.replace(ui.VIEW_QUERY, "workflowType=genai"), tmp_path)
 
         # With MLFLOW_TRACKING_URI naming a server: its address, no second server, at once.
         remote = _run_ui(["--port", str(port)], f"http://127.0.0.1:{port}", tmp_path)
@@ -113,15 +123,7 @@ def test_taken_port_and_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys)
         assert err.count("\n") == 1 and err.startswith("mnistgan ui: error:") and says in err, err
 
 
-def test_the_view_parameter_is_the_one_mlflows_ui_reads():
-    """The address relies on MLflow 3's UI choosing its view by `workflowType` (machine_learning | genai): a
-    newer MLflow that renames it fails here rather than opening the GenAI pages."""
-    import mlflow
-
-    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
-    text = "".join(p.read_text(errors="replace") for p in bundle.glob("main.*.js"))
-    assert 'MACHINE_LEARNING="machine_learning"' in text and '.get("workflowType")' in text
-    assert ui.VIEW_QUERY == "workflowType=machine_learning"
+def test_the_runs_address_names_the_model_training_view():
     assert ui.runs_url("http://h:1/", "7") == "http://h:1/#/experiments/7/runs?workflowType=machine_learning"
 
 
