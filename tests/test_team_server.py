@@ -140,6 +140,12 @@ def test_logins_roles_host_check_https_and_stop_across_two_hosts(hosts, tmp_path
                           "--digit", "3", "--n", "4", "--out", str(tmp_path / "threes.npy")], tmp_path,
                     login("rea", reader))  # fmt: skip
         assert (tmp_path / "threes.npy").exists(), got.stdout + got.stderr
+        # ... and compares the runs: `make compare` and `make results` through the login
+        report = [PYTHON, "-m", "mnistgan.lab.report"]
+        in_ns(cli, [*report, "compare", "--out", str(tmp_path / "reports")], root, login("rea", reader))
+        assert "through-login" in (tmp_path / "reports/compare.md").read_text()
+        table = in_ns(cli, [*report, "results"], root, login("rea", reader)).stdout
+        assert "| recipe | seeds |" in table, table
         # ... and is refused (403) creating a run or registering a model version.
         refuse = (
             "import mlflow, sys\n"
