@@ -13,11 +13,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The longest files first, the rest after them in their usual order. `make test` hands whole files to the
 # two workers (--dist loadfile) in collection order (--no-loadscope-reorder), so no long file is left
-# for the end while the other worker idles. Order from one `make test` on the 2-core CPU machine
-# (2026-11-29): about 250, 170, 100, 70, 55 and 50 seconds, then 20 or less each. test_verify.py runs a seed
-# spread (two more seeds) and two reruns of the whole tiny pipeline in clones: among the longest now.
-# test_server.py: a PostgreSQL-backed MLflow server, two worker clones' runs and a training through a restart.
-# test_soak.py runs only under `make soak`.
+# for the end while the other worker idles. The longest tests in a `make test` on the 2-core AMD EPYC
+# (2026-12-08): the worker clones on test_server's server 145 s, test_pipeline's tiny run 143 s, test_recovery's
+# queued sweep 121 s, test_determinism's two forced runs 117 s. test_soak.py runs only under `make soak`.
 SLOWEST_FIRST = (
     "test_recovery.py",
     "test_verify.py",
