@@ -179,29 +179,31 @@ def time_batch_size(
     perm = torch.randperm(x.shape[0], device=device, generator=torch.Generator(device=device).manual_seed(1))
     span = max(x.shape[0] - batch_size + 1, 1)
     losses = torch.zeros(5, device=device)  # summed, to check every step stayed finite
-    done = [0]  # steps run so far: the index of the next batch
+    done = 0  # steps run so far: the index of the next batch
 
     def run(count: int) -> float:
+        nonlocal done
         sync(device)
         t = time.perf_counter()
-        for i in range(done[0], done[0] + count):
+        for i in range(done, done + count):
             s = (i * batch_size) % span
             idx = perm[s : s + batch_size]
             losses.add_(train_step(state, loss, [(x[idx], y[idx])]))
         sync(device)
-        done[0] += count
+        done += count
         return time.perf_counter() - t
 
     run(1)  # warm-up; then one timed step sets the steps per window
     steps = int(min(max(settings.window_s / max(run(1), 1e-9), settings.min_steps), settings.max_steps))
     windows = [run(steps) for _ in range(settings.windows)]
-    images_per_s = batch_size * cfg.d_steps * steps / statistics.median(windows)
+    median = statistics.median(windows)
+    images_per_s = batch_size * cfg.d_steps * steps / median
     row = {
         "model": model,
         "batch": batch_size,
         "steps_per_window": steps,
         "windows_s": [round(w, 4) for w in windows],
-        "ms_per_step": 1e3 * statistics.median(windows) / steps,
+        "ms_per_step": 1e3 * median / steps,
         "images_per_s": images_per_s,
         "best_images_per_s": batch_size * cfg.d_steps * steps / min(windows),
         "tflops": images_per_s * flops / 1e12,
