@@ -80,8 +80,10 @@ class Admin:
 
     def __init__(self, base: str, settings: dict[str, str], cafile: str | None = None):
         self.base = base.rstrip("/")
-        self.headers = {"Authorization": basic_auth(settings["admin"], settings["password"]),
-                        "Content-Type": "application/json"}  # fmt: skip
+        self.headers = {
+            "Authorization": basic_auth(settings["admin"], settings["password"]),
+            "Content-Type": "application/json",
+        }
         self.context = ssl.create_default_context(cafile=cafile) if base.startswith("https") else None
 
     def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
